@@ -1,0 +1,72 @@
+"""Every error the harness raises on purpose, drawn in one place.
+
+    HarnessError                 base; ``exit_code`` is what the CLI exits with
+    ├── UsageError               bad input or usage (exit 2): the message names the problem and the fix
+    │   ├── NotARepository       --repo is not a git repository, or has no .stigmergy/
+    │   ├── InvalidTask          a task file or field failed validation (names file and field)
+    │   ├── InvalidId            an id that is not a safe file name
+    │   ├── UnknownTask          no task with that id
+    │   └── NotOwner             release/done/fail by an agent that does not hold the claim
+    ├── NothingToClaim           no ready task (exit 3)
+    ├── GitError                 a git command failed (stderr kept, secrets redacted)
+    └── ModelError               the model endpoint failed for good (after retries)
+        ├── ModelAuthError       400/401/403: retrying cannot help; the attempt ends with a note
+        └── BudgetExceeded       the colony's or the attempt's cost cap was reached
+
+Third-party errors (SDK, HTTP, YAML, OS) are mapped to these once, at the boundary
+where they arise; nothing above the boundary catches a library's exception type.
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    exit_code = 1
+
+
+class UsageError(HarnessError):
+    exit_code = 2
+
+
+class NotARepository(UsageError):
+    pass
+
+
+class InvalidTask(UsageError):
+    pass
+
+
+class InvalidId(UsageError):
+    pass
+
+
+class UnknownTask(UsageError):
+    pass
+
+
+class NotOwner(UsageError):
+    pass
+
+
+class NothingToClaim(HarnessError):
+    exit_code = 3
+
+
+class GitError(HarnessError):
+    def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
+        self.git_args = args
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(f"git {' '.join(args[:3])} failed ({returncode}): {stderr.strip()[:2000]}")
+
+
+class ModelError(HarnessError):
+    pass
+
+
+class ModelAuthError(ModelError):
+    pass
+
+
+class BudgetExceeded(ModelError):
+    pass
