@@ -9,9 +9,12 @@
     │   └── NotOwner             release/done/fail by an agent that does not hold the claim
     ├── NothingToClaim           no ready task (exit 3)
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
+    ├── ToolError                a tool call the model made cannot be carried out; answered to
+    │                            the model as a tool error, never escapes the tool loop
     └── ModelError               the model endpoint failed for good (after retries)
         ├── ModelAuthError       400/401/403: retrying cannot help; the attempt ends with a note
-        └── BudgetExceeded       the colony's or the attempt's cost cap was reached
+        ├── BudgetExceeded       the colony's or the attempt's cost cap was reached
+        └── NoScriptMatch        the scripted model has no entry for this task: release it with a note
 
 Third-party errors (SDK, HTTP, YAML, OS) are mapped to these once, at the boundary
 where they arise; nothing above the boundary catches a library's exception type.
@@ -60,6 +63,10 @@ class GitError(HarnessError):
         super().__init__(f"git {' '.join(args[:3])} failed ({returncode}): {stderr.strip()[:2000]}")
 
 
+class ToolError(HarnessError):
+    pass
+
+
 class ModelError(HarnessError):
     pass
 
@@ -68,5 +75,21 @@ class ModelAuthError(ModelError):
     pass
 
 
+class ModelTransient(ModelError):
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        # Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said.
+        self.retry_after = retry_after
+
+
+class ModelRateLimited(ModelTransient):
+    pass
+
+
 class BudgetExceeded(ModelError):
+    pass
+
+
+class NoScriptMatch(ModelError):
     pass

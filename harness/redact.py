@@ -1,0 +1,34 @@
+"""Keep secrets (API keys, tokens) out of everything we write down or show a model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Shorter strings are too likely to be ordinary words or numbers: redacting them would
+# mangle transcripts without protecting anything worth protecting.
+MIN_SECRET_LENGTH = 8
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Return ``text`` with every secret of at least 8 characters replaced by ``[REDACTED]``."""
+    # Longest first, so a secret that contains another is replaced whole.
+    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_data(value: Any, secrets: Iterable[str]) -> Any:
+    """``redact`` applied to every string inside nested dicts/lists (keys included)."""
+    secrets = tuple(secrets)
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact_data(k, secrets): redact_data(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_data(v, secrets) for v in value]
+    return value
