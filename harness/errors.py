@@ -13,6 +13,9 @@
     │                            the model as a tool error, never escapes the tool loop
     └── ModelError               the model endpoint failed for good (after retries)
         ├── ModelAuthError       400/401/403: retrying cannot help; the attempt ends with a note
+        ├── ModelTransient       408/409/5xx/529, connection error, timeout, torn body: retried,
+        │   │                    raised only once the retries are spent
+        │   └── ModelRateLimited 429: carries ``retry_after``; extends the colony cool-down
         ├── BudgetExceeded       the colony's or the attempt's cost cap was reached
         └── NoScriptMatch        the scripted model has no entry for this task: release it with a note
 
