@@ -1,0 +1,281 @@
+"""The command line: `python -m harness` and `stigmergy` are this one entry point.
+
+Exit status: 0 ok, 2 bad input or usage (the message names the problem), 3 nothing to claim.
+Every command takes --repo (default: the current directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from harness import tasks
+from harness.colony import Colony
+from harness.errors import HarnessError, InvalidTask, NothingToClaim, UsageError
+from harness.pool import Entry, effective_priority, find_cycle
+from harness.tasks import Task
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _repo(args: argparse.Namespace) -> Path:
+    return Path(args.repo or os.getcwd())
+
+
+def _colony(args: argparse.Namespace) -> Colony:
+    return Colony.open(_repo(args))
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# -- init ---------------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    colony = Colony.init(_repo(args))
+    print(f"colony ready in {colony.home}")
+    return 0
+
+
+# -- task ---------------------------------------------------------------------------------------------
+def _read_body(args: argparse.Namespace) -> str:
+    if args.body is not None and args.body_file is not None:
+        raise UsageError("give --body or --body-file, not both")
+    if args.body_file is not None:
+        try:
+            return Path(args.body_file).read_text()
+        except OSError as e:
+            raise UsageError(f"--body-file {args.body_file}: {e.strerror}") from None
+    return args.body or ""
+
+
+def cmd_task_add(args: argparse.Namespace) -> int:
+    colony = _colony(args)
+    data: dict[str, Any] = {
+        "id": args.id or tasks.new_id(args.title), "title": args.title, "kind": args.kind,
+        "priority": args.priority, "depends_on": args.depends_on, "inputs": args.input,
+        "outputs": args.output, "body": _read_body(args), "created_by": args.created_by,
+    }
+    for key in ("role", "verify"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    task = colony.add(tasks.from_dict(data, "task add"))
+    _warn_cycles(colony)
+    print(task.id)
+    return 0
+
+
+def _warn_cycles(colony: Colony) -> None:
+    waiting = {t.id: t.depends_on for _, t in colony.list("pending") if t.depends_on}
+    cycle = find_cycle(waiting)
+    if cycle:
+        print(f"warning: dependency cycle {' -> '.join(cycle)}: these tasks can never be ready", file=sys.stderr)
+
+
+def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]:
+    listed = colony.list(status)
+    done = {t.id for st, t in colony.list("done")} if status not in ("all", "done") else {
+        t.id for st, t in listed if st == "done"}
+    cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
+    now, rows = time.time(), []
+    for st, t in listed:
+        waiting = [d for d in t.depends_on if d not in done]
+        row = t.to_dict() | {"status": st, "effective_priority": round(
+            effective_priority(colony.config, Entry.of(t), role, now), 1)}
+        if st == "pending":
+            row["ready"] = not waiting
+            if waiting:
+                row["waiting_on"] = waiting
+            if t.id in cycle:
+                row["cycle"] = True
+        rows.append(row)
+    rows.sort(key=lambda r: (r["status"] != "active", -r["effective_priority"], r["id"]))
+    return rows
+
+
+def cmd_task_list(args: argparse.Namespace) -> int:
+    rows = _rows(_colony(args), args.status, args.role)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        flag = "" if r.get("ready", True) else (" [cycle]" if r.get("cycle") else " [waiting: " + ",".join(
+            r["waiting_on"]) + "]")
+        print(f"{r['effective_priority']:6.1f}  {r['status']:<8} {r['id']:<40} {r['title']}{flag}")
+    return 0
+
+
+def cmd_task_show(args: argparse.Namespace) -> int:
+    colony = _colony(args)
+    status, task = colony.get(args.id)
+    claim = colony.current_claim(task.id)
+    info = task.to_dict() | {"status": status, "notes": colony.notes(task.id)}
+    if claim:
+        info["claim"] = {"agent": claim.agent, "generation": claim.generation, "claimed_at": claim.claimed_at}
+    if args.json:
+        _print_json(info)
+    else:
+        print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def parse_import(text: str, source: str) -> list[Task]:
+    """A YAML list of tasks, or a markdown checklist (`- [ ] title`; checked boxes are skipped)."""
+    boxes = re.findall(r"^\s*[-*]\s+\[( |x|X)\]\s+(.+?)\s*$", text, flags=re.M)
+    if boxes:
+        return [tasks.from_dict({"id": tasks.new_id(title), "title": title}, f"{source}: {title!r}")
+                for mark, title in boxes if mark == " "]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidTask(f"{source}: neither a markdown checklist nor valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, list):
+        raise InvalidTask(f"{source}: expected a YAML list of tasks or a markdown checklist `- [ ] title`")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict) and "id" not in item and isinstance(item.get("title"), str):
+            item = {"id": tasks.new_id(item["title"]), **item}
+        out.append(tasks.from_dict(item, f"{source}: item {i + 1}"))
+    return out
+
+
+def cmd_task_import(args: argparse.Namespace) -> int:
+    colony = _colony(args)
+    try:
+        text = Path(args.file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {args.file}: {e}") from None
+    new = parse_import(text, args.file)  # all validated before any is added
+    ids = [t.id for t in new]
+    dupes = {i for i in ids if ids.count(i) > 1} | {i for i in ids if colony.locate(i)}
+    if dupes:
+        raise InvalidTask(f"{args.file}: task id(s) already exist or repeat: {', '.join(sorted(dupes))}")
+    for t in new:
+        colony.add(t)
+    _warn_cycles(colony)
+    print(f"imported {len(new)} task(s)")
+    return 0
+
+
+def cmd_task_claim(args: argparse.Namespace) -> int:
+    colony = _colony(args)
+    got = colony.claim(args.agent, args.role, pid=args.pid)
+    if got is None:
+        raise NothingToClaim("no ready task to claim")
+    claim, task = got
+    if args.json:
+        _print_json(task.to_dict() | {"generation": claim.generation, "token": claim.token,
+                                      "notes": colony.notes(task.id)})
+    else:
+        print(task.id)
+    return 0
+
+
+def cmd_task_release(args: argparse.Namespace) -> int:
+    _colony(args).release(args.id, args.agent, note=args.note)
+    return 0
+
+
+def cmd_task_done(args: argparse.Namespace) -> int:
+    _colony(args).done(args.id, args.agent)
+    return 0
+
+
+def cmd_task_fail(args: argparse.Namespace) -> int:
+    _colony(args).fail(args.id, args.agent, note=args.note)
+    return 0
+
+
+def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
+    _colony(args).heartbeat(args.agent, pid=args.pid)
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--repo", help="target git repository (default: current directory)")
+
+    p = argparse.ArgumentParser(prog="stigmergy", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository").set_defaults(
+        func=cmd_init)
+
+    task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
+    add = task.add_parser("add", parents=[common], help="file a new pending task")
+    add.add_argument("title")
+    add.add_argument("--id")
+    add.add_argument("--priority", default="normal", help="0-100 or low|normal|high|critical")
+    add.add_argument("--role")
+    add.add_argument("--kind", default="task", choices=tasks.KINDS)
+    add.add_argument("--depends-on", action="append", default=[], metavar="ID")
+    add.add_argument("--input", action="append", default=[], metavar="PATH")
+    add.add_argument("--output", action="append", default=[], metavar="PATH")
+    add.add_argument("--verify", metavar="CMD")
+    add.add_argument("--body")
+    add.add_argument("--body-file", metavar="F")
+    add.add_argument("--created-by", default="human", help=argparse.SUPPRESS)
+    add.set_defaults(func=cmd_task_add)
+
+    ls = task.add_parser("list", parents=[common], help="tasks by effective priority")
+    ls.add_argument("--status", default="pending", choices=("pending", "active", "done", "failed", "all"))
+    ls.add_argument("--role", help="rank as an agent of this role would")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_task_list)
+
+    show = task.add_parser("show", parents=[common], help="one task with its notes and claim")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_task_show)
+
+    imp = task.add_parser("import", parents=[common], help="add tasks from a YAML list or markdown checklist")
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_task_import)
+
+    claim = task.add_parser("claim", parents=[common], help="claim the best ready task (exit 3: none ready)")
+    claim.add_argument("--agent", required=True)
+    claim.add_argument("--role")
+    claim.add_argument("--pid", type=int, help="a long-lived process whose death frees the claim")
+    claim.add_argument("--json", action="store_true")
+    claim.set_defaults(func=cmd_task_claim)
+
+    for name, func, help_ in (("release", cmd_task_release, "back to pending, skip_count + 1"),
+                              ("done", cmd_task_done, "mark a claimed task done"),
+                              ("fail", cmd_task_fail, "mark a claimed task failed")):
+        sp = task.add_parser(name, parents=[common], help=help_)
+        sp.add_argument("id")
+        sp.add_argument("--agent", required=True)
+        if name != "done":
+            sp.add_argument("--note", required=name == "fail")
+        sp.set_defaults(func=func)
+
+    agent = sub.add_parser("agent", help="agent processes").add_subparsers(dest="agent_command", required=True)
+    hb = agent.add_parser("heartbeat", parents=[common], help="refresh an external agent's lease")
+    hb.add_argument("--agent", required=True)
+    hb.add_argument("--pid", type=int)
+    hb.set_defaults(func=cmd_agent_heartbeat)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")  # `python -m harness --agents 16 ...` is the launcher
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HarnessError as e:
+        print(f"stigmergy: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

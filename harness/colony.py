@@ -1,0 +1,403 @@
+"""The shared environment on disk: the task pool, claims, leases, heartbeats, notes and events.
+
+Layout under `<repo>/.stigmergy/` (or $STIGMERGY_HOME):
+
+    config.yaml                          settings (may be committed)
+    tasks/{pending,active,done,failed}/<id>.yaml   the folder is the status
+    tasks/quarantine/<file>              malformed task files, with <file>.reason
+    locks/<id>.lock/<generation>/        a claim generation: owner.json, then `released` when over
+    agents/<agent>/heartbeat.json        the lease: refreshed every few seconds
+    notes/<id>.jsonl                     notes and failed approaches for the next claimant
+    events.jsonl                         every add, claim, release, done, fail, reap, quarantine
+
+Claims are a generation compare-and-swap. A task's lock folder holds one sub-folder per generation
+(000001, 000002, ...); the highest is current and is held until it contains `released`. Claiming a
+free task, breaking a stale claim and reaping all do the same thing: `mkdir` of generation N+1,
+which exactly one process can win. Generations are never deleted, so a slow process that read N
+long ago can never win N+1 after others moved on (no ABA). Each claim carries that generation
+and a random token, which landing uses to fence out an owner that lost its claim.
+
+Every step is recoverable when a process dies between two of them: a generation folder without
+owner.json, or whose owner's heartbeat went quiet, or whose pid is gone, is stale and gets reaped,
+and the task file is moved back to pending wherever it was left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import fsutil, tasks
+from harness.config import DEFAULT_CONFIG, Config
+from harness.errors import InvalidTask, NotARepository, NotOwner, UnknownTask
+from harness.pool import Pool, meta_of
+from harness.tasks import Task
+
+STATUSES = ("pending", "active", "done", "failed")
+GITIGNORE = """\
+# stigmergy-harness: runtime state stays out of git; config, roles and prompts may be committed.
+*
+!.gitignore
+!config.yaml
+!roles/
+!roles/**
+!prompts/
+!prompts/**
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: str
+    agent: str
+    generation: int
+    token: str
+    pid: int | None
+    host: str
+    claimed_at: float
+
+
+def find_home(repo: Path) -> Path:
+    env = os.environ.get("STIGMERGY_HOME")
+    return Path(env) if env else repo / ".stigmergy"
+
+
+def git_toplevel(path: Path) -> Path:
+    """The repository root, without running git: look for .git upwards (a file in worktrees)."""
+    path = path.resolve()
+    for p in (path, *path.parents):
+        if (p / ".git").exists():
+            return p
+    raise NotARepository(f"{path} is not inside a git repository; run `git init` there first or pass --repo")
+
+
+class Colony:
+    def __init__(self, repo: Path, home: Path) -> None:
+        self.repo = repo
+        self.home = home
+        self.config = Config.load(home / "config.yaml")
+        self.host = socket.gethostname()
+        self._pools: dict[str | None, Pool] = {}
+
+    # -- opening --------------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, repo: Path) -> Colony:
+        repo = git_toplevel(repo)
+        home = find_home(repo)
+        for sub in [*(f"tasks/{s}" for s in (*STATUSES, "quarantine")), "locks", "agents", "notes", "runs"]:
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        for name, text in ((".gitignore", GITIGNORE), ("config.yaml", DEFAULT_CONFIG)):
+            if not (home / name).exists():
+                fsutil.atomic_write(home / name, text)
+        return cls(repo, home)
+
+    @classmethod
+    def open(cls, repo: Path) -> Colony:
+        repo = git_toplevel(repo)
+        home = find_home(repo)
+        if not (home / "tasks").is_dir():
+            raise NotARepository(f"{repo} has no colony yet ({home} is missing): run `stigmergy init --repo {repo}`")
+        return cls(repo, home)
+
+    # -- paths ----------------------------------------------------------------------------------------
+    @property
+    def events_path(self) -> Path:
+        return self.home / "events.jsonl"
+
+    @property
+    def stop_path(self) -> Path:
+        return self.home / "STOP"
+
+    def task_dir(self, status: str) -> Path:
+        return self.home / "tasks" / status
+
+    def lock_dir(self, task_id: str) -> Path:
+        return self.home / "locks" / f"{task_id}.lock"
+
+    def run_dir(self, task_id: str, attempt: str) -> Path:
+        path = self.home / "runs" / task_id / attempt
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- events and notes -----------------------------------------------------------------------------
+    def event(self, event: str, task: str | None = None, **fields: Any) -> None:
+        fsutil.append_line(self.events_path, {"ts": round(time.time(), 3), "event": event, "task": task, **fields})
+
+    def events(self) -> list[dict[str, Any]]:
+        return fsutil.read_lines(self.events_path)
+
+    def add_note(self, task_id: str, agent: str, text: str, kind: str = "note") -> None:
+        tasks.check_id(task_id)
+        fsutil.append_line(self.home / "notes" / f"{task_id}.jsonl",
+                           {"ts": round(time.time(), 3), "agent": agent, "kind": kind, "text": text})
+
+    def notes(self, task_id: str) -> list[dict[str, Any]]:
+        return fsutil.read_lines(self.home / "notes" / f"{task_id}.jsonl")
+
+    # -- tasks ----------------------------------------------------------------------------------------
+    def add(self, task: Task) -> Task:
+        """File a new pending task; its id must not exist in any status."""
+        tasks.check_id(task.id)
+        if self.locate(task.id):
+            raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out")
+        dest = self.task_dir("pending") / f"{task.id}.yaml"
+        tmp = dest.with_name(f".{task.id}.{secrets.token_hex(4)}.tmp")
+        fsutil.atomic_write(tmp, task.to_yaml())
+        try:
+            os.link(tmp, dest)  # create-only: two writers of one id cannot both win
+        except FileExistsError:
+            raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out") from None
+        finally:
+            os.unlink(tmp)
+        self.event("add", task.id, meta=meta_of(task), created_by=task.created_by)
+        return task
+
+    def locate(self, task_id: str) -> tuple[str, Path] | None:
+        for status in STATUSES:
+            path = self.task_dir(status) / f"{task_id}.yaml"
+            if path.exists():
+                return status, path
+        return None
+
+    def get(self, task_id: str) -> tuple[str, Task]:
+        tasks.check_id(task_id)
+        found = self.locate(task_id)
+        task = self.read_task(found[1]) if found else None
+        if found is None or task is None:
+            raise UnknownTask(f"no task {task_id!r}; `stigmergy task list --status all` shows what exists")
+        return found[0], task
+
+    def read_task(self, path: Path) -> Task | None:
+        """Parse one task file; a malformed one is quarantined (never fatal) and None returned."""
+        try:
+            return tasks.load(path)
+        except FileNotFoundError:
+            return None
+        except (InvalidTask, OSError) as e:
+            self.quarantine(path, str(e))
+            return None
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        qdir = self.task_dir("quarantine")
+        dest = qdir / f"{path.name}.{int(time.time())}.{secrets.token_hex(2)}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return  # somebody else quarantined it first
+        fsutil.atomic_write(dest.with_name(dest.name + ".reason"), reason + "\n")
+        tid = path.name[:-5] if path.name.endswith(".yaml") else path.name
+        self.event("quarantine", tid if tasks.ID_RE.match(tid) else None, file=path.name, reason=reason)
+
+    def list(self, status: str = "pending") -> list[tuple[str, Task]]:
+        out = []
+        for st in STATUSES if status == "all" else (status,):
+            for path in sorted(self.task_dir(st).glob("*.yaml")):
+                task = self.read_task(path)
+                if task is not None:
+                    out.append((st, task))
+        return out
+
+    def pool(self, role: str | None) -> Pool:
+        if role not in self._pools:
+            self._pools[role] = Pool(self, role)
+            self._pools[role].refresh(force_scan=True)
+        return self._pools[role]
+
+    # -- leases ---------------------------------------------------------------------------------------
+    def heartbeat(self, agent: str, pid: int | None = None, **info: Any) -> None:
+        tasks.check_id(agent, "agent")
+        folder = self.home / "agents" / agent
+        folder.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json(folder / "heartbeat.json", {"agent": agent, "pid": pid, "host": self.host,
+                                                      "ts": time.time(), **info})
+
+    def last_beat(self, agent: str) -> dict[str, Any] | None:
+        return fsutil.read_json(self.home / "agents" / agent / "heartbeat.json")
+
+    def _is_stale(self, gen_dir: Path, owner: dict[str, Any] | None, now: float) -> bool:
+        ttl = self.config.lease_ttl
+        if owner is None:  # the claimer died between mkdir and writing owner.json
+            try:
+                return now - gen_dir.stat().st_mtime > ttl
+            except FileNotFoundError:
+                return False
+        pid = owner.get("pid")
+        if pid and owner.get("host") == self.host and not _pid_alive(int(pid)):
+            return True
+        beat = self.last_beat(str(owner.get("agent")))
+        last = max(float(owner.get("claimed_at", 0)), float(beat["ts"]) if beat and "ts" in beat else 0.0)
+        return now - last > ttl
+
+    # -- claims ---------------------------------------------------------------------------------------
+    def _generation(self, task_id: str) -> int:
+        try:
+            return max((int(n) for n in os.listdir(self.lock_dir(task_id)) if n.isdigit()), default=0)
+        except FileNotFoundError:
+            return 0
+
+    def _gen_dir(self, task_id: str, gen: int) -> Path:
+        return self.lock_dir(task_id) / f"{gen:06d}"
+
+    def _owner(self, task_id: str, gen: int) -> dict[str, Any] | None:
+        return fsutil.read_json(self._gen_dir(task_id, gen) / "owner.json")
+
+    def _held(self, task_id: str, gen: int) -> bool:
+        return gen > 0 and not (self._gen_dir(task_id, gen) / "released").exists()
+
+    def _take_generation(self, task_id: str, gen: int, agent: str, pid: int | None) -> Claim | None:
+        """The compare-and-swap: win generation `gen` by creating it, or lose to whoever did."""
+        self.lock_dir(task_id).mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self._gen_dir(task_id, gen))
+        except FileExistsError:
+            return None
+        claim = Claim(task_id, agent, gen, secrets.token_hex(8), pid, self.host, time.time())
+        fsutil.write_json(self._gen_dir(task_id, gen) / "owner.json", asdict(claim))
+        return claim
+
+    def _release_generation(self, claim: Claim, why: str) -> None:
+        fsutil.atomic_write(self._gen_dir(claim.task_id, claim.generation) / "released", why + "\n")
+
+    def current_claim(self, task_id: str) -> Claim | None:
+        gen = self._generation(task_id)
+        owner = self._owner(task_id, gen) if self._held(task_id, gen) else None
+        return Claim(**owner) if owner else None
+
+    def holds(self, claim: Claim) -> bool:
+        return self.current_claim(claim.task_id) == claim
+
+    def try_claim(self, task_id: str, agent: str, pid: int | None = None) -> Claim | None:
+        gen = self._generation(task_id)
+        if self._held(task_id, gen):
+            if not self._is_stale(self._gen_dir(task_id, gen), self._owner(task_id, gen), time.time()):
+                return None
+            self._reap(task_id, gen, agent)  # inline: a dead owner should not block the best task
+            gen = self._generation(task_id)
+            if self._held(task_id, gen):
+                return None
+        claim = self._take_generation(task_id, gen + 1, agent, pid)
+        if claim is None:
+            return None
+        try:
+            os.rename(self.task_dir("pending") / f"{task_id}.yaml", self.task_dir("active") / f"{task_id}.yaml")
+        except FileNotFoundError:  # not pending any more (done, failed, or just reaped elsewhere)
+            self._release_generation(claim, "not pending")
+            return None
+        self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid)
+        return claim
+
+    def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
+        """Claim the best ready task for this agent and role, or None when nothing is ready."""
+        tasks.check_id(agent, "agent")
+        pool = self.pool(role)
+        for attempt in range(2):
+            pool.refresh(force_scan=attempt == 1)
+            while ids := pool.candidates():
+                for tid in ids:
+                    claim = self.try_claim(tid, agent, pid)
+                    if claim is None:
+                        pool.forget(tid, "active" if self.locate(tid) else "gone")
+                        continue
+                    pool.forget(tid, "active")
+                    task = self.read_task(self.task_dir("active") / f"{tid}.yaml")
+                    if task is None:  # quarantined on read: give up the claim, keep looking
+                        self._release_generation(claim, "quarantined")
+                        continue
+                    return claim, task
+        return None
+
+    def _owned(self, task_id: str, agent: str, token: str | None) -> Claim:
+        claim = self.current_claim(tasks.check_id(task_id))
+        if claim is None or claim.agent != agent or (token is not None and claim.token != token):
+            holder = f"held by {claim.agent}" if claim else "not claimed"
+            raise NotOwner(f"task {task_id!r} is {holder}; only its current owner may release, finish or fail it")
+        return claim
+
+    def _move(self, claim: Claim, dest: str, update: dict[str, Any] | None = None) -> None:
+        src = self.task_dir("active") / f"{claim.task_id}.yaml"
+        if update:
+            task = self.read_task(src)
+            if task is not None:
+                for key, value in update.items():
+                    setattr(task, key, value)
+                fsutil.atomic_write(src, task.to_yaml())
+        try:
+            os.rename(src, self.task_dir(dest) / f"{claim.task_id}.yaml")
+        except FileNotFoundError:
+            pass  # a crash already moved it; the move is idempotent
+        self._release_generation(claim, dest)
+
+    def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None) -> int:
+        """Back to pending with skip_count + 1 (so it grows more urgent); returns the new skip_count."""
+        claim = self._owned(task_id, agent, token)
+        if note:
+            self.add_note(task_id, agent, note, kind="release")
+        skips = self._skip_count(task_id) + 1
+        self._move(claim, "pending", {"skip_count": skips})
+        self.event("release", task_id, agent=agent, skip_count=skips, note=note)
+        return skips
+
+    def done(self, task_id: str, agent: str, token: str | None = None, **fields: Any) -> None:
+        claim = self._owned(task_id, agent, token)
+        self._move(claim, "done")
+        self.event("done", task_id, agent=agent, **fields)
+
+    def fail(self, task_id: str, agent: str, note: str, token: str | None = None) -> None:
+        claim = self._owned(task_id, agent, token)
+        self.add_note(task_id, agent, note, kind="fail")
+        self._move(claim, "failed")
+        self.event("fail", task_id, agent=agent, note=note)
+
+    def _skip_count(self, task_id: str) -> int:
+        found = self.locate(task_id)
+        task = self.read_task(found[1]) if found else None
+        return task.skip_count if task else 0
+
+    # -- reaping --------------------------------------------------------------------------------------
+    def _reap(self, task_id: str, gen: int, reaper: str) -> bool:
+        """Break a stale claim at generation `gen`; True for the one process that wins the break."""
+        owner = self._owner(task_id, gen) or {}
+        mine = self._take_generation(task_id, gen + 1, f"reaper.{reaper}"[:64], os.getpid())
+        if mine is None:
+            return False
+        abandoned = owner.get("agent", "unknown")
+        note = f"claim abandoned by {abandoned} (lease expired or process gone); reaped by {reaper}"
+        self.add_note(task_id, reaper, note, kind="reap")
+        skips = self._skip_count(task_id) + 1
+        if (self.task_dir("active") / f"{task_id}.yaml").exists():
+            self._move(mine, "pending", {"skip_count": skips})
+        else:  # died before moving the file out of pending, or after finishing: nothing to move
+            self._release_generation(mine, "reaped")
+        self.event("reap", task_id, agent=reaper, abandoned_by=abandoned, generation=gen, skip_count=skips)
+        return True
+
+    def reap(self, reaper: str) -> list[str]:
+        """Return every stale claim of an active task to pending; the ids this process reaped."""
+        now, reaped = time.time(), []
+        for path in self.task_dir("active").glob("*.yaml"):
+            tid = path.name[:-5]
+            gen = self._generation(tid)
+            stale = not self._held(tid, gen) or self._is_stale(self._gen_dir(tid, gen), self._owner(tid, gen), now)
+            if stale and self._reap(tid, gen, reaper):
+                reaped.append(tid)
+        return reaped
+
+    # -- stopping -------------------------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        return self.stop_path.exists()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

@@ -1,0 +1,85 @@
+"""Colony configuration: `.stigmergy/config.yaml`, every key optional, unknown keys refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UsageError
+
+DEFAULT_CONFIG = """\
+# stigmergy-harness colony configuration. Every key is optional; these are the defaults.
+# This file may be committed; the rest of .stigmergy/ is runtime state and stays out of git.
+
+# Model for agents that are not given --model: anthropic/<model>, openai/<model>,
+# litellm/<provider>/<model> or scripted:<path>.
+model: null
+
+# Shell command every task must pass before it lands (run in the agent's worktree),
+# in addition to the task's own `verify`. Empty means no repo-wide check.
+verify: ""
+verify_timeout: 1800      # seconds
+verify_rounds: 3          # feed a failing verify back to the model this many times, then release
+
+# Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
+# (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
+lease_ttl: 120
+heartbeat_interval: 5
+
+# Colony-wide spend limit in USD (null = none): once reached, nothing more is claimed.
+budget_usd: null
+
+# Effective priority = priority + min(skip_count * skip_step, skip_cap)
+#                     + aging_per_hour * hours waiting + role_bonus (task suits the agent's role)
+#                     - overlap_penalty (its outputs overlap an active task's outputs).
+skip_step: 5
+skip_cap: 25
+aging_per_hour: 2
+role_bonus: 15
+overlap_penalty: 20
+"""
+
+
+@dataclass
+class Config:
+    model: str | None = None
+    verify: str = ""
+    verify_timeout: float = 1800
+    verify_rounds: int = 3
+    lease_ttl: float = 120
+    heartbeat_interval: float = 5
+    budget_usd: float | None = None
+    skip_step: int = 5
+    skip_cap: int = 25
+    aging_per_hour: float = 2
+    role_bonus: int = 15
+    overlap_penalty: int = 20
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        try:
+            data = yaml.safe_load(path.read_text()) if path.exists() else None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix or delete it") from None
+        data = data or {}
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: must be a YAML mapping of settings")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+        for key, value in data.items():
+            default = getattr(cls, key)
+            if isinstance(default, str) or key == "model":
+                ok = isinstance(value, str) or (value is None and key == "model")
+            else:  # numbers; budget_usd may be null
+                ok = (value is None and key == "budget_usd") or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+                )
+            if not ok:
+                raise UsageError(f"{path}: setting '{key}' has a bad value {value!r}; see the comments in the default config")
+        values: dict[str, Any] = dict(data)
+        return cls(**values)

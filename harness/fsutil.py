@@ -1,0 +1,69 @@
+"""Durable file primitives shared by every writer of the environment.
+
+State files are replaced whole (temp file + fsync + os.replace), so a reader sees the old or
+the new content, never half of one. Logs are JSONL appended with a single write on an O_APPEND
+descriptor, so concurrent writers never interleave inside a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it is missing or torn (the caller decides what that means)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def append_line(path: Path, obj: Any) -> None:
+    line = (json.dumps(obj, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every complete, parseable JSON line; a torn or corrupt line is skipped, not fatal."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out

@@ -1,0 +1,243 @@
+"""A process-local index of the task pool, so picking never parses every task file.
+
+The truth is on disk (the status folders and the claim locks); this index is a cache of it built
+from `events.jsonl`, whose `add` events carry each task's scheduling fields. A long-lived agent
+replays the log once and then reads only what was appended since its last pick, so a pick costs a
+heap pop, not a directory scan. Drift (a task file dropped in by hand, an event lost to a crash)
+is repaired by a periodic rescan that lists the folders and parses only names it does not know.
+
+Ordering: effective priority = priority + min(skip_count*skip_step, skip_cap) + role bonus
++ aging_per_hour * hours waiting. Aging is linear and uncapped, so nothing starves, and because
+it grows at the same rate for every task the order is a static key (the `now` term is common to
+all tasks) and a heap stays valid over time. The overlap penalty depends on which tasks are active,
+so it is applied only among the top few candidates at pick time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from harness.config import Config
+
+if TYPE_CHECKING:
+    from harness.colony import Colony
+    from harness.tasks import Task
+
+# A task's kind suits a role even without an explicit role hint.
+KIND_ROLES = {"merge_conflict": "merger", "review": "critic", "verify_failure": "coder"}
+TOP_K = 16
+RESCAN_SECONDS = 30.0
+
+
+@dataclass
+class Entry:
+    id: str
+    priority: int
+    created_at: float
+    skip_count: int = 0
+    role: str | None = None
+    kind: str = "task"
+    depends_on: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    version: int = 0
+
+    @classmethod
+    def of(cls, task: Task) -> Entry:
+        return cls(task.id, task.priority, task.created_at, task.skip_count, task.role, task.kind,
+                   list(task.depends_on), list(task.outputs))
+
+    @classmethod
+    def from_meta(cls, task_id: str, meta: dict[str, Any]) -> Entry:
+        return cls(task_id, int(meta.get("priority", 50)), float(meta.get("created_at", 0)),
+                   int(meta.get("skip_count", 0)), meta.get("role"), meta.get("kind", "task"),
+                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])))
+
+
+def meta_of(task: Task) -> dict[str, Any]:
+    """The scheduling fields an `add` event carries (what Entry.from_meta reads back)."""
+    return {"priority": task.priority, "created_at": task.created_at, "skip_count": task.skip_count,
+            "role": task.role, "kind": task.kind, "depends_on": task.depends_on, "outputs": task.outputs}
+
+
+def suits(role: str | None, task_role: str | None, kind: str) -> bool:
+    return role is not None and (task_role == role or (task_role is None and KIND_ROLES.get(kind) == role))
+
+
+def effective_priority(cfg: Config, e: Entry | Task, role: str | None, now: float) -> float:
+    hours = max(0.0, now - e.created_at) / 3600
+    return (e.priority + min(e.skip_count * cfg.skip_step, cfg.skip_cap) + cfg.aging_per_hour * hours
+            + (cfg.role_bonus if suits(role, e.role, e.kind) else 0))
+
+
+def overlaps(a: list[str], b: list[str]) -> bool:
+    """Two output lists touch when one path is, or lies under, the other."""
+    def parts(p: str) -> tuple[str, ...]:
+        return PurePosixPath(p.strip("/") or ".").parts
+    return any(pa[: len(pb)] == pb or pb[: len(pa)] == pa for pa in map(parts, a) for pb in map(parts, b))
+
+
+class Pool:
+    def __init__(self, colony: Colony, role: str | None) -> None:
+        self.colony = colony
+        self.cfg = colony.config
+        self.role = role
+        self.entries: dict[str, Entry] = {}
+        self.status: dict[str, str] = {}
+        self.done: set[str] = set()
+        self.waiters: dict[str, set[str]] = {}
+        self.active: dict[str, list[str]] = {}  # outputs of active tasks, for the overlap penalty
+        self.heap: list[tuple[float, float, str, int]] = []
+        self.offset = 0
+        self.partial = b""
+        self.scanned_at = 0.0
+
+    # -- keeping the index fresh -------------------------------------------------------------------
+    def refresh(self, force_scan: bool = False) -> None:
+        self._tail_events()
+        if force_scan or time.monotonic() - self.scanned_at > RESCAN_SECONDS:
+            self._rescan()
+
+    def _tail_events(self) -> None:
+        try:
+            with open(self.colony.events_path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(chunk)
+        data = self.partial + chunk
+        lines = data.split(b"\n")
+        self.partial = lines.pop()  # a line still being written has no newline yet
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and isinstance(ev.get("task"), str):
+                self.apply(ev)
+
+    def apply(self, ev: dict[str, Any]) -> None:
+        tid, kind = ev["task"], ev.get("event")
+        if kind == "add" and isinstance(ev.get("meta"), dict):
+            self._set_pending(Entry.from_meta(tid, ev["meta"]))
+        elif kind == "claim":
+            self.forget(tid, "active")
+        elif kind in ("release", "reap"):
+            e = self.entries.get(tid)
+            if e is not None:
+                e.skip_count = int(ev.get("skip_count", e.skip_count))
+                self._set_pending(e)
+        elif kind == "done":
+            self._mark_done(tid)
+        elif kind in ("fail", "quarantine"):
+            self.forget(tid, "failed" if kind == "fail" else "gone")
+
+    def _set_pending(self, e: Entry) -> None:
+        e.version += 1
+        self.entries[e.id] = e
+        self.status[e.id] = "pending"
+        self.active.pop(e.id, None)
+        heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
+
+    def _key(self, e: Entry) -> float:
+        # effective_priority less the aging term every task shares (aging_per_hour * now / 3600).
+        return effective_priority(self.cfg, e, self.role, now=e.created_at) - self.cfg.aging_per_hour * e.created_at / 3600
+
+    def _mark_done(self, tid: str) -> None:
+        self.forget(tid, "done")
+        self.done.add(tid)
+        for waiter in self.waiters.pop(tid, ()):
+            e = self.entries.get(waiter)
+            if e is not None and self.status.get(waiter) == "pending":
+                self._set_pending(e)
+
+    def _rescan(self) -> None:
+        self.scanned_at = time.monotonic()
+        for name in _names(self.colony.task_dir("done")):
+            if name not in self.done:
+                self._mark_done(name)
+        on_disk = set(_names(self.colony.task_dir("pending")))
+        for tid, st in list(self.status.items()):
+            if st == "pending" and tid not in on_disk:
+                self.status[tid] = "gone"
+        for tid in on_disk:
+            if self.status.get(tid) != "pending" and tid not in self.entries:
+                task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
+                if task is not None:
+                    self._set_pending(Entry.of(task))
+            elif self.status.get(tid) != "pending":
+                self._set_pending(self.entries[tid])
+
+    # -- picking ------------------------------------------------------------------------------------
+    def ready(self, e: Entry) -> bool:
+        missing = [d for d in e.depends_on if d not in self.done]
+        for d in missing:
+            self.waiters.setdefault(d, set()).add(e.id)
+        return not missing
+
+    def candidates(self) -> list[str]:
+        """Up to TOP_K ready pending ids, best first, with the overlap penalty applied among them."""
+        picked: list[Entry] = []
+        while self.heap and len(picked) < TOP_K:
+            _, _, tid, version = self.heap[0]
+            e = self.entries.get(tid)
+            if e is None or e.version != version or self.status.get(tid) != "pending" or not self.ready(e):
+                heapq.heappop(self.heap)  # stale, claimed, or blocked (re-pushed when its deps are done)
+                continue
+            picked.append(e)
+            heapq.heappop(self.heap)
+        for e in picked:  # still pending as far as we know: keep them in the heap
+            heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
+        def score(e: Entry) -> float:
+            hit = e.outputs and any(overlaps(e.outputs, o) for o in self.active.values())
+            return self._key(e) - (self.cfg.overlap_penalty if hit else 0)
+        return [e.id for e in sorted(picked, key=score, reverse=True)]
+
+    def forget(self, tid: str, status: str) -> None:
+        """Record a task leaving `pending` (claimed by us or another, done, failed, vanished)."""
+        self.status[tid] = status
+        e = self.entries.get(tid)
+        if status == "active" and e is not None and e.outputs:
+            self.active[tid] = e.outputs
+        else:
+            self.active.pop(tid, None)
+
+
+def _names(folder: os.PathLike[str]) -> list[str]:
+    try:
+        return [n[:-5] for n in os.listdir(folder) if n.endswith(".yaml") and not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """One dependency cycle (as a path a -> b -> a) among these tasks, or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    for root in deps:
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if state.get(node) == 2:
+                    continue
+                state[node] = 1
+                path.append(node)
+            kids = deps.get(node, [])
+            if i < len(kids):
+                stack.append((node, i + 1))
+                kid = kids[i]
+                if state.get(kid) == 1:
+                    return path[path.index(kid):] + [kid]
+                if state.get(kid) is None and kid in deps:
+                    stack.append((kid, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return None

@@ -1,0 +1,153 @@
+"""The task: schema, validation, ids, YAML.
+
+A task file is small YAML whose folder is its status (tasks/pending/<id>.yaml, ...). Everything a
+file says is checked here, and every message names the file and the field, because task files are
+written by people, scripts and models alike.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import InvalidId, InvalidTask
+
+ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+PRIORITIES = {"low": 20, "normal": 50, "high": 80, "critical": 95}
+KINDS = ("task", "merge_conflict", "verify_failure", "review", "idea")
+MAX_TASK_BYTES = 256 * 1024
+
+
+@dataclass
+class Task:
+    id: str
+    title: str
+    kind: str = "task"
+    priority: int = PRIORITIES["normal"]
+    role: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    verify: str | None = None
+    body: str = ""
+    created_by: str = "human"
+    discovered_from: str | None = None
+    resolves: str | None = None  # a merge_conflict task names the task whose work it lands
+    skip_count: int = 0
+    created_at: float = field(default_factory=time.time)
+    meta: dict[str, Any] = field(default_factory=dict)  # machine data, e.g. a conflict's refs
+
+    def to_dict(self) -> dict[str, Any]:
+        # Drop empty optional fields so hand-written and generated files look alike.
+        return {k: v for k, v in asdict(self).items() if v not in (None, [], {}, "") or k in ("id", "title")}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "title": (str,), "kind": (str,), "priority": (int, str), "role": (str, type(None)),
+    "depends_on": (list,), "inputs": (list,), "outputs": (list,), "verify": (str, type(None)),
+    "body": (str, type(None)), "created_by": (str,), "discovered_from": (str, type(None)),
+    "resolves": (str, type(None)), "skip_count": (int,), "created_at": (int, float), "meta": (dict,),
+}
+
+
+def check_id(value: object, where: str = "id") -> str:
+    if not isinstance(value, str) or not ID_RE.match(value) or ".." in value:
+        raise InvalidId(
+            f"{where}: {value!r} is not a valid task id: use 1-64 characters from a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit (no uppercase, '/', '..' or control characters)"
+        )
+    return value
+
+
+def parse_priority(value: object, where: str = "priority") -> int:
+    if isinstance(value, str):
+        if value in PRIORITIES:
+            return PRIORITIES[value]
+        if value.strip().isdigit():
+            value = int(value)
+        else:
+            raise InvalidTask(f"{where}: {value!r} is not a priority: use 0-100 or one of {', '.join(PRIORITIES)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise InvalidTask(f"{where}: {value!r} is not a priority: use 0-100 or one of {', '.join(PRIORITIES)}")
+    return value
+
+
+def from_dict(data: object, source: str) -> Task:
+    """Validate a mapping into a Task; `source` (a file name) starts every error message."""
+    if not isinstance(data, dict):
+        raise InvalidTask(f"{source}: a task must be a YAML mapping, got {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - set(_TYPES))
+    if unknown:
+        raise InvalidTask(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_TYPES)}")
+    for key in ("id", "title"):
+        if key not in data:
+            raise InvalidTask(f"{source}: missing required field '{key}'")
+    for key, value in data.items():
+        if not isinstance(value, _TYPES[key]) or (isinstance(value, bool) and key in ("priority", "skip_count")):
+            want = " or ".join(t.__name__ for t in _TYPES[key])
+            raise InvalidTask(f"{source}: field '{key}' must be {want}, got {type(value).__name__}")
+    check_id(data["id"], f"{source}: field 'id'")
+    if not data["title"].strip() or "\n" in data["title"]:
+        raise InvalidTask(f"{source}: field 'title' must be one non-empty line")
+    kind = data.get("kind", "task")
+    if kind not in KINDS:
+        raise InvalidTask(f"{source}: field 'kind' is {kind!r}; use one of {', '.join(KINDS)}")
+    for key in ("depends_on", "inputs", "outputs"):
+        for item in data.get(key, []):
+            if not isinstance(item, str) or not item:
+                raise InvalidTask(f"{source}: field '{key}' must be a list of non-empty strings")
+    for dep in data.get("depends_on", []):
+        check_id(dep, f"{source}: field 'depends_on'")
+    if data.get("skip_count", 0) < 0:
+        raise InvalidTask(f"{source}: field 'skip_count' must be >= 0")
+    fields = dict(data)
+    fields["priority"] = parse_priority(data.get("priority", "normal"), f"{source}: field 'priority'")
+    fields["body"] = data.get("body") or ""
+    return Task(**fields)
+
+
+def parse(text: str, source: str) -> Task:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidTask(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return from_dict(data, source)
+
+
+def load(path: Path) -> Task:
+    """Read one task file, refusing what should never be there: symlinks, huge or binary files."""
+    st = path.lstat()
+    if not path.is_file() or path.is_symlink():
+        raise InvalidTask(f"{path.name}: not a regular file (symlinks are refused)")
+    if st.st_size > MAX_TASK_BYTES:
+        raise InvalidTask(f"{path.name}: {st.st_size} bytes is too large for a task (limit {MAX_TASK_BYTES})")
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise InvalidTask(f"{path.name}: binary content")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidTask(f"{path.name}: not UTF-8 text") from None
+    task = parse(text, path.name)
+    if f"{task.id}.yaml" != path.name:
+        raise InvalidTask(f"{path.name}: its id {task.id!r} does not match the file name")
+    return task
+
+
+def slug(title: str, limit: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:limit].strip("-")
+    return s or "task"
+
+
+def new_id(title: str) -> str:
+    """A slug of the title plus a random suffix: ids never collide across hosts and never count."""
+    return f"{slug(title)}-{secrets.token_hex(2)}"
