@@ -1,0 +1,169 @@
+"""An agent's private git worktree: reset to the tip of main before each attempt, committed after.
+
+The worktree lives at ``<root>/<agent>``, is created once and reused: a fresh ``git worktree add``
+checks out the whole tree, a reset only touches what changed. Only the agent's own process ever
+touches it, which is what lets :meth:`Workspace.prepare` treat any lock file inside it as stale.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from harness.errors import GitError, InvalidId
+from harness.git import ZERO_OID, Git, Identity
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# Applied once to the shared repository while agents run: an automatic gc or maintenance run
+# repacks objects and refs under concurrent agents (lock errors, slow landings).
+SHARED_SETTINGS = {"gc.auto": "0", "maintenance.auto": "false"}
+
+
+def check_name(name: str, what: str = "id") -> str:
+    """Reject names that are unsafe as a path component or a ref name component."""
+    if not _SAFE_NAME.fullmatch(name) or ".." in name or name.endswith(".lock"):
+        raise InvalidId(f"invalid {what} {name!r}: use [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+    return name
+
+
+def configure_shared_repo(git: Git) -> None:
+    """Idempotent: read first, write only what differs (a config write takes config.lock)."""
+    for key, value in SHARED_SETTINGS.items():
+        current = git.run("config", "--get", key, check=False).strip()
+        if current != value:
+            git.run("config", key, value)
+
+
+class Workspace:
+    """``repo`` is the target repository (the user's checkout); ``root`` holds agents' worktrees."""
+
+    def __init__(self, repo: Path, root: Path, agent: str, *, main: str = "main") -> None:
+        self.agent = check_name(agent, "agent name")
+        self.repo = Path(repo).resolve()
+        self.root = Path(root).resolve()
+        self.path = self.root / agent
+        self.main = main
+        self.git = Git(self.repo)  # repository-wide operations (refs, objects, worktree admin)
+        self.wt = Git(self.path)  # operations inside this agent's worktree
+        self.identity = Identity.for_agent(agent)
+        self._configured = False
+
+    def prepare(self, branch: str | None = None) -> Path:
+        """Reset the worktree to the tip of main on a fresh ``branch`` and return its path.
+
+        Creates the worktree on first use and recovers one whose directory was deleted, whose
+        registration is locked or stale, or which a killed git left half-made. Tracked changes
+        and untracked files of the previous attempt are discarded; ignored files (build caches,
+        virtualenvs) are kept because they are expensive to rebuild and git never lands them.
+        """
+        if not self._configured:
+            configure_shared_repo(self.git)
+            self._hide_from_user_status()
+            self._configured = True
+        tip = self.git.resolve(f"refs/heads/{self.main}")
+        if tip is None:
+            raise GitError(["rev-parse", self.main], 1, f"branch {self.main!r} does not exist")
+        self._ensure_worktree(tip)
+        self._remove_stale_locks()
+        branch = branch or f"stigmergy/{self.agent}"
+        previous = self.wt.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
+        # Detach first: it clears merge state and unmerged entries, and frees the old branch name
+        # so a new name that nests under it (stigmergy/a vs stigmergy/a/x) can be created.
+        self.wt.run("checkout", "--quiet", "--force", "--detach", tip)
+        if previous and previous != branch and previous.startswith("stigmergy/"):
+            self.wt.run("branch", "--quiet", "-D", previous, check=False)
+        self.wt.run("checkout", "--quiet", "--no-track", "-B", branch, tip)
+        # -ff: also remove nested repositories the model may have created with `git init`.
+        self.wt.run("clean", "-ffdq")
+        return self.path
+
+    def commit_all(self, message: str, author: Identity | None = None) -> str | None:
+        """Commit everything the agent changed (new files included, .gitignore respected) as one
+        child of HEAD; return its sha, or None when nothing changed.
+
+        Plumbing rather than ``git commit``: the target's hooks and signing config must not run
+        in agents' worktrees, and a conflict-resolution worktree (MERGE_HEAD present) still
+        yields a single-parent commit — landing squashes it onto main either way.
+        """
+        ident = author or self.identity
+        self.wt.run("add", "--all")
+        tree = self.wt.run("write-tree").strip()
+        head = self.wt.resolve("HEAD")
+        if head is not None and tree == self.wt.run("rev-parse", "HEAD^{tree}").strip():
+            return None
+        parents = ["-p", head] if head else []
+        sha = self.wt.run(
+            "commit-tree", tree, *parents, "-F", "-", input=message, env=ident.env()
+        ).strip()
+        self.wt.run("update-ref", "-m", f"stigmergy: commit by {self.agent}", "HEAD", sha,
+                    head or ZERO_OID)
+        if self.wt.resolve("MERGE_HEAD"):
+            self.wt.run("merge", "--quit")
+        return sha
+
+    def _ensure_worktree(self, tip: str) -> None:
+        entry = self._registration()
+        if entry is not None and "locked" in entry:
+            # A killed `git worktree add` leaves its "initializing" lock behind; prune skips
+            # locked entries, so the lock must go before anything else can recover the slot.
+            self.git.run("worktree", "unlock", str(self.path), check=False)
+        if self._healthy():
+            return
+        if (self.path / ".git").is_file():
+            # The admin dir under .git/worktrees may have moved or been renamed: repair relinks.
+            self.git.run("worktree", "repair", str(self.path), check=False)
+            if self._healthy():
+                return
+        if self.path.exists():
+            shutil.rmtree(self.path)  # ours alone: a half-made or foreign directory at our path
+        self.git.run("worktree", "prune")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.git.run("worktree", "add", "--quiet", "--force", "--detach", str(self.path), tip)
+
+    def _registration(self) -> dict[str, str] | None:
+        out = self.git.run("worktree", "list", "--porcelain")
+        for block in out.strip().split("\n\n"):
+            fields = dict((line.split(" ", 1) + [""])[:2] for line in block.splitlines())
+            if "worktree" in fields and Path(fields["worktree"]).resolve() == self.path:
+                return fields
+        return None
+
+    def _healthy(self) -> bool:
+        """The directory is a working worktree of *this* repository rooted exactly at our path
+        (without the last check, a worktree root inside the repo would find the user's repo)."""
+        if not (self.path / ".git").exists():
+            return False
+        done = self.wt.call("rev-parse", "--path-format=absolute", "--show-toplevel",
+                            "--git-common-dir", "--verify", "HEAD")
+        if done.returncode != 0:
+            return False
+        top, common, _head = done.stdout.splitlines()
+        return Path(top).resolve() == self.path and Path(common).resolve() == self._common_dir()
+
+    def _common_dir(self) -> Path:
+        out = self.git.run("rev-parse", "--path-format=absolute", "--git-common-dir")
+        return Path(out.strip()).resolve()
+
+    def _remove_stale_locks(self) -> None:
+        gitdir = Path(self.wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip())
+        for name in ("index.lock", "HEAD.lock"):
+            (gitdir / name).unlink(missing_ok=True)
+
+    def _hide_from_user_status(self) -> None:
+        """Nested worktrees under the user's checkout would show as untracked: exclude them."""
+        try:
+            rel = self.root.relative_to(self.repo)
+        except ValueError:
+            return  # outside the checkout: nothing to hide
+        if not rel.parts:
+            return
+        exclude = Path(self.git.run("rev-parse", "--path-format=absolute",
+                                    "--git-path", "info/exclude").strip())
+        line = f"/{rel.as_posix()}/"
+        existing = exclude.read_text().splitlines() if exclude.exists() else []
+        if line not in existing:
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            with exclude.open("a") as fh:  # one append: concurrent starters at worst duplicate it
+                fh.write(("\n" if existing and existing[-1] else "") + line + "\n")
