@@ -458,7 +458,9 @@ def schema_problem(schema: dict[str, Any], data: Any) -> str | None:
 def _is_type(value: Any, json_type: str) -> bool:
     if json_type == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
-    python_type = {"string": str, "array": list, "object": dict, "boolean": bool, "number": (int, float)}
+    if json_type == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    python_type: dict[str, type] = {"string": str, "array": list, "object": dict, "boolean": bool}
     return isinstance(value, python_type[json_type])
 
 

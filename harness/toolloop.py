@@ -1,0 +1,259 @@
+"""The one tool loop, the same for every provider.
+
+    ask the model -> run its tool calls in order -> send all results back in one user message
+    -> repeat until it calls ``finish``, stops calling tools, or a limit hits
+
+Stopping is data: ``Outcome.stopped_by`` is None when the model finished, else one of
+"steps" | "tokens" | "time" | "cost" | "budget" | "error". Limits count the whole attempt,
+verify-failure rounds included; they are checked before each model call, so the tool calls of
+a reply always run and the conversation stays well formed (every tool call has its result).
+
+A verify failure goes back into the same conversation:
+
+    outcome = run_attempt(model, system, prompt, toolbox, limits, transcript, task_id=..., task_title=...)
+    if outcome.finished and not verify_ok:
+        outcome = continue_attempt(outcome, verify_log_tail)   # prefixed with VERIFY_FAILURE_MARKER
+
+The transcript gets one JSON line per event ("request", "reply", "tool_result", "stop") with
+every secret redacted; tool results are redacted before the model sees them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BudgetExceeded, ModelError, UsageError
+from harness.models.base import Model, Reply, Request, Usage
+from harness.redact import redact, redact_data
+from harness.tools import Toolbox, ToolResult, clip_lines
+
+# Starts the user message that carries a verify failure; the scripted model keys on it.
+VERIFY_FAILURE_MARKER = "[stigmergy:verify-failed]"
+
+# How much of each tool result the transcript keeps: enough to replay what happened.
+TRANSCRIPT_RESULT_LIMIT = 4_000
+
+
+@dataclass
+class Limits:
+    """Caps for one attempt; None = no cap. Tokens count input+output+cache reads/writes."""
+
+    max_steps: int | None = 100
+    max_tokens: int | None = None
+    max_seconds: float | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass
+class Outcome:
+    finished: bool
+    summary: str = ""
+    stopped_by: str | None = None
+    error: ModelError | None = None  # set when stopped_by is "error" (or "budget" from the provider)
+    steps: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    messages: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # The live conversation, for continue_attempt; not part of the result's value.
+    attempt: Attempt | None = field(default=None, repr=False, compare=False)
+
+
+class Transcript:
+    """Append-only JSON lines; each line is one os.write on an O_APPEND descriptor."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: dict[str, Any], secrets: Iterable[str] = ()) -> None:
+        record = redact_data({"ts": round(time.time(), 3), **event}, secrets)
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+class Attempt:
+    """One conversation with a model about one task; ``run`` may be called again after feedback."""
+
+    def __init__(
+        self,
+        model: Model,
+        system: str,
+        toolbox: Toolbox,
+        limits: Limits,
+        transcript: Transcript | None,
+        *,
+        task_id: str,
+        task_title: str,
+        budget_check: Callable[[], bool] | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.model, self.system, self.toolbox = model, system, toolbox
+        self.limits, self.transcript = limits, transcript
+        self.task_id, self.task_title = task_id, task_title
+        self.budget_check = budget_check
+        self.secrets = tuple(s for s in secrets if s)
+        self.messages: list[dict[str, Any]] = []
+        self.steps = 0
+        self.usage = Usage()
+        self.cost_usd = 0.0
+        self.seconds = 0.0  # spent in earlier rounds
+
+    def say(self, text: str) -> Outcome:
+        """Add a user message and run until the model finishes or a limit hits."""
+        first = not self.messages
+        block = {"type": "text", "text": text}
+        if self.messages and self.messages[-1]["role"] == "user":
+            # After finish the last message holds its tool result; providers want roles to
+            # alternate, so the feedback joins that message (text after the results).
+            last = self.messages[-1]
+            self.messages[-1] = {**last, "content": [*last["content"], block]}
+        else:
+            self.messages.append({"role": "user", "content": [block]})
+        self._log({"kind": "user", "text": text, **({"system": self.system} if first else {})})
+        started = time.monotonic()
+        try:
+            return self._loop(started)
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _loop(self, started: float) -> Outcome:
+        while True:
+            stop = self._limit_hit(started)
+            if stop:
+                return self._outcome(started, stopped_by=stop)
+            # A snapshot: a provider (or a test) keeping the request must not see later turns.
+            request = Request(self.system, list(self.messages), self.toolbox.specs,
+                              task_id=self.task_id, task_title=self.task_title)
+            self._log({"kind": "request", "step": self.steps + 1, "model": self.model.name,
+                       "messages": len(self.messages)})
+            try:
+                reply = self.model.complete(request)
+            except ModelError as exc:
+                self._log({"kind": "error", "step": self.steps + 1, "error": f"{type(exc).__name__}: {exc}"})
+                stopped_by = "budget" if isinstance(exc, BudgetExceeded) else "error"
+                return self._outcome(started, stopped_by=stopped_by, error=exc)
+            self._account(reply)
+            self.messages.append({"role": "assistant", "content": _assistant_blocks(reply)})
+            if not reply.tool_calls:
+                # A model that stops talking to tools has nothing more to do: that is its finish.
+                return self._outcome(started, finished=True, summary=reply.text)
+            summary = self._run_tools(reply)
+            if summary is not None:
+                return self._outcome(started, finished=True, summary=summary)
+
+    def _run_tools(self, reply: Reply) -> str | None:
+        """Run the reply's tool calls in order; the finish summary if one of them was finish."""
+        summary: str | None = None
+        results = []
+        for call in reply.tool_calls:
+            if summary is None:
+                result = self.toolbox.run(call)
+                summary = result.finished
+            else:  # still answered: every tool call needs a result if the conversation goes on
+                result = ToolResult("Not run: finish was already called.", is_error=True)
+            content = redact(result.content, self.secrets)
+            results.append({"type": "tool_result", "id": call.id, "content": content, "is_error": result.is_error})
+            self._log({
+                "kind": "tool_result", "step": self.steps, "id": call.id, "name": call.name,
+                "is_error": result.is_error,
+                "content": clip_lines(content.splitlines(keepends=True), TRANSCRIPT_RESULT_LIMIT),
+            })
+        self.messages.append({"role": "user", "content": results})
+        return summary
+
+    def _limit_hit(self, started: float) -> str | None:
+        limits = self.limits
+        if self.budget_check is not None and self.budget_check():
+            return "budget"
+        if limits.max_steps is not None and self.steps >= limits.max_steps:
+            return "steps"
+        if limits.max_seconds is not None and self.seconds + time.monotonic() - started >= limits.max_seconds:
+            return "time"
+        if limits.max_tokens is not None and _total_tokens(self.usage) >= limits.max_tokens:
+            return "tokens"
+        if limits.max_cost_usd is not None and self.cost_usd >= limits.max_cost_usd:
+            return "cost"
+        return None
+
+    def _account(self, reply: Reply) -> None:
+        self.steps += 1
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+            setattr(self.usage, name, getattr(self.usage, name) + getattr(reply.usage, name))
+        self.cost_usd += reply.cost_usd
+        self._log({
+            "kind": "reply", "step": self.steps, "text": reply.text, "stop_reason": reply.stop_reason,
+            "tool_calls": [{"id": c.id, "name": c.name, "input": c.input, "error": c.error}
+                           for c in reply.tool_calls],
+            "usage": asdict(reply.usage), "cost_usd": reply.cost_usd,
+        })
+
+    def _outcome(self, started: float, *, finished: bool = False, summary: str = "",
+                 stopped_by: str | None = None, error: ModelError | None = None) -> Outcome:
+        outcome = Outcome(
+            finished=finished, summary=summary, stopped_by=stopped_by, error=error, steps=self.steps,
+            usage=Usage(**asdict(self.usage)), cost_usd=self.cost_usd,
+            seconds=self.seconds + time.monotonic() - started, messages=list(self.messages), attempt=self,
+        )
+        self._log({
+            "kind": "stop", "finished": finished, "summary": summary, "stopped_by": stopped_by,
+            "steps": self.steps, "usage": asdict(self.usage), "cost_usd": self.cost_usd,
+            "seconds": round(outcome.seconds, 3),
+        })
+        return outcome
+
+    def _log(self, event: dict[str, Any]) -> None:
+        if self.transcript is not None:
+            self.transcript.write({"task": self.task_id, **event}, self.secrets)
+
+
+def run_attempt(
+    model: Model,
+    system: str,
+    task_prompt: str,
+    toolbox: Toolbox,
+    limits: Limits,
+    transcript: Transcript | None,
+    *,
+    task_id: str,
+    task_title: str,
+    budget_check: Callable[[], bool] | None = None,
+    secrets: Iterable[str] = (),
+) -> Outcome:
+    """Start a conversation with ``task_prompt`` and run it to an Outcome (never raises ModelError)."""
+    attempt = Attempt(model, system, toolbox, limits, transcript, task_id=task_id, task_title=task_title,
+                      budget_check=budget_check, secrets=secrets)
+    return attempt.say(task_prompt)
+
+
+def continue_attempt(outcome: Outcome, feedback: str, limits: Limits | None = None) -> Outcome:
+    """Feed a verify failure back into ``outcome``'s conversation and run another round.
+
+    ``feedback`` (e.g. the tail of verify.log) is sent after VERIFY_FAILURE_MARKER. Totals and
+    limits carry over from the earlier rounds; pass ``limits`` to raise them for this round on.
+    """
+    if outcome.attempt is None:
+        raise UsageError("this outcome has no conversation to continue")
+    if limits is not None:
+        outcome.attempt.limits = limits
+    return outcome.attempt.say(f"{VERIFY_FAILURE_MARKER}\n{feedback}")
+
+
+def _assistant_blocks(reply: Reply) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+    blocks += [{"type": "tool_call", "id": c.id, "name": c.name, "input": c.input} for c in reply.tool_calls]
+    return blocks
+
+
+def _total_tokens(usage: Usage) -> int:
+    return usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens
