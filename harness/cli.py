@@ -158,8 +158,7 @@ def cmd_task_import(args: argparse.Namespace) -> int:
     dupes = {i for i in ids if ids.count(i) > 1} | {i for i in ids if colony.locate(i)}
     if dupes:
         raise InvalidTask(f"{args.file}: task id(s) already exist or repeat: {', '.join(sorted(dupes))}")
-    for t in new:
-        colony.add(t)
+    colony.add_many(new)
     _warn_cycles(colony)
     print(f"imported {len(new)} task(s)")
     return 0

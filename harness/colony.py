@@ -142,20 +142,36 @@ class Colony:
     # -- tasks ----------------------------------------------------------------------------------------
     def add(self, task: Task) -> Task:
         """File a new pending task; its id must not exist in any status."""
-        tasks.check_id(task.id)
-        if self.locate(task.id):
-            raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out")
-        dest = self.task_dir("pending") / f"{task.id}.yaml"
-        tmp = dest.with_name(f".{task.id}.{secrets.token_hex(4)}.tmp")
-        fsutil.atomic_write(tmp, task.to_yaml())
-        try:
-            os.link(tmp, dest)  # create-only: two writers of one id cannot both win
-        except FileExistsError:
-            raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out") from None
-        finally:
-            os.unlink(tmp)
-        self.event("add", task.id, meta=meta_of(task), created_by=task.created_by)
+        self.add_many([task])
         return task
+
+    def add_many(self, new: list[Task]) -> None:
+        """File tasks whose ids exist nowhere yet. A batch is synced once, not file by file."""
+        for task in new:
+            tasks.check_id(task.id)
+            if self.locate(task.id):
+                raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out")
+        staged = []
+        for task in new:
+            tmp = self.task_dir("pending") / f".{task.id}.{secrets.token_hex(4)}.tmp"
+            fsutil.atomic_write(tmp, task.to_yaml(), fsync=len(new) == 1)
+            staged.append((task, tmp))
+        if len(new) > 1:
+            os.sync()
+        events: list[dict[str, Any]] = []
+        try:
+            for task, tmp in staged:
+                try:
+                    os.link(tmp, self.task_dir("pending") / f"{task.id}.yaml")  # create-only: one writer wins
+                except FileExistsError:
+                    raise InvalidTask(f"task {task.id!r} already exists; choose another --id") from None
+                events.append({"ts": round(time.time(), 3), "event": "add", "task": task.id,
+                               "meta": meta_of(task), "created_by": task.created_by})
+        finally:
+            for _, tmp in staged:
+                tmp.unlink(missing_ok=True)
+            if events:
+                fsutil.append_lines(self.events_path, events)
 
     def locate(self, task_id: str) -> tuple[str, Path] | None:
         for status in STATUSES:
@@ -296,6 +312,8 @@ class Colony:
         tasks.check_id(agent, "agent")
         pool = self.pool(role)
         for attempt in range(2):
+            if attempt == 1:
+                self.reap(agent)  # before giving up: tasks of dead owners come back to pending
             pool.refresh(force_scan=attempt == 1)
             while ids := pool.candidates():
                 for tid in ids:
@@ -309,6 +327,7 @@ class Colony:
                         self._release_generation(claim, "quarantined")
                         continue
                     return claim, task
+                pool.refresh()  # learn what the others claimed meanwhile before the next batch
         return None
 
     def _owned(self, task_id: str, agent: str, token: str | None) -> Claim:

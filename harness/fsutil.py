@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
+def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
+    """Replace `path` whole. fsync=False is for batches that call os.sync() once afterwards."""
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -44,10 +46,15 @@ def read_json(path: Path) -> Any | None:
 
 
 def append_line(path: Path, obj: Any) -> None:
-    line = (json.dumps(obj, sort_keys=True, default=str) + "\n").encode()
+    append_lines(path, [obj])
+
+
+def append_lines(path: Path, objs: list[Any]) -> None:
+    """One write for all the lines: another appender's line lands before or after, never inside."""
+    data = "".join(json.dumps(o, sort_keys=True, default=str) + "\n" for o in objs).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, data)
     finally:
         os.close(fd)
 

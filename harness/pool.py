@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -194,9 +195,11 @@ class Pool:
             heapq.heappop(self.heap)
         for e in picked:  # still pending as far as we know: keep them in the heap
             heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
-        def score(e: Entry) -> float:
+        def score(e: Entry) -> tuple[int, float]:
             hit = e.outputs and any(overlaps(e.outputs, o) for o in self.active.values())
-            return self._key(e) - (self.cfg.overlap_penalty if hit else 0)
+            # Within one point of priority the order is random, so many agents picking at once
+            # spread over the top tasks instead of all fighting for the very first one.
+            return int(self._key(e) - (self.cfg.overlap_penalty if hit else 0)), random.random()
         return [e.id for e in sorted(picked, key=score, reverse=True)]
 
     def forget(self, tid: str, status: str) -> None:

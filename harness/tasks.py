@@ -22,6 +22,9 @@ ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 PRIORITIES = {"low": 20, "normal": 50, "high": 80, "critical": 95}
 KINDS = ("task", "merge_conflict", "verify_failure", "review", "idea")
 MAX_TASK_BYTES = 256 * 1024
+# libyaml's parser is ~10x faster than the pure-Python one: a claim parses one task file.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Task:
         return {k: v for k, v in asdict(self).items() if v not in (None, [], {}, "") or k in ("id", "title")}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -117,7 +120,7 @@ def from_dict(data: object, source: str) -> Task:
 
 def parse(text: str, source: str) -> Task:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise InvalidTask(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
     return from_dict(data, source)

@@ -1,0 +1,210 @@
+"""The task pool, claims and the task CLI on a real repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, set_config
+from harness import tasks
+from harness.colony import Colony
+from harness.errors import InvalidId, InvalidTask, NotOwner
+from harness.tasks import Task
+
+
+def test_init_is_idempotent_and_hides_runtime_state(repo: Path) -> None:
+    assert cli("init", "--repo", str(repo)).returncode == 0
+    config = (repo / ".stigmergy" / "config.yaml").read_text()
+    snapshot = sorted(str(p.relative_to(repo)) for p in (repo / ".stigmergy").rglob("*"))
+    assert cli("init", "--repo", str(repo)).returncode == 0
+    assert (repo / ".stigmergy" / "config.yaml").read_text() == config
+    assert sorted(str(p.relative_to(repo)) for p in (repo / ".stigmergy").rglob("*")) == snapshot
+    colony = Colony.open(repo)
+    colony.add(Task(id="a", title="A"))
+    colony.heartbeat("agent-1")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    untracked = sorted(line for line in status if line)
+    assert untracked == ["?? .stigmergy/.gitignore", "?? .stigmergy/config.yaml"]
+
+
+def test_init_outside_a_repository_exits_2(tmp_path: Path) -> None:
+    proc = cli("init", "--repo", str(tmp_path))
+    assert proc.returncode == 2
+    assert "not inside a git repository" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "Upper", "a..b", "x\ny", "", "-lead", "a" * 65, "tab\there"])
+def test_unsafe_ids_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidId):
+        tasks.check_id(bad)
+
+
+def test_traversal_ids_exit_2_from_the_cli(colony: Colony) -> None:
+    for args in (["task", "add", "x", "--id", "../../evil"], ["task", "show", "../x"],
+                 ["task", "release", "../x", "--agent", "a"], ["task", "claim", "--agent", "../a"]):
+        proc = cli(*args, "--repo", str(colony.repo))
+        assert proc.returncode == 2, args
+        assert "not a valid task id" in proc.stderr
+    assert not list(colony.repo.parent.glob("evil*"))
+
+
+@pytest.mark.parametrize("text, field", [
+    ("id: a\ntitle: A\npriority: urgent\n", "priority"),
+    ("id: a\ntitle: A\nsurprise: 1\n", "surprise"),
+    ("id: a\ntitle: A\ndepends_on: b\n", "depends_on"),
+    ("id: a\ntitle: A\nkind: chore\n", "kind"),
+    ("id: a\n", "title"),
+    ("- just\n- a list\n", "mapping"),
+    ("id: a\ntitle: [unclosed\n", "YAML"),
+])
+def test_validation_names_the_field(text: str, field: str) -> None:
+    with pytest.raises(InvalidTask, match=field):
+        tasks.parse(text, "a.yaml")
+
+
+def test_priority_names_and_effective_order(colony: Colony) -> None:
+    for tid, prio in (("low-1", "low"), ("crit-1", "critical"), ("mid-1", 50), ("high-1", "high")):
+        colony.add(tasks.from_dict({"id": tid, "title": tid, "priority": prio}, "test"))
+    rows = json.loads(cli("task", "list", "--json", "--repo", str(colony.repo), check=True).stdout)
+    assert [r["id"] for r in rows] == ["crit-1", "high-1", "mid-1", "low-1"]
+    assert [r["priority"] for r in rows] == [95, 80, 50, 20]
+
+
+def test_skips_and_aging_raise_effective_priority(colony: Colony) -> None:
+    old = Task(id="old", title="old", priority=40, created_at=time.time() - 20 * 3600)  # 20 h * 2/h = +40
+    skipped = Task(id="skipped", title="skipped", priority=50, skip_count=3)  # +15
+    fresh = Task(id="fresh", title="fresh", priority=60)
+    for t in (old, skipped, fresh):
+        colony.add(t)
+    got = colony.claim("a1")
+    assert got is not None and got[1].id == "old"
+    assert colony.claim("a1")[1].id == "skipped"  # type: ignore[index]
+    assert colony.claim("a1")[1].id == "fresh"  # type: ignore[index]
+
+
+def test_role_bonus_and_overlap_penalty(colony: Colony) -> None:
+    colony.add(Task(id="plain", title="plain", priority=60))
+    colony.add(Task(id="conflict", title="conflict", kind="merge_conflict", priority=50))
+    assert colony.claim("m1", role="merger")[1].id == "conflict"  # type: ignore[index]
+    colony.add(Task(id="busy", title="busy", priority=50, outputs=["src/auth"]))
+    colony.add(Task(id="touches-busy", title="t", priority=55, outputs=["src/auth/jwt.py"]))
+    colony.add(Task(id="elsewhere", title="e", priority=45, outputs=["docs/"]))
+    assert colony.claim("c1")[1].id == "plain"  # type: ignore[index]
+    assert colony.claim("c1")[1].id == "touches-busy"  # type: ignore[index]
+    # busy (50) overlaps the now-active touches-busy: 50 - 20 = 30 < elsewhere's 45
+    assert colony.claim("c1")[1].id == "elsewhere"  # type: ignore[index]
+
+
+def test_dependencies_gate_readiness_and_cycles_are_reported(colony: Colony) -> None:
+    colony.add(Task(id="base", title="base"))
+    colony.add(Task(id="top", title="top", priority=90, depends_on=["base"]))
+    colony.add(Task(id="c1", title="c1", depends_on=["c2"]))
+    proc = cli("task", "add", "c2", "--id", "c2", "--depends-on", "c1", "--repo", str(colony.repo))
+    assert proc.returncode == 0 and "cycle c" in proc.stderr
+    claim, task = colony.claim("a")  # type: ignore[misc]
+    assert task.id == "base"
+    assert colony.claim("a") is None  # top waits on base, c1/c2 wait on each other
+    colony.done("base", "a")
+    assert colony.claim("a")[1].id == "top"  # type: ignore[index]
+    rows = json.loads(cli("task", "list", "--json", "--repo", str(colony.repo), check=True).stdout)
+    assert {r["id"]: r.get("cycle") for r in rows} == {"c1": True, "c2": True}
+
+
+def test_release_keeps_note_for_next_claimant_and_counts_skips(colony: Colony) -> None:
+    colony.add(Task(id="t", title="t"))
+    colony.claim("a1")
+    assert cli("task", "release", "t", "--agent", "a2", "--repo", str(colony.repo)).returncode == 2
+    assert cli("task", "release", "t", "--agent", "a1", "--note", "tried regex: too slow",
+               "--repo", str(colony.repo)).returncode == 0
+    out = json.loads(cli("task", "claim", "--agent", "a2", "--json", "--repo", str(colony.repo), check=True).stdout)
+    assert out["id"] == "t" and out["skip_count"] == 1 and out["generation"] == 2
+    assert [n["text"] for n in out["notes"]] == ["tried regex: too slow"]
+    with pytest.raises(NotOwner):
+        colony.done("t", "a1")
+    colony.fail("t", "a2", note="impossible")
+    assert colony.get("t")[0] == "failed"
+    kinds = [e["event"] for e in colony.events()]
+    assert kinds == ["add", "claim", "release", "claim", "fail"]
+
+
+def test_claim_exit_codes_and_both_entry_points(colony: Colony) -> None:
+    proc = cli("task", "claim", "--agent", "a", "--repo", str(colony.repo))
+    assert proc.returncode == 3
+    colony.add(Task(id="only", title="only"))
+    stigmergy = Path(sys.executable).parent / "stigmergy"  # the console script beside this interpreter
+    proc2 = subprocess.run([str(stigmergy), "task", "claim", "--agent", "a", "--repo", str(colony.repo)],
+                           capture_output=True, text=True)
+    assert (proc2.returncode, proc2.stdout.strip()) == (0, "only")
+    assert cli("task", "show", "nope", "--repo", str(colony.repo)).returncode == 2
+
+
+def test_import_yaml_and_markdown(colony: Colony, tmp_path: Path) -> None:
+    (tmp_path / "backlog.md").write_text("# Backlog\n- [ ] Add login page\n- [x] Already done\n* [ ] Write tests\n")
+    assert cli("task", "import", str(tmp_path / "backlog.md"), "--repo", str(colony.repo), check=True)
+    (tmp_path / "tasks.yaml").write_text("- {id: db, title: Schema, priority: high}\n"
+                                         "- {title: API, depends_on: [db], outputs: [src/api]}\n")
+    assert cli("task", "import", str(tmp_path / "tasks.yaml"), "--repo", str(colony.repo), check=True)
+    titles = sorted(t.title for _, t in colony.list())
+    assert titles == ["API", "Add login page", "Schema", "Write tests"]
+    (tmp_path / "bad.yaml").write_text("- {id: ok-1, title: fine}\n- {id: BAD, title: nope}\n")
+    proc = cli("task", "import", str(tmp_path / "bad.yaml"), "--repo", str(colony.repo))
+    assert proc.returncode == 2 and "item 2" in proc.stderr
+    assert colony.locate("ok-1") is None  # all or nothing
+
+
+def test_corrupt_task_files_are_quarantined_while_claims_go_on(colony: Colony, tmp_path: Path) -> None:
+    pending = colony.task_dir("pending")
+    for i in range(5):
+        colony.add(Task(id=f"good-{i}", title=f"good {i}"))
+    (pending / "badyaml.yaml").write_text("id: badyaml\ntitle: [oops\n")
+    (pending / "wrongtype.yaml").write_text("id: wrongtype\ntitle: x\npriority: [1]\n")
+    (pending / "unknown.yaml").write_text("id: unknown\ntitle: x\nowner: me\n")
+    (pending / "binary.yaml").write_bytes(b"id: binary\ntitle: \x00\xff\xfe")
+    (pending / "huge.yaml").write_text("id: huge\ntitle: x\nbody: " + "y" * 300_000 + "\n")
+    (tmp_path / "outside.yaml").write_text("id: link\ntitle: x\n")
+    os.symlink(tmp_path / "outside.yaml", pending / "link.yaml")
+    (pending / "mismatch.yaml").write_text("id: other\ntitle: x\n")
+    fresh = Colony.open(colony.repo)  # a new process: the hand-dropped files are found by its scan
+    claimed = []
+    while got := fresh.claim("a"):
+        claimed.append(got[1].id)
+    assert sorted(claimed) == [f"good-{i}" for i in range(5)]
+    quarantined = sorted(p.name.split(".yaml")[0] for p in colony.task_dir("quarantine").glob("*.yaml.*")
+                         if not p.name.endswith(".reason"))
+    assert quarantined == ["badyaml", "binary", "huge", "link", "mismatch", "unknown", "wrongtype"]
+    reasons = {e["file"]: e["reason"] for e in colony.events() if e["event"] == "quarantine"}
+    assert "too large" in reasons["huge.yaml"] and "symlink" in reasons["link.yaml"]
+    assert (tmp_path / "outside.yaml").exists()  # the symlink's target is untouched
+    assert cli("task", "list", "--status", "all", "--repo", str(colony.repo)).returncode == 0
+
+
+def test_config_errors_name_the_setting(colony: Colony) -> None:
+    (colony.home / "config.yaml").write_text("lease_ttl: soon\n")
+    proc = cli("task", "list", "--repo", str(colony.repo))
+    assert proc.returncode == 2 and "lease_ttl" in proc.stderr
+    (colony.home / "config.yaml").write_text("leese_ttl: 5\n")
+    proc = cli("task", "list", "--repo", str(colony.repo))
+    assert proc.returncode == 2 and "leese_ttl" in proc.stderr
+
+
+def test_heartbeat_cli_keeps_an_external_claim(colony: Colony) -> None:
+    colony = set_config(colony, lease_ttl=1)
+    colony.add(Task(id="ext", title="external"))
+    assert cli("task", "claim", "--agent", "ext-agent", "--repo", str(colony.repo), check=True).stdout.strip() == "ext"
+    for _ in range(3):
+        time.sleep(0.5)
+        cli("agent", "heartbeat", "--agent", "ext-agent", "--repo", str(colony.repo), check=True)
+    assert colony.reap("other") == []
+    time.sleep(1.3)
+    assert colony.reap("other") == ["ext"]
+    notes = colony.notes("ext")
+    assert "abandoned by ext-agent" in notes[-1]["text"]
+    status, task = colony.get("ext")
+    assert (status, task.skip_count) == ("pending", 1)
