@@ -53,7 +53,9 @@ def test_identity_is_passed_per_call_without_user_config(tmp_path: Path) -> None
         "ant-1 <ant-1@stigmergy.local>|ant-1")
 
 
-def test_inherited_git_dir_does_not_redirect_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inherited_git_dir_does_not_redirect_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mine = init_repo(tmp_path / "mine")
     other = init_repo(tmp_path / "other")
     other.run("commit", "--allow-empty", "-qm", "other", env=Identity("t", "t@t").env())

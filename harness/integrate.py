@@ -1,0 +1,392 @@
+"""Landing an agent's work on main: merge, verify, compare-and-swap, fenced by the task's claim.
+
+One landing = exactly one new commit on main's first-parent line: the merge of the agent's
+commit C into the current main M, squashed into a single-parent commit on M that carries
+``Task-Id:`` and ``Agent:`` trailers. A single parent keeps ``git log --first-parent main`` one
+commit per task and ``git revert`` trivial; C itself is not needed on main because its whole
+effect is in the squashed tree (and a conflicted C is kept under ``refs/stigmergy/conflicts/``).
+
+Fencing lives inside git's own ref transaction. ``refs/stigmergy/claims/<task>`` points to a blob
+``claim <task> <generation> <token>`` written by the current holder (:meth:`Fence.acquire`), or
+``landed <task> <commit>`` once the task landed. The landing transaction moves main from M to the
+new commit *and* the claim ref from the holder's blob to the landed blob, each with its expected
+old value, so it commits entirely or not at all: an agent whose claim was taken over, or that
+wakes up after the task landed, fails its old-value check and gets :class:`Fenced`.
+
+The exact tree that lands has passed ``verify``: when main moved since the verified tree, the new
+merge result is checked out (detached) in the agent's worktree and verified again before the
+next compare-and-swap. After :class:`VerifyFailed` the worktree is left at that failing candidate,
+so the agent can fix it there and land the fix like any other commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.errors import GitError
+from harness.git import ZERO_OID, Git, redact
+from harness.workspace import Workspace, check_name
+
+CLAIMS = "refs/stigmergy/claims/"
+CONFLICTS = "refs/stigmergy/conflicts/"
+MAX_DIFF_CHARS = 100_000  # a conflict's diffs go into a task file and a prompt: keep them bounded
+_EXCLUDE_STIGMERGY = ":(exclude).stigmergy"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    log: str = ""
+
+
+# Called with the agent's worktree path, checked out at the tree to verify.
+Verify = Callable[[Path], "bool | Verdict"]
+
+
+@dataclass(frozen=True)
+class CheckoutSync:
+    """What happened to the user's checkout after a landing (for the agent's log)."""
+
+    state: Literal["updated", "unchanged", "dirty", "not-on-main", "bare", "error"]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Landed:
+    commit: str
+    attempts: int = 1
+    checkout: CheckoutSync | None = None
+
+
+@dataclass(frozen=True)
+class Fenced:
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlreadyLanded:
+    commit: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    task_id: str
+    ref: str  # refs/stigmergy/conflicts/<task>: keeps the agent's commit alive
+    paths: list[str]
+    base: str
+    ours: str  # main when the merge was tried
+    theirs: str  # the agent's commit
+    ours_diff: str
+    theirs_diff: str
+    messages: list[str]
+
+
+@dataclass(frozen=True)
+class VerifyFailed:
+    log: str
+    commit: str  # the merge candidate that failed (checked out in the agent's worktree)
+
+
+@dataclass(frozen=True)
+class Contended:
+    """Main moved under every one of ``attempts`` tries; nothing landed, the work is intact."""
+
+    attempts: int
+
+
+LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The right to land one task, held as ``refs/stigmergy/claims/<task>`` -> our claim blob.
+
+    Protocol for the claimer: claim the task in the colony, ``Fence.acquire``, then re-check the
+    colony claim is still ours. Any later claimant acquires after us and so moves the ref off our
+    blob, which makes our landing transaction fail. Generations only grow (the colony's claim
+    CAS), so an acquire older than the claim already recorded is refused: an owner paused
+    between claiming and acquiring cannot push the current owner out.
+    """
+
+    git: Git
+    task_id: str
+    blob: str
+
+    @property
+    def ref(self) -> str:
+        return CLAIMS + self.task_id
+
+    @classmethod
+    def acquire(
+        cls, git: Git, task_id: str, generation: int, token: str, *, attempts: int = 50
+    ) -> Fence | AlreadyLanded | Fenced:
+        check_name(task_id, "task id")
+        ref = CLAIMS + task_id
+        blob = git.run("hash-object", "-w", "--stdin",
+                       input=f"claim {task_id} {generation} {token}\n").strip()
+        for _ in range(attempts):
+            old = git.ref_value(ref)
+            if old is not None:
+                landed = landed_commit(git, old)
+                if landed is not None:
+                    return AlreadyLanded(landed)
+                if old == blob:
+                    return cls(git, task_id, blob)
+                current = _claim_generation(git, old)
+                if current is not None and current > generation:
+                    return Fenced(f"claim on {task_id} is at generation {current} > {generation}")
+            # Compare-and-swap on the value just read: a racing claimant makes this fail, then
+            # we re-read and overwrite it (or find the task landed).
+            done = git.call("update-ref", "-m", f"stigmergy: claim gen {generation}",
+                            ref, blob, old or ZERO_OID)
+            if done.returncode == 0:
+                return cls(git, task_id, blob)
+        raise GitError(["update-ref", ref], 1, f"claim ref kept changing over {attempts} tries")
+
+    def holds(self) -> bool:
+        return self.git.ref_value(self.ref) == self.blob
+
+    def release(self) -> bool:
+        """Drop the claim ref if it is still ours (a landed marker is never removed)."""
+        done = self.git.call("update-ref", "-d", self.ref, self.blob)
+        return done.returncode == 0
+
+
+def landed_commit(git: Git, obj: str) -> str | None:
+    """The landed commit recorded in a claim-ref blob, or None if it is a live claim."""
+    words = git.run("cat-file", "blob", obj, check=False).split()
+    return words[2] if len(words) == 3 and words[0] == "landed" else None
+
+
+def _claim_generation(git: Git, obj: str) -> int | None:
+    words = git.run("cat-file", "blob", obj, check=False).split()
+    ok = len(words) == 4 and words[0] == "claim" and words[2].isdigit()
+    return int(words[2]) if ok else None
+
+
+def land(
+    ws: Workspace,
+    commit: str,
+    *,
+    title: str,
+    fence: Fence,
+    verify: Verify,
+    trailers: Sequence[tuple[str, str]] = (),
+    commit_verified: bool = True,
+    max_attempts: int = 10,
+    update_checkout: bool = True,
+) -> LandResult:
+    """Land ``commit`` (the agent's work) on main as one commit, for ``fence.task_id``.
+
+    ``commit_verified`` says ``commit``'s own tree already passed verify (the agent loop verifies
+    before landing); any other tree is verified here before it can land. Extra ``trailers`` go
+    after Task-Id and Agent (a conflict resolution passes ``("Resolves", original_id)``).
+    """
+    git, task_id = ws.git, fence.task_id
+    main_ref = f"refs/heads/{ws.main}"
+    verified = {_tree(git, commit)} if commit_verified else set()
+    message = _message(title, task_id, ws.agent, trailers)
+    for attempt in range(1, max_attempts + 1):
+        if not fence.holds():  # cheap early exit before merging and verifying for nothing
+            return _fenced(fence)
+        old = git.resolve(main_ref)
+        if old is None:
+            raise GitError(["rev-parse", main_ref], 1, f"{main_ref} does not exist")
+        tree, conflicted, messages = _merge_tree(git, old, commit)
+        if conflicted:
+            return _keep_conflict(git, task_id, old, commit, conflicted, messages)
+        candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
+                            env=ws.identity.env()).strip()
+        if tree not in verified:
+            ws.wt.run("checkout", "--quiet", "--force", "--detach", candidate)
+            verdict = _verdict(verify(ws.path))
+            if not verdict.ok:
+                return VerifyFailed(verdict.log, candidate)
+            verified.add(tree)
+        landed_blob = git.run("hash-object", "-w", "--stdin",
+                              input=f"landed {task_id} {candidate}\n").strip()
+        # No separate `verify` line for the claim ref: git refuses two commands on one ref in a
+        # transaction, and an `update` with an old value is the same check.
+        transaction = (
+            f"start\nupdate {main_ref} {candidate} {old}\n"
+            f"update {fence.ref} {landed_blob} {fence.blob}\ncommit\n"
+        )
+        done = git.call("update-ref", "--stdin", "-m", f"stigmergy: land {task_id} by {ws.agent}",
+                        input=transaction)
+        if done.returncode == 0:
+            return Landed(candidate, attempt, _sync(git, old, ws.main) if update_checkout else None)
+        # Which old-value check failed? stderr wording varies across versions: re-read the refs.
+        if not fence.holds():
+            return _fenced(fence)
+        if git.resolve(main_ref) == old:
+            raise GitError(["update-ref", "--stdin"], done.returncode, redact(done.stderr))
+        time.sleep(random.uniform(0, 0.05))  # de-synchronise landers that just collided
+    return Contended(max_attempts)
+
+
+def prepare_conflict_worktree(
+    ws: Workspace, conflict_ref: str, branch: str | None = None
+) -> list[str]:
+    """Reset ``ws`` to main and merge the kept commit without committing, leaving conflict
+    markers (diff3 style: the base is shown too) for a model to edit. Returns the paths still
+    conflicted; resolve, ``ws.commit_all``, then ``land`` as usual."""
+    theirs = ws.git.resolve(conflict_ref)
+    if theirs is None:
+        raise GitError(["rev-parse", conflict_ref], 1, f"{conflict_ref} does not exist")
+    ws.prepare(branch)
+    done = ws.wt.call("-c", "merge.conflictStyle=diff3", "merge", "--no-commit", "--no-ff",
+                      "--no-edit", theirs, env=ws.identity.env())
+    if done.returncode not in (0, 1):
+        raise GitError(["merge", theirs], done.returncode, redact(done.stderr))
+    out = ws.wt.run("diff", "--name-only", "-z", "--diff-filter=U")
+    return [p for p in out.split("\0") if p]
+
+
+def sync_user_checkout(git: Git, old: str, *, main: str = "main") -> CheckoutSync:
+    """Bring the user's checkout up to main after update-ref moved the branch under it.
+
+    When the main worktree has ``main`` checked out, its HEAD already names the new commit while
+    its index and files still show an older one. ``reset --keep NEW`` would see HEAD == NEW and
+    change nothing; ``read-tree -m -u BASE NEW`` is the two-way merge ``git checkout`` performs:
+    it moves index and files from BASE to NEW and refuses to overwrite local modifications. BASE
+    is the commit the index matches: normally ``old``, but concurrent landers may sync out of
+    order, so recent first-parent commits of main are candidates too (the sync is serialised by
+    a lock file and always goes to the current tip). A checkout with changes in its files, or an
+    index matching none of them (staged work), is left untouched and reported ``dirty``.
+    """
+    main_wt = _main_worktree(git)
+    if main_wt is None:
+        return CheckoutSync("bare")
+    user = git.at(main_wt)
+    if user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() != f"refs/heads/{main}":
+        return CheckoutSync("not-on-main")
+    common = Path(git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+    with _file_lock(common / "stigmergy-checkout.lock"):
+        new = git.resolve(f"refs/heads/{main}") or old
+        dirty = _worktree_dirty(user)
+        recent = git.run("rev-list", "--first-parent", "--max-count=16", new).split()
+        base = next((c for c in [*recent, old] if _index_matches(user, c)), None)
+        hint = (f"{main} moved to {new[:12]} but your checkout has local changes, so its files "
+                f"were left at {(base or old)[:12]}; to catch up and keep your changes run "
+                f"`git read-tree -m -u {base or old} {main}`")
+        if dirty or base is None:
+            return CheckoutSync("dirty", hint)
+        if base == new:
+            return CheckoutSync("unchanged")
+        if user.call("read-tree", "-m", "-u", base, new).returncode != 0:
+            return CheckoutSync("dirty", hint)  # the user edited a file while we were checking
+        return CheckoutSync("updated", f"checkout updated {base[:12]} -> {new[:12]}")
+
+
+def _sync(git: Git, old: str, main: str) -> CheckoutSync:
+    """After the ref transaction the task HAS landed: a checkout problem is reported, not raised."""
+    try:
+        return sync_user_checkout(git, old, main=main)
+    except (GitError, OSError) as exc:
+        return CheckoutSync("error", f"landed, but updating your checkout failed: {exc}")
+
+
+def _merge_tree(git: Git, ours: str, theirs: str) -> tuple[str, list[str], list[str]]:
+    """(tree, conflicted paths, conflict messages). With ``-z --name-only`` the output is
+    ``TREE NUL path NUL ... NUL NUL`` then records ``<n> NUL <path>... NUL <type> NUL <msg> NUL``;
+    exit status 0 = clean, 1 = conflicts, anything else = the merge could not run."""
+    done = git.call("merge-tree", "--write-tree", "-z", "--name-only", "--messages", ours, theirs)
+    if done.returncode not in (0, 1):
+        raise GitError(["merge-tree", ours, theirs], done.returncode, redact(done.stderr))
+    fields = done.stdout.split("\0")
+    tree = fields[0].strip()
+    if done.returncode == 0:
+        return tree, [], []
+    end = fields.index("", 1)
+    paths, rest = fields[1:end], fields[end + 1:]
+    messages, i = [], 0
+    while i < len(rest) and rest[i].isdigit():
+        i += 1 + int(rest[i])  # skip the count and the paths it announces
+        if i + 1 < len(rest) and rest[i].startswith("CONFLICT"):
+            messages.append(rest[i + 1].strip())
+        i += 2
+    return tree, paths, messages
+
+
+def _keep_conflict(
+    git: Git, task_id: str, ours: str, theirs: str, paths: list[str], messages: list[str]
+) -> Conflict:
+    ref = CONFLICTS + task_id
+    git.run("update-ref", "--create-reflog", "-m", f"stigmergy: conflict on {task_id}", ref, theirs)
+    base = git.run("merge-base", ours, theirs).strip()
+
+    def diff(a: str, b: str) -> str:
+        text = git.run("--literal-pathspecs", "diff", "--no-color", "--no-ext-diff", a, b,
+                       "--", *paths)
+        return text if len(text) <= MAX_DIFF_CHARS else text[:MAX_DIFF_CHARS] + "\n[truncated]\n"
+
+    return Conflict(task_id, ref, paths, base, ours, theirs, diff(base, ours), diff(base, theirs),
+                    messages)
+
+
+def _message(title: str, task_id: str, agent: str, trailers: Sequence[tuple[str, str]]) -> str:
+    lines = [f"Task-Id: {task_id}", f"Agent: {agent}", *(f"{k}: {v}" for k, v in trailers)]
+    return f"{title.strip() or task_id}\n\n" + "\n".join(lines) + "\n"
+
+
+def _tree(git: Git, commit: str) -> str:
+    return git.run("rev-parse", f"{commit}^{{tree}}").strip()
+
+
+def _verdict(result: bool | Verdict) -> Verdict:
+    return result if isinstance(result, Verdict) else Verdict(bool(result))
+
+
+def _fenced(fence: Fence) -> Fenced:
+    current = fence.git.ref_value(fence.ref)
+    landed = landed_commit(fence.git, current) if current else None
+    if landed:
+        return Fenced(f"task {fence.task_id} already landed as {landed[:12]}")
+    return Fenced(f"claim on {fence.task_id} was taken over (claim ref moved)")
+
+
+def _main_worktree(git: Git) -> Path | None:
+    """The repository's main worktree (the user's checkout): the first `worktree list` entry."""
+    first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
+    fields = dict((line.split(" ", 1) + [""])[:2] for line in first.splitlines())
+    return None if "bare" in fields else Path(fields["worktree"])
+
+
+def _index_matches(user: Git, commit: str) -> bool:
+    done = user.call("diff-index", "--cached", "--quiet", commit, "--", _EXCLUDE_STIGMERGY)
+    return done.returncode == 0
+
+
+def _worktree_dirty(user: Git) -> bool:
+    """Files differing from the index. `status` refreshes stat info in memory (no index.lock,
+    GIT_OPTIONAL_LOCKS=0), so a merely touched file does not count; its first column compares
+    against HEAD, which already moved, so only the second column is read."""
+    out = user.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
+                   "--ignore-submodules=dirty", "--", _EXCLUDE_STIGMERGY)
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if len(entry) < 3:
+            continue
+        if entry[0] in "RC":
+            next(entries, None)  # a staged rename or copy is followed by its source path
+        if entry[1] != " ":
+            return True
+    return False
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """flock: released by the kernel if the holder dies, so a crash never wedges the sync."""
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
