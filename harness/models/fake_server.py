@@ -1,0 +1,597 @@
+"""A scripted fake of the Anthropic and OpenAI HTTP APIs, for tests and offline demos.
+
+Speaks ``POST /v1/messages`` (Anthropic Messages, JSON or SSE streaming) and
+``POST /v1/chat/completions`` (OpenAI chat completions, JSON or SSE streaming) on 127.0.0.1 only,
+so the real SDKs can be exercised over real HTTP.
+
+Script: a YAML/JSON list of conversations::
+
+    - match: "fix the parser"          # regex, searched in the first user message's text
+      replies:                         # reply k answers the request holding k assistant turns
+        - {status: 429, retry_after: 0.2, times: 1}   # a fault: served `times` times, then skipped
+        - {tool: bash, input: {command: "ls"}}        # one tool call
+        - tools: [{name: bash, input: {command: "make"}}, {name: add_note, input: {text: hi}}]
+        - {tool: bash, raw_input: "{not json"}       # tool arguments sent verbatim (bad JSON)
+        - {text: "done", usage: {output_tokens: 7}}  # plain text; usage fields may be overridden
+    - match: "slow"
+      replies:
+        - {delay: 1.5, then: {text: "late"}}         # answer after 1.5 s
+        - {truncate: true}                           # a fault: half the next reply, then hang up
+        - {text: "ok"}
+
+Faults (entries with ``status``, ``truncate``, or an explicit ``times``; ``times`` defaults to 1)
+do not count as a turn: each one is served ``times`` times per (conversation, turn) and then the
+server moves on to the next element, so a client's retry eventually gets the real reply. Fault
+options: ``retry_after`` (seconds, sent as ``retry-after``), ``retry_after_ms``, ``headers``,
+``body`` (the error message). The server is otherwise stateless: the turn comes from the
+request's own messages.
+
+Every request is recorded (path, headers without credentials, JSON body, time) for tests to
+assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UsageError
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"})
+_FAULT_KEYS = ("status", "truncate", "times")
+_REPLY_KEYS = ("text", "tool", "tools", "delay")
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class _Slot:
+    """One turn of a conversation: the faults served before it, then its reply (if any)."""
+
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    reply: dict[str, Any] | None = None
+
+
+@dataclass
+class _Entry:
+    index: int
+    pattern: re.Pattern[str]
+    slots: list[_Slot]
+
+
+def _is_fault(item: dict[str, Any]) -> bool:
+    return any(k in item for k in _FAULT_KEYS)
+
+
+def load_script(script: list[Any] | str | Path) -> list[_Entry]:
+    """Parse and validate a script (a list, or a path to a YAML/JSON file)."""
+    where = "script"
+    if isinstance(script, (str, Path)):
+        where = str(script)
+        try:
+            data = yaml.safe_load(Path(script).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"fake-server script {where}: cannot read it: {exc}") from exc
+    else:
+        data = script
+    if not isinstance(data, list):
+        raise UsageError(f"fake-server script {where}: must be a list of {{match, replies}} entries")
+    entries: list[_Entry] = []
+    for i, raw in enumerate(data):
+        if not isinstance(raw, dict) or not isinstance(raw.get("replies"), list) or not raw["replies"]:
+            raise UsageError(f"fake-server script {where}: entry {i} needs a non-empty 'replies' list")
+        try:
+            pattern = re.compile(str(raw.get("match", "")))
+        except re.error as exc:
+            raise UsageError(f"fake-server script {where}: entry {i}: bad 'match' regex: {exc}") from exc
+        slots: list[_Slot] = [_Slot()]
+        for j, item in enumerate(raw["replies"]):
+            if not isinstance(item, dict) or not any(k in item for k in _FAULT_KEYS + _REPLY_KEYS):
+                raise UsageError(
+                    f"fake-server script {where}: entry {i} reply {j} must have one of "
+                    f"{', '.join(_REPLY_KEYS + _FAULT_KEYS)}"
+                )
+            if _is_fault(item):
+                slots[-1].faults.append(item)
+            else:
+                slots[-1].reply = item
+                slots.append(_Slot())
+        if not slots[-1].faults:
+            slots.pop()
+        entries.append(_Entry(i, pattern, slots))
+    return entries
+
+
+# --------------------------------------------------------------------------- request helpers
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") in ("text", None)
+        )
+    return ""
+
+
+def _first_user_text(messages: list[Any]) -> str:
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "user":
+            return _text_of(m.get("content"))
+    return ""
+
+
+def _tokens(value: Any) -> int:
+    """A plausible token count: ~4 characters per token."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def _tool_calls_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    if "tools" in reply:
+        return list(reply["tools"])
+    if "tool" in reply:
+        call = {"name": reply["tool"], "input": reply.get("input", {})}
+        if "raw_input" in reply:
+            call["raw_input"] = reply["raw_input"]
+        return [call]
+    return []
+
+
+def _arguments(call: dict[str, Any]) -> str:
+    return str(call["raw_input"]) if "raw_input" in call else json.dumps(call.get("input", {}))
+
+
+def _chunks(text: str, n: int = 3) -> list[str]:
+    if not text:
+        return []
+    size = max(1, math.ceil(len(text) / n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+# --------------------------------------------------------------------------- Anthropic wire
+
+
+def _anthropic_message(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if reply.get("text"):
+        content.append({"type": "text", "text": str(reply["text"])})
+    calls = _tool_calls_of(reply)
+    for i, call in enumerate(calls):
+        # A raw_input that is not a JSON object is passed through as-is: the point is to show
+        # the client something malformed.
+        tool_input: Any = call.get("input", {})
+        if "raw_input" in call:
+            try:
+                tool_input = json.loads(call["raw_input"])
+            except ValueError:
+                tool_input = call["raw_input"]
+        content.append({"type": "tool_use", "id": f"toolu_fake_{turn}_{i}", "name": call["name"], "input": tool_input})
+    prefix = {"system": body.get("system"), "tools": body.get("tools")}
+    cached = "cache_control" in json.dumps(prefix)
+    prefix_tokens = _tokens(prefix) if cached else 0
+    usage = {
+        "input_tokens": _tokens(body.get("messages", [])) + (0 if cached else _tokens(prefix)),
+        "output_tokens": _tokens(content),
+        "cache_creation_input_tokens": prefix_tokens if turn == 0 else 0,
+        "cache_read_input_tokens": prefix_tokens if turn > 0 else 0,
+    }
+    usage.update(reply.get("usage", {}))
+    return {
+        "id": f"msg_fake_{uuid.uuid4().hex[:16]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", "fake"),
+        "content": content,
+        "stop_reason": reply.get("stop_reason", "tool_use" if calls else "end_turn"),
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _anthropic_events(message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The real Messages streaming event sequence for ``message``."""
+    usage = dict(message["usage"])
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    yield "message_start", {"type": "message_start", "message": start}
+    yield "ping", {"type": "ping"}
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            yield "content_block_start", {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            }
+            for piece in _chunks(block["text"]):
+                yield "content_block_delta", {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": piece},
+                }
+        else:
+            yield "content_block_start", {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+            }
+            raw = block["input"] if isinstance(block["input"], str) else json.dumps(block["input"])
+            for piece in _chunks(raw):
+                yield "content_block_delta", {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                }
+        yield "content_block_stop", {"type": "content_block_stop", "index": index}
+    yield "message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }
+    yield "message_stop", {"type": "message_stop"}
+
+
+def _anthropic_error(status: int, message: str) -> dict[str, Any]:
+    kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+# --------------------------------------------------------------------------- OpenAI wire
+
+
+def _openai_completion(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+    calls = _tool_calls_of(reply)
+    message: dict[str, Any] = {"role": "assistant", "content": str(reply["text"]) if reply.get("text") else None}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_fake_{turn}_{i}", "type": "function", "function": {"name": c["name"], "arguments": _arguments(c)}}
+            for i, c in enumerate(calls)
+        ]
+    messages = body.get("messages", [])
+    prefix = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"], body.get("tools")
+    prompt = _tokens(messages) + (_tokens(body["tools"]) if body.get("tools") else 0)
+    completion = _tokens(message)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": _tokens(prefix) if turn > 0 else 0},
+    }
+    usage.update(reply.get("usage", {}))
+    return {
+        "id": f"chatcmpl-fake{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": reply.get("finish_reason", "tool_calls" if calls else "stop"),
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _openai_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
+    base = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    choice = completion["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in _chunks(message.get("content") or ""):
+        yield chunk({"content": piece})
+    for i, call in enumerate(message.get("tool_calls", [])):
+        yield chunk(
+            {"tool_calls": [{"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]}
+        )
+        for piece in _chunks(call["function"]["arguments"]):
+            yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+    yield chunk({}, choice["finish_reason"])
+    if include_usage:
+        yield {**base, "choices": [], "usage": completion["usage"]}
+
+
+def _openai_error(status: int, message: str) -> dict[str, Any]:
+    kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a handler stuck in a scripted delay must not block stop()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or hung up mid-reply is a scripted scenario, not a failure.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
+class FakeServer:
+    """The fake API on 127.0.0.1. ``start()`` returns the base URL (append ``/v1`` for OpenAI)."""
+
+    def __init__(self, script: list[Any] | str | Path, *, api_key: str | None = None, port: int = 0) -> None:
+        self._entries = load_script(script)
+        self._api_key = api_key  # when set, any other key gets 401
+        self._port = port
+        self._lock = threading.Lock()
+        self._hits: dict[tuple[int, str, int, int], int] = {}
+        self._requests: list[dict[str, Any]] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    def __repr__(self) -> str:
+        return f"FakeServer({self.base_url or 'stopped'})"
+
+    # -- lifecycle
+
+    def start(self) -> str:
+        handler = type("_BoundHandler", (_Handler,), {"fake": self})
+        self._httpd = _HTTPServer(("127.0.0.1", self._port), handler)
+        host, port = self._httpd.server_address[:2]
+        self.base_url = f"http://{host}:{port}"
+        # A short poll interval: stop() waits up to one interval for the serving loop to notice.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llm-server", daemon=True
+        )
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.base_url + "/v1"
+
+    # -- what tests look at
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request so far: ``{path, headers, body, ts, authorized}`` (no credentials)."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- used by the handler
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._requests.append(entry)
+
+    def _check_key(self, headers: dict[str, str]) -> bool:
+        presented = headers.get("x-api-key") or headers.get("api-key")
+        auth = headers.get("authorization", "")
+        if not presented and auth.lower().startswith("bearer "):
+            presented = auth[7:].strip()
+        if not presented:
+            return False
+        return self._api_key is None or presented == self._api_key
+
+    def _resolve(self, messages: list[Any]) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None, int, str]:
+        """(kind, fault, reply, turn, error) for a conversation; kind is 'fault', 'reply' or 'error'."""
+        first = _first_user_text(messages)
+        turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        entry = next((e for e in self._entries if e.pattern.search(first)), None)
+        if entry is None:
+            return "error", None, None, turn, f"fake server: no script entry matches first user message {first[:200]!r}"
+        if turn >= len(entry.slots):
+            return "error", None, None, turn, (
+                f"fake server: script entry {entry.index} has {len(entry.slots)} turns; "
+                f"this request is turn {turn + 1}"
+            )
+        slot = entry.slots[turn]
+        with self._lock:
+            for j, fault in enumerate(slot.faults):
+                key = (entry.index, first, turn, j)
+                if self._hits.get(key, 0) < int(fault.get("times", 1)):
+                    self._hits[key] = self._hits.get(key, 0) + 1
+                    return "fault", fault, slot.reply, turn, ""
+        if slot.reply is None:
+            return "error", None, None, turn, f"fake server: script entry {entry.index} turn {turn + 1} has only faults left"
+        return "reply", None, slot.reply, turn, ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeServer
+    server_version = "FakeLLM/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # tests assert on .requests; access logs would only be noise
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._json(404, {"error": {"message": f"no GET route {self.path}"}})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            body: Any = json.loads(raw or b"{}")
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        authorized = self.fake._check_key(headers)
+        self.fake._record(
+            {
+                "path": self.path,
+                "headers": {k: v for k, v in headers.items() if k not in _CREDENTIAL_HEADERS},
+                "body": body,
+                "ts": time.time(),
+                "authorized": authorized,
+            }
+        )
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path.endswith("/messages"):
+            api = "anthropic"
+        elif path.endswith("/chat/completions"):
+            api = "openai"
+        else:
+            self._json(404, {"error": {"message": f"fake server: no route POST {self.path}"}})
+            return
+        if not authorized:
+            self._error(api, 401, "fake server: missing or invalid API key")
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._error(api, 400, "fake server: body must be a JSON object with a 'messages' list")
+            return
+        kind, fault, reply, turn, error = self.fake._resolve(body["messages"])
+        if kind == "error":
+            self._error(api, 404, error)
+        elif kind == "fault":
+            assert fault is not None
+            self._fault(api, fault, reply, body, turn)
+        else:
+            assert reply is not None
+            self._reply(api, reply, body, turn)
+
+    # -- responses
+
+    def _fault(self, api: str, fault: dict[str, Any], reply: dict[str, Any] | None, body: dict[str, Any], turn: int) -> None:
+        if "delay" in fault:
+            time.sleep(float(fault["delay"]))
+        if "status" in fault:
+            status = int(fault["status"])
+            extra = {str(k): str(v) for k, v in (fault.get("headers") or {}).items()}
+            if "retry_after" in fault:
+                extra["retry-after"] = str(fault["retry_after"])
+            if "retry_after_ms" in fault:
+                extra["retry-after-ms"] = str(fault["retry_after_ms"])
+            self._error(api, status, str(fault.get("body", f"fake server: scripted {status}")), extra)
+        elif fault.get("truncate"):
+            rendered = self._render(api, reply or {"text": "truncated"}, body, turn)
+            payload = self._stream_bytes(api, rendered, body) if body.get("stream") else json.dumps(rendered).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream" if body.get("stream") else "application/json")
+            # The declared length is the whole body; we then hang up halfway, as a dropped
+            # connection would, so the client sees a torn response.
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            self._reply(api, fault.get("then") or reply or {"text": ""}, body, turn)
+
+    def _reply(self, api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> None:
+        if "delay" in reply:
+            time.sleep(float(reply["delay"]))
+            reply = reply.get("then") or {"text": ""}
+        rendered = self._render(api, reply, body, turn)
+        if not body.get("stream"):
+            self._json(200, rendered)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.end_headers()
+        # One event per write, flushed, so the client really receives a stream.
+        for event in self._events(api, rendered, body):
+            self.wfile.write(event)
+            self.wfile.flush()
+        self.close_connection = True
+
+    @staticmethod
+    def _events(api: str, rendered: dict[str, Any], body: dict[str, Any]) -> Iterator[bytes]:
+        if api == "anthropic":
+            for name, data in _anthropic_events(rendered):
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        else:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            for data in _openai_chunks(rendered, include_usage):
+                yield f"data: {json.dumps(data)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+    def _stream_bytes(self, api: str, rendered: dict[str, Any], body: dict[str, Any]) -> bytes:
+        return b"".join(self._events(api, rendered, body))
+
+    @staticmethod
+    def _render(api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+        return _anthropic_message(reply, body, turn) if api == "anthropic" else _openai_completion(reply, body, turn)
+
+    def _error(self, api: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        payload = _anthropic_error(status, message) if api == "anthropic" else _openai_error(status, message)
+        self._json(status, payload, headers)
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(port: int, script_path: str | Path, *, api_key: str | None = None) -> None:
+    """Run the fake server in the foreground until interrupted (``python -m harness fake-server``)."""
+    server = FakeServer(script_path, api_key=api_key, port=port)
+    url = server.start()
+    print(f"fake LLM server on {url}  (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fake-server", description="Scripted fake Anthropic/OpenAI API on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    parser.add_argument("--script", required=True, help="YAML/JSON script of conversations")
+    parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.port, args.script, api_key=args.api_key)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0

@@ -1,0 +1,182 @@
+"""``openai/<model>``: chat completions with function calling, against any OpenAI-compatible URL.
+
+The message translation here is shared with ``litellm/...``, which speaks the same format.
+One attempt per call (SDK retries off); ``RetryingModel`` does the retrying.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import openai
+
+from harness.errors import ModelTransient, UsageError
+from harness.meter import Price, cost_usd, price_for
+from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
+from harness.models.retry import error_for_status
+from harness.redact import redact
+
+OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+
+# OpenAI finish_reason -> the neutral (Anthropic-style) stop_reason the tool loop understands.
+_STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "function_call": "tool_use", "length": "max_tokens"}
+
+
+def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Neutral messages to chat-completions messages.
+
+    A neutral user message holding tool results becomes one ``role: tool`` message per result
+    (they must directly follow the assistant message that made the calls), then a user message
+    for any text. OpenAI has no ``is_error`` flag, so failed results say so in their content.
+    """
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for m in messages:
+        blocks = m.get("content", [])
+        texts = [b["text"] for b in blocks if b.get("type") == "text"]
+        if m["role"] == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+            calls = [b for b in blocks if b.get("type") == "tool_call"]
+            if calls:
+                msg["tool_calls"] = [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c.get("input") or {})},
+                    }
+                    for c in calls
+                ]
+            out.append(msg)
+            continue
+        for b in blocks:
+            if b.get("type") == "tool_result":
+                content = str(b.get("content", ""))
+                if b.get("is_error"):
+                    content = f"ERROR: {content}"
+                out.append({"role": "tool", "tool_call_id": b["id"], "content": content})
+            elif b.get("type") not in ("text", "tool_result"):
+                raise UsageError(f"unknown message block type {b.get('type')!r} (expected text, tool_result)")
+        if texts:
+            out.append({"role": "user", "content": "\n".join(texts)})
+    return out
+
+
+def to_openai_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+        for t in tools
+    ]
+
+
+def parse_arguments(call_id: str, name: str, arguments: Any) -> ToolCall:
+    """Tool arguments arrive as a JSON string; anything unparseable becomes ``ToolCall.error``."""
+    if isinstance(arguments, dict):
+        return ToolCall(id=call_id, name=name, input=arguments)
+    text = "" if arguments is None else str(arguments)
+    try:
+        parsed = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        return ToolCall(id=call_id, name=name, input={}, error=f"tool arguments are not valid JSON ({exc}): {text[:200]}")
+    if not isinstance(parsed, dict):
+        return ToolCall(id=call_id, name=name, input={}, error=f"tool arguments must be a JSON object, got {text[:200]}")
+    return ToolCall(id=call_id, name=name, input=parsed)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """Attribute or key: the SDK gives objects, litellm objects or dicts depending on version."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def reply_from_completion(completion: Any) -> Reply:
+    """A chat completion (OpenAI SDK or litellm object) to a neutral Reply, cost not yet set.
+
+    ``Usage.input_tokens`` is the uncached part of the prompt; OpenAI counts cached tokens
+    inside ``prompt_tokens``, so they are moved to ``cache_read_tokens``.
+    """
+    choices = _get(completion, "choices") or []
+    if not choices:
+        raise ModelTransient("completion has no choices")
+    choice = choices[0]
+    message = _get(choice, "message")
+    reply = Reply(text=_get(message, "content") or "")
+    for i, call in enumerate(_get(message, "tool_calls") or []):
+        fn = _get(call, "function")
+        reply.tool_calls.append(parse_arguments(_get(call, "id") or f"call_{i}", _get(fn, "name") or "", _get(fn, "arguments")))
+    finish = _get(choice, "finish_reason") or "stop"
+    reply.stop_reason = _STOP_REASONS.get(finish, finish)
+    usage = _get(completion, "usage")
+    prompt = int(_get(usage, "prompt_tokens", 0) or 0)
+    cached = int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens", 0) or 0)
+    reply.usage = Usage(
+        input_tokens=max(0, prompt - cached),
+        output_tokens=int(_get(usage, "completion_tokens", 0) or 0),
+        cache_read_tokens=cached,
+    )
+    return reply
+
+
+class OpenAIModel:
+    """One chat-completions call per ``complete``; wrap in ``RetryingModel`` for retries."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_base: str | None = None,
+        timeout: float = 600.0,
+        price: dict[str, float] | None = None,
+        max_tokens_param: str = "max_tokens",
+    ) -> None:
+        self.model = model
+        self.name = f"openai/{model}"
+        self.base_url = api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if self.base_url.rstrip("/") == OPENAI_DEFAULT_BASE:
+                raise UsageError(f"openai/{model}: no API key; set OPENAI_API_KEY or pass api_key")
+            # Local OpenAI-compatible servers (vLLM, Ollama, llama.cpp) often want no key, but
+            # the SDK insists on one.
+            key = "no-key"
+        # OpenAI's newer models want max_completion_tokens; most compatible servers max_tokens.
+        self.max_tokens_param = max_tokens_param
+        self._secrets = (key,)
+        self._price: Price = price_for(model, price)
+        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.model!r}, base_url={self.base_url!r})"
+
+    def complete(self, request: Request) -> Reply:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_openai_messages(request.system, request.messages),
+            self.max_tokens_param: request.max_tokens,
+        }
+        if request.tools:
+            params["tools"] = to_openai_tools(request.tools)
+        try:
+            completion = self._client.chat.completions.create(**params)
+            reply = reply_from_completion(completion)
+        except openai.APIStatusError as exc:
+            # The SDK hands over either the whole body or just its "error" object.
+            body = exc.body
+            detail = _get(body, "message") or _get(_get(body, "error"), "message") or str(body)[:500]
+            raise error_for_status(exc.status_code, self._say(f"HTTP {exc.status_code}: {detail}"), dict(exc.response.headers)) from None
+        except openai.APIConnectionError as exc:  # includes APITimeoutError
+            raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
+        except ModelTransient as exc:
+            raise ModelTransient(self._say(str(exc))) from None
+        except openai.OpenAIError as exc:
+            raise ModelTransient(self._say(f"bad response: {type(exc).__name__}: {exc}")) from None
+        reply.cost_usd = cost_usd(reply.usage, self._price)
+        return reply
+
+    def _say(self, message: str) -> str:
+        return redact(f"{self.name} at {self.base_url}: {message}", self._secrets)
+
