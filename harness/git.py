@@ -8,12 +8,14 @@ fastest path and has every verb we need (worktrees, merge-tree, update-ref trans
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import re
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,10 @@ class Git:
         out = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         return out.strip() or None
 
+    def common_dir(self) -> Path:
+        """The repository's shared .git directory, whichever worktree ``cwd`` is in."""
+        return Path(self.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+
     def ref_value(self, ref: str) -> str | None:
         """The object a ref points to (any type: claim refs point to blobs), or None."""
         out = self.run("rev-parse", "--verify", "--quiet", ref, check=False)
@@ -130,3 +136,17 @@ class Git:
 def redact(text: str) -> str:
     """Drop credentials embedded in URLs (``https://user:token@host``) from git's messages."""
     return _CREDENTIALS.sub(r"\1***@", text)
+
+
+@contextmanager
+def exclusive(git: Git, name: str) -> Iterator[None]:
+    """Serialise, across processes, git operations that git itself does not make safe: while a
+    ``worktree add`` is half-written, any command that lists worktrees (``worktree add/list``,
+    ``checkout -B``, ``branch -D``) can die reading its files. flock, so that a holder killed
+    with SIGKILL releases it with its last breath instead of wedging the colony."""
+    with (git.common_dir() / f"stigmergy-{name}.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

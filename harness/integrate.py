@@ -21,17 +21,15 @@ so the agent can fix it there and land the fix like any other commit.
 
 from __future__ import annotations
 
-import fcntl
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from harness.errors import GitError
-from harness.git import ZERO_OID, Git, redact
+from harness.git import ZERO_OID, Git, exclusive, redact
 from harness.workspace import Workspace, check_name
 
 CLAIMS = "refs/stigmergy/claims/"
@@ -267,8 +265,7 @@ def sync_user_checkout(git: Git, old: str, *, main: str = "main") -> CheckoutSyn
     user = git.at(main_wt)
     if user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() != f"refs/heads/{main}":
         return CheckoutSync("not-on-main")
-    common = Path(git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
-    with _file_lock(common / "stigmergy-checkout.lock"):
+    with exclusive(git, "checkout"):
         new = git.resolve(f"refs/heads/{main}") or old
         dirty = _worktree_dirty(user)
         recent = git.run("rev-list", "--first-parent", "--max-count=16", new).split()
@@ -354,7 +351,8 @@ def _fenced(fence: Fence) -> Fenced:
 
 def _main_worktree(git: Git) -> Path | None:
     """The repository's main worktree (the user's checkout): the first `worktree list` entry."""
-    first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
+    with exclusive(git, "worktrees"):  # listing races with another agent's `worktree add`
+        first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
     fields = dict((line.split(" ", 1) + [""])[:2] for line in first.splitlines())
     return None if "bare" in fields else Path(fields["worktree"])
 
@@ -379,14 +377,3 @@ def _worktree_dirty(user: Git) -> bool:
         if entry[1] != " ":
             return True
     return False
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """flock: released by the kernel if the holder dies, so a crash never wedges the sync."""
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

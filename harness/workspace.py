@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from harness.errors import GitError, InvalidId
-from harness.git import ZERO_OID, Git, Identity
+from harness.git import ZERO_OID, Git, Identity, exclusive
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -65,16 +65,18 @@ class Workspace:
         tip = self.git.resolve(f"refs/heads/{self.main}")
         if tip is None:
             raise GitError(["rev-parse", self.main], 1, f"branch {self.main!r} does not exist")
-        self._ensure_worktree(tip)
+        with exclusive(self.git, "worktrees"):
+            self._ensure_worktree(tip)
         self._remove_stale_locks()
         branch = branch or f"stigmergy/{self.agent}"
         previous = self.wt.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
-        # Detach first: it clears merge state and unmerged entries, and frees the old branch name
-        # so a new name that nests under it (stigmergy/a vs stigmergy/a/x) can be created.
+        # Detach first (the slow part, outside the lock): it clears merge state and unmerged
+        # entries, and frees the old branch name so a new name nesting under it can be made.
         self.wt.run("checkout", "--quiet", "--force", "--detach", tip)
-        if previous and previous != branch and previous.startswith("stigmergy/"):
-            self.wt.run("branch", "--quiet", "-D", previous, check=False)
-        self.wt.run("checkout", "--quiet", "--no-track", "-B", branch, tip)
+        with exclusive(self.git, "worktrees"):  # both commands list every worktree
+            if previous and previous != branch and previous.startswith("stigmergy/"):
+                self.wt.run("branch", "--quiet", "-D", previous, check=False)
+            self.wt.run("checkout", "--quiet", "--no-track", "-B", branch, tip)
         # -ff: also remove nested repositories the model may have created with `git init`.
         self.wt.run("clean", "-ffdq")
         return self.path
@@ -104,11 +106,6 @@ class Workspace:
         return sha
 
     def _ensure_worktree(self, tip: str) -> None:
-        entry = self._registration()
-        if entry is not None and "locked" in entry:
-            # A killed `git worktree add` leaves its "initializing" lock behind; prune skips
-            # locked entries, so the lock must go before anything else can recover the slot.
-            self.git.run("worktree", "unlock", str(self.path), check=False)
         if self._healthy():
             return
         if (self.path / ".git").is_file():
@@ -118,17 +115,11 @@ class Workspace:
                 return
         if self.path.exists():
             shutil.rmtree(self.path)  # ours alone: a half-made or foreign directory at our path
-        self.git.run("worktree", "prune")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.git.run("worktree", "add", "--quiet", "--force", "--detach", str(self.path), tip)
-
-    def _registration(self) -> dict[str, str] | None:
-        out = self.git.run("worktree", "list", "--porcelain")
-        for block in out.strip().split("\n\n"):
-            fields = dict((line.split(" ", 1) + [""])[:2] for line in block.splitlines())
-            if "worktree" in fields and Path(fields["worktree"]).resolve() == self.path:
-                return fields
-        return None
+        # `-f -f` drops a stale registration of this one path, even one locked by a killed
+        # `worktree add` ("initializing"). Never `git worktree prune`: it sweeps every entry and
+        # races with other agents' `worktree add` in flight, deleting their half-made admin dir.
+        self.git.run("worktree", "add", "--quiet", "-f", "-f", "--detach", str(self.path), tip)
 
     def _healthy(self) -> bool:
         """The directory is a working worktree of *this* repository rooted exactly at our path
@@ -140,11 +131,8 @@ class Workspace:
         if done.returncode != 0:
             return False
         top, common, _head = done.stdout.splitlines()
-        return Path(top).resolve() == self.path and Path(common).resolve() == self._common_dir()
-
-    def _common_dir(self) -> Path:
-        out = self.git.run("rev-parse", "--path-format=absolute", "--git-common-dir")
-        return Path(out.strip()).resolve()
+        mine = self.git.common_dir().resolve()
+        return Path(top).resolve() == self.path and Path(common).resolve() == mine
 
     def _remove_stale_locks(self) -> None:
         gitdir = Path(self.wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip())

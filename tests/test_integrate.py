@@ -363,6 +363,7 @@ LANDER = textwrap.dedent("""
 
 
 def test_eight_concurrent_landers_all_land_exactly_once(target: Path, tmp_path: Path) -> None:
+    """Also races eight `git worktree add`s: git alone lets one die reading another half-made."""
     base = str(Git(target).resolve("main"))
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
