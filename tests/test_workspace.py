@@ -113,7 +113,7 @@ def test_prepare_recovers_a_damaged_worktree(target: Path, damage: str) -> None:
     assert ws.prepare() == path
     assert (path / "src.txt").read_text() == "v1\n"
     assert ws.wt.resolve("HEAD") == ws.git.resolve("main")
-    listed = ws.git.run("worktree", "list", "--porcelain")
+    listed = ws.git.run("worktree", "list", "--porcelain")  # no duplicate registration left
     assert listed.count(f"worktree {path}\n") == 1
 
 
