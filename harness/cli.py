@@ -193,6 +193,18 @@ def cmd_task_fail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_run(args: argparse.Namespace) -> int:
+    from harness.agent import Agent, AgentOptions
+    from harness.toolloop import Limits
+
+    opts = AgentOptions(
+        agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
+        workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
+        budget_usd=args.budget_usd, api_base=args.api_base,
+        limits=Limits(max_steps=args.max_steps, max_seconds=args.max_seconds, max_cost_usd=args.max_cost_usd))
+    return Agent(_colony(args), opts).run()
+
+
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
     _colony(args).heartbeat(args.agent, pid=args.pid)
     return 0
@@ -258,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     agent = sub.add_parser("agent", help="agent processes").add_subparsers(dest="agent_command", required=True)
+    run = agent.add_parser("run", parents=[common], help="run one agent process (the launcher starts these)")
+    run.add_argument("--id", required=True, help="this agent's name, unique in the colony")
+    run.add_argument("--role", default="coder")
+    run.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
+    run.add_argument("--api-base", help="base URL of an OpenAI- or Anthropic-compatible endpoint")
+    run.add_argument("--workspaces", help="root of agents' worktrees (default ./workspaces)")
+    run.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
+    run.add_argument("--until-empty", action="store_true", help="exit when no task is ready or active")
+    run.add_argument("--budget-usd", type=float, help="colony-wide spend limit (overrides config.yaml)")
+    run.add_argument("--max-steps", type=int, default=100, help="model calls per attempt")
+    run.add_argument("--max-seconds", type=float, help="wall time per attempt")
+    run.add_argument("--max-cost-usd", type=float, help="spend per attempt")
+    run.set_defaults(func=cmd_agent_run)
+
     hb = agent.add_parser("heartbeat", parents=[common], help="refresh an external agent's lease")
     hb.add_argument("--agent", required=True)
     hb.add_argument("--pid", type=int)

@@ -287,7 +287,12 @@ class Colony:
     def holds(self, claim: Claim) -> bool:
         return self.current_claim(claim.task_id) == claim
 
-    def try_claim(self, task_id: str, agent: str, pid: int | None = None) -> Claim | None:
+    def try_claim(self, task_id: str, agent: str, pid: int | None = None) -> Claim | Task | None:
+        """Claim this task if it is free (or its claim is stale) and ready.
+
+        Returns the Claim; or the Task as read from disk when it turned out not to be ready
+        (the caller's index was out of date); or None when another process has it or it is gone.
+        """
         gen = self._generation(task_id)
         if self._held(task_id, gen):
             if not self._is_stale(self._gen_dir(task_id, gen), self._owner(task_id, gen), time.time()):
@@ -299,13 +304,21 @@ class Colony:
         claim = self._take_generation(task_id, gen + 1, agent, pid)
         if claim is None:
             return None
+        pending = self.task_dir("pending") / f"{task_id}.yaml"
+        task = self.read_task(pending)  # None: gone (done, failed, reaped elsewhere) or quarantined
+        if task is None or not self.deps_done(task):
+            self._release_generation(claim, "not pending" if task is None else "not ready")
+            return task
         try:
-            os.rename(self.task_dir("pending") / f"{task_id}.yaml", self.task_dir("active") / f"{task_id}.yaml")
-        except FileNotFoundError:  # not pending any more (done, failed, or just reaped elsewhere)
+            os.rename(pending, self.task_dir("active") / f"{task_id}.yaml")
+        except FileNotFoundError:
             self._release_generation(claim, "not pending")
             return None
         self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid)
         return claim
+
+    def deps_done(self, task: Task) -> bool:
+        return all((self.task_dir("done") / f"{d}.yaml").exists() for d in task.depends_on)
 
     def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
         """Claim the best ready task for this agent and role, or None when nothing is ready."""
@@ -317,16 +330,17 @@ class Colony:
             pool.refresh(force_scan=attempt == 1)
             while ids := pool.candidates():
                 for tid in ids:
-                    claim = self.try_claim(tid, agent, pid)
-                    if claim is None:
+                    got = self.try_claim(tid, agent, pid)
+                    if isinstance(got, Claim):
+                        pool.forget(tid, "active")
+                        task = self.read_task(self.task_dir("active") / f"{tid}.yaml")
+                        if task is not None:
+                            return got, task
+                        self._release_generation(got, "vanished")
+                    elif isinstance(got, Task):  # the file knows better than our index: not ready
+                        pool.learn(got)
+                    else:
                         pool.forget(tid, "active" if self.locate(tid) else "gone")
-                        continue
-                    pool.forget(tid, "active")
-                    task = self.read_task(self.task_dir("active") / f"{tid}.yaml")
-                    if task is None:  # quarantined on read: give up the claim, keep looking
-                        self._release_generation(claim, "quarantined")
-                        continue
-                    return claim, task
                 pool.refresh()  # learn what the others claimed meanwhile before the next batch
         return None
 
@@ -371,6 +385,39 @@ class Colony:
         self.add_note(task_id, agent, note, kind="fail")
         self._move(claim, "failed")
         self.event("fail", task_id, agent=agent, note=note)
+
+    def defer(self, task_id: str, agent: str, waits_on: str, note: str, token: str | None = None) -> None:
+        """Back to pending, waiting on another task (a conflict's resolution) instead of a retry."""
+        claim = self._owned(task_id, agent, token)
+        self.add_note(task_id, agent, note, kind="defer")
+        task = self.read_task(self.task_dir("active") / f"{task_id}.yaml")
+        deps = [*(task.depends_on if task else []), waits_on]
+        self._move(claim, "pending", {"depends_on": deps})
+        if task is not None:
+            task.depends_on = deps
+            self.event("defer", task_id, agent=agent, waits_on=waits_on, meta=meta_of(task))
+
+    def settle(self, task_id: str, by: str, via: str) -> None:
+        """Mark a deferred task done because `via` landed its work; recursively for chains."""
+        found = self.locate(task_id)
+        if found is None or found[0] in ("done", "failed"):
+            return
+        task = self.read_task(found[1])
+        try:
+            os.rename(found[1], self.task_dir("done") / f"{task_id}.yaml")
+        except FileNotFoundError:
+            return
+        self.event("done", task_id, agent=by, via=via)
+        if task is not None and task.resolves:
+            self.settle(task.resolves, by, via)
+
+    def idle(self) -> bool:
+        """Nothing to do for anyone: no task active and none ready."""
+        if any(self.task_dir("active").glob("*.yaml")):
+            return False
+        pool = self.pool(None)
+        pool.refresh(force_scan=True)
+        return not pool.candidates()
 
     def _skip_count(self, task_id: str) -> int:
         found = self.locate(task_id)

@@ -125,7 +125,7 @@ class Pool:
 
     def apply(self, ev: dict[str, Any]) -> None:
         tid, kind = ev["task"], ev.get("event")
-        if kind == "add" and isinstance(ev.get("meta"), dict):
+        if kind in ("add", "defer") and isinstance(ev.get("meta"), dict):
             self._set_pending(Entry.from_meta(tid, ev["meta"]))
         elif kind == "claim":
             self.forget(tid, "active")
@@ -201,6 +201,13 @@ class Pool:
             # spread over the top tasks instead of all fighting for the very first one.
             return int(self._key(e) - (self.cfg.overlap_penalty if hit else 0)), random.random()
         return [e.id for e in sorted(picked, key=score, reverse=True)]
+
+    def learn(self, task: Task) -> None:
+        """The file on disk says otherwise than our index (e.g. new dependencies): believe it."""
+        e = Entry.of(task)
+        old = self.entries.get(task.id)
+        e.version = old.version if old else 0
+        self._set_pending(e)
 
     def forget(self, tid: str, status: str) -> None:
         """Record a task leaving `pending` (claimed by us or another, done, failed, vanished)."""

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from conftest import set_config
-from harness.colony import Colony
+from harness.colony import Claim, Colony
 from harness.tasks import Task
 
 CLAIM_ALL = """
 import json, sys
 from pathlib import Path
-from harness.colony import Colony
+from harness.colony import Claim, Colony
 colony = Colony.open(Path(sys.argv[1]))
 got = []
 while (c := colony.claim(sys.argv[2])) is not None:
@@ -47,7 +47,7 @@ def _breaker(repo: str, agent: str, rounds: int, barrier: object, results: objec
     for r in range(rounds):
         barrier.wait()  # type: ignore[attr-defined]
         claim = colony.try_claim(f"r{r:04d}", agent)
-        results.put((r, agent, claim.generation if claim else None))  # type: ignore[attr-defined]
+        results.put((r, agent, claim.generation if isinstance(claim, Claim) else None))  # type: ignore[attr-defined]
 
 
 def _dead_pid() -> int:
@@ -89,7 +89,7 @@ def test_16_processes_break_one_stale_claim_exactly_one_wins_per_round(colony: C
 OWNER = """
 import sys, time
 from pathlib import Path
-from harness.colony import Colony
+from harness.colony import Claim, Colony
 colony = Colony.open(Path(sys.argv[1]))
 colony.heartbeat("owner", pid=None)
 claim, task = colony.claim("owner", pid=None if sys.argv[2] == "nopid" else __import__("os").getpid())

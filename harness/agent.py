@@ -1,0 +1,319 @@
+"""One agent: an independent process that senses the environment, claims, works, verifies, lands.
+
+    while not stopped:
+        sense: heartbeat (a thread), reap stale claims, read STOP and the budget
+        pick and claim the best ready task for my role (back off when none)
+        prepare: reset my worktree to the tip of main (or main + the conflicting work)
+        work: render the prompt and run the model's tool loop
+        verify: run the verify command; on failure feed the excerpt back, a bounded number of rounds
+        land: one fenced commit on main; a conflict becomes a merge_conflict task
+        finish: done, or back to pending with a note (skip_count + 1), claim released
+
+Stopping is data: a step that cannot go on raises `GiveUp(note)`, and the claim is released with
+that note for the next claimant. Nothing here talks to another agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import integrate, tasks
+from harness.colony import Claim, Colony
+from harness.errors import HarnessError, NotOwner, UsageError
+from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed
+from harness.meter import Ledger, colony_spend
+from harness.models.base import Model, Reply, Request
+from harness.prompts import Prompts
+from harness.roles import load_role
+from harness.tasks import Task
+from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
+from harness.tools import Toolbox
+from harness.verify import Verdict, run_verify
+from harness.workspace import Workspace
+
+SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
+
+
+class GiveUp(Exception):
+    """This attempt cannot go on; the note says why and is kept for the next claimant."""
+
+
+class Stop(Exception):
+    """The agent was told to stop (SIGTERM, STOP now, budget) in the middle of a step."""
+
+
+@dataclass
+class AgentOptions:
+    agent: str
+    role: str = "coder"
+    model: str | None = None
+    workspaces: Path = field(default_factory=lambda: Path("workspaces"))
+    verify: str | None = None  # overrides the config's repo-wide verify command
+    until_empty: bool = False
+    budget_usd: float | None = None  # overrides the config's budget_usd
+    limits: Limits = field(default_factory=Limits)
+    api_base: str | None = None
+    max_idle_sleep: float = 30.0
+
+
+class Metered:
+    """A Model that writes every call's tokens and cost to this agent's ledger as it happens."""
+
+    def __init__(self, model: Model, ledger: Ledger, agent: str, task: str) -> None:
+        self.model, self.ledger, self.agent, self.task = model, ledger, agent, task
+        self.name = model.name
+
+    def complete(self, request: Request) -> Reply:
+        reply = self.model.complete(request)
+        self.ledger.record(agent=self.agent, task=self.task, model=self.name, usage=reply.usage,
+                           cost_usd=reply.cost_usd)
+        return reply
+
+
+class Sink:
+    """What the model's create_task and add_note tools write into: the environment itself."""
+
+    def __init__(self, colony: Colony, agent: str, task: Task) -> None:
+        self.colony, self.agent, self.task = colony, agent, task
+
+    def create_task(self, fields: dict[str, Any]) -> str:
+        data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
+                "created_by": self.agent, "discovered_from": self.task.id}
+        return self.colony.add(tasks.from_dict(data, "create_task")).id
+
+    def add_note(self, text: str) -> None:
+        self.colony.add_note(self.task.id, self.agent, text)
+
+
+class Agent:
+    def __init__(self, colony: Colony, opts: AgentOptions, model: Model | None = None) -> None:
+        self.colony, self.opts, self.cfg = colony, opts, colony.config
+        self.id = tasks.check_id(opts.agent, "agent id")
+        self.role = load_role(opts.role, colony.home)
+        self.prompts = Prompts(colony.home)
+        self.ws = Workspace(colony.repo, opts.workspaces, self.id)
+        spec = opts.model or self.cfg.model
+        if model is None and not spec:
+            raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-4-5) or set `model:` in config.yaml")
+        self.model = model or self._load_model(str(spec))
+        self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
+        self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
+        self.secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
+        self.signalled = False
+        self.current: str | None = None
+        self._reaped_at = 0.0
+
+    def _load_model(self, spec: str) -> Model:
+        from harness.models.registry import load_model
+        from harness.models.retry import CoolDown
+        return load_model(spec, api_base=self.opts.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"))
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        beating = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(beating,), daemon=True)
+        beat.start()
+        idle = 0.2
+        try:
+            while not self.stopping():
+                self.sense()
+                if self.over_budget():
+                    self.say(f"colony budget of ${self.budget} reached: claiming nothing more")
+                    break
+                got = self.colony.claim(self.id, self.role.name, pid=os.getpid())
+                if got is None:
+                    if self.opts.until_empty and self.colony.idle():
+                        break
+                    self.nap(idle)
+                    idle = min(idle * 2, self.opts.max_idle_sleep)
+                    continue
+                idle = 0.2
+                self.attempt(*got)
+        finally:
+            beating.set()
+            self.colony.event("agent_exit", agent=self.id)
+        return 0
+
+    def attempt(self, claim: Claim, task: Task) -> None:
+        self.current = task.id
+        self.say(f"claimed {task.id} (generation {claim.generation}): {task.title}")
+        try:
+            fence = Fence.acquire(self.ws.git, task.id, claim.generation, claim.token)
+            if isinstance(fence, AlreadyLanded):
+                self.colony.done(task.id, self.id, claim.token, commit=fence.commit)
+            elif isinstance(fence, Fenced) or not self.colony.holds(claim):
+                self.say(f"lost {task.id} before starting: {getattr(fence, 'reason', 'claim taken over')}")
+            else:
+                self.finish(claim, task, fence, self.work(claim, task))
+        except GiveUp as e:
+            self.release(claim, str(e))
+        except Stop:
+            self.release(claim, "the agent was stopped before it finished; nothing landed")
+        except HarnessError as e:
+            self.release(claim, f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug must not kill the night: log it, free the task, go on
+            self.say(traceback.format_exc())
+            self.release(claim, f"agent crashed: {type(e).__name__}: {e}")
+        finally:
+            self.current = None
+
+    def work(self, claim: Claim, task: Task) -> str | None:
+        """Run the model until its work passes verify; the verified commit, or None if no change."""
+        run = self.colony.run_dir(task.id, f"{claim.generation:03d}")
+        conflict = task.kind == "merge_conflict" and "ref" in task.meta
+        if conflict:
+            integrate.prepare_conflict_worktree(self.ws, task.meta["ref"])
+        else:
+            self.ws.prepare()
+        env = self.env(task)
+        context = {"task": task, "notes": self.colony.notes(task.id), "verify": " && ".join(self.verify_commands(task)),
+                   "context": self.repo_context()}
+        outcome = run_attempt(
+            Metered(self.model, self.ledger, self.id, task.id),
+            self.prompts.render("system", agent=self.id, role=self.role),
+            self.prompts.render("merge_conflict" if conflict else "task", **context),
+            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)),
+            self.opts.limits, Transcript(run / "transcript.jsonl"),
+            task_id=task.id, task_title=task.title, budget_check=self.must_abort, secrets=self.secrets)
+        rounds = self.cfg.verify_rounds
+        for round_ in range(1, rounds + 2):
+            self.check_outcome(outcome)
+            commit = self.ws.commit_all(f"{task.title}\n\nTask-Id: {task.id}\nAgent: {self.id}\n")
+            if commit is None:
+                return None
+            verdict = self.verify(task, env, run)(self.ws.path)
+            if verdict.ok:
+                return commit
+            if round_ > rounds:
+                raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
+                             f"{outcome.summary or '(no summary)'}\n{verdict.log}")
+            outcome = continue_attempt(outcome, self.prompts.render(
+                "verify_failure", excerpt=verdict.log, round=round_, rounds=rounds))
+        raise AssertionError("unreachable")
+
+    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None) -> None:
+        if commit is None:  # the model finished without changing anything: nothing to land
+            self.colony.done(task.id, self.id, claim.token, landed=False)
+            return
+        trailers = [("Resolves", task.resolves)] if task.resolves else []
+        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers,
+                                verify=self.verify(task, self.env(task), self.colony.run_dir(
+                                    task.id, f"{claim.generation:03d}")))
+        if isinstance(result, (Landed, AlreadyLanded)):
+            if task.resolves:  # the original's work is on main now: it counts as done first
+                self.colony.settle(task.resolves, by=self.id, via=task.id)
+            self.colony.done(task.id, self.id, claim.token, commit=result.commit)
+            sync = getattr(result, "checkout", None)
+            self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout {sync.state}: "
+                                                                   f"{sync.message}" if sync else ""))
+        elif isinstance(result, Conflict):
+            self.file_conflict(claim, task, result)
+        elif isinstance(result, Fenced):
+            self.say(f"fenced out of {task.id}: {result.reason}; my work does not land")
+        else:
+            raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
+
+    def file_conflict(self, claim: Claim, task: Task, c: Conflict) -> None:
+        body = (f"Conflicting paths: {', '.join(c.paths)}\nBase: {c.base}\nMain (ours): {c.ours}\n"
+                f"Task work (theirs, kept at {c.ref}): {c.theirs}\n\n"
+                f"--- main's change since the base ---\n{c.ours_diff}\n"
+                f"--- the task's change since the base ---\n{c.theirs_diff}\n")
+        ctask = Task(id=f"conflict-{task.id}"[:59] + "-" + tasks.new_id("x")[-4:],
+                     title=f"Resolve merge conflict: {task.title}"[:200], kind="merge_conflict",
+                     priority=tasks.PRIORITIES["critical"], role="merger", outputs=list(c.paths), body=body,
+                     created_by=self.id, discovered_from=task.id, resolves=task.id,
+                     meta={"ref": c.ref, "base": c.base, "ours": c.ours, "theirs": c.theirs, "paths": c.paths})
+        self.colony.add(ctask)
+        self.colony.defer(task.id, self.id, waits_on=ctask.id, token=claim.token,
+                          note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
+        self.say(f"conflict on {task.id}: filed {ctask.id}")
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def check_outcome(self, outcome: Outcome) -> None:
+        if self.must_abort():
+            raise Stop()
+        if not outcome.finished:
+            why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
+            raise GiveUp(f"the model did not finish ({why}). Last summary: {outcome.summary or '(none)'}")
+
+    def verify_commands(self, task: Task) -> list[str]:
+        repo_wide = self.opts.verify if self.opts.verify is not None else self.cfg.verify
+        return [c for c in (repo_wide, task.verify) if c and c.strip()]
+
+    def verify(self, task: Task, env: dict[str, str], run: Path) -> integrate.Verify:
+        def check(worktree: Path) -> Verdict:
+            commands = self.verify_commands(task)
+            return run_verify(commands, worktree, env, self.cfg.verify_timeout, run / "verify.log") if commands \
+                else Verdict(True)
+        return check
+
+    def env(self, task: Task) -> dict[str, str]:
+        """The environment of the model's commands and of verify: ours, minus secrets, plus who we are."""
+        env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
+        env.update(STIGMERGY_AGENT=self.id, STIGMERGY_TASK=task.id, STIGMERGY_ROLE=self.role.name,
+                   STIGMERGY_REPO=str(self.colony.repo), STIGMERGY_HOME=str(self.colony.home))
+        return env
+
+    def repo_context(self) -> dict[str, str]:
+        log = self.ws.git.run("log", "--oneline", "-8", "refs/heads/main", check=False)
+        files = sorted(p.name + ("/" if p.is_dir() else "") for p in self.ws.path.iterdir() if p.name != ".git")
+        return {"log": log.strip(), "files": ", ".join(files[:60])}
+
+    def release(self, claim: Claim, note: str) -> None:
+        try:
+            self.colony.release(claim.task_id, self.id, note=note[:4000], token=claim.token)
+            self.say(f"released {claim.task_id}: {note.splitlines()[0] if note else ''}")
+        except NotOwner:
+            self.say(f"{claim.task_id} is no longer mine (reaped or taken over); nothing to release")
+
+    def sense(self) -> None:
+        if time.monotonic() - self._reaped_at > self.cfg.lease_ttl / 4:
+            self._reaped_at = time.monotonic()
+            for tid in self.colony.reap(self.id):
+                self.say(f"reaped stale claim on {tid}")
+
+    def stopping(self) -> bool:
+        return self.signalled or self.colony.stop_requested()
+
+    def must_abort(self) -> bool:
+        """Checked before every model call: abort now, not after the task (SIGTERM, STOP now, budget)."""
+        if self.signalled or self.over_budget():
+            return True
+        try:
+            return self.colony.stop_path.read_text().strip() == "now"
+        except FileNotFoundError:
+            return False
+
+    def over_budget(self) -> bool:
+        return self.budget is not None and colony_spend(self.colony.home / "ledger") >= self.budget
+
+    def nap(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stopping():
+            time.sleep(min(0.2, seconds))
+
+    def _beat(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current)
+            except OSError as e:  # a full disk must not kill the thread that keeps our lease
+                self.say(f"heartbeat failed: {e}")
+            if stop.wait(self.cfg.heartbeat_interval):
+                return
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signalled = True
+
+    def say(self, message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {self.id}: {message}", file=sys.stderr, flush=True)
