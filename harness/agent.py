@@ -157,14 +157,14 @@ class Agent:
             else:
                 self.finish(claim, task, fence, self.work(claim, task))
         except GiveUp as e:
-            self.release(claim, str(e))
+            self.release(claim, str(e), task)
         except Stop:
             self.release(claim, "the agent was stopped before it finished; nothing landed")
         except HarnessError as e:
-            self.release(claim, f"{type(e).__name__}: {e}")
+            self.release(claim, f"{type(e).__name__}: {e}", task)
         except Exception as e:  # a bug must not kill the night: log it, free the task, go on
             self.say(traceback.format_exc())
-            self.release(claim, f"agent crashed: {type(e).__name__}: {e}")
+            self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
             self.current = None
 
@@ -270,9 +270,16 @@ class Agent:
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in self.ws.path.iterdir() if p.name != ".git")
         return {"log": log.strip(), "files": ", ".join(files[:60])}
 
-    def release(self, claim: Claim, note: str) -> None:
+    def release(self, claim: Claim, note: str, task: Task | None = None) -> None:
+        note = note[:4000]
         try:
-            self.colony.release(claim.task_id, self.id, note=note[:4000], token=claim.token)
+            if task is not None and task.skip_count + 1 >= self.cfg.max_attempts:
+                # An impossible task must not burn the budget all night: after max_attempts it fails.
+                self.colony.fail(claim.task_id, self.id, f"gave up after {task.skip_count + 1} attempts: {note}",
+                                 token=claim.token)
+                self.say(f"failed {claim.task_id} after {task.skip_count + 1} attempts")
+                return
+            self.colony.release(claim.task_id, self.id, note=note, token=claim.token)
             self.say(f"released {claim.task_id}: {note.splitlines()[0] if note else ''}")
         except NotOwner:
             self.say(f"{claim.task_id} is no longer mine (reaped or taken over); nothing to release")

@@ -1,0 +1,197 @@
+"""The agent loop as real processes on a real repository, with the scripted model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import set_config
+from harness.colony import Colony
+from harness.tasks import Task
+
+APP = "def greet(name):\n    return 'hello ' + name\n"
+
+
+def write_script(path: Path, entries: list[dict]) -> str:
+    path.write_text(yaml.safe_dump(entries, sort_keys=False))
+    return f"scripted:{path}"
+
+
+def start_agent(colony: Colony, agent: str, model: str, tmp: Path, *extra: str) -> subprocess.Popen[bytes]:
+    log = open(tmp / f"{agent}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--id", agent, "--model", model,
+                             "--repo", str(colony.repo), "--workspaces", str(tmp / "ws"), *extra],
+                            stdout=log, stderr=log)
+
+
+def landed_ids(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def file_on_main(repo: Path, path: str) -> str:
+    return subprocess.run(["git", "show", f"main:{path}"], cwd=repo, capture_output=True, text=True).stdout
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def commit_file(repo: Path, path: str, text: str) -> None:
+    (repo / path).write_text(text)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "add", path], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", f"add {path}"], cwd=repo, check=True, env=env)
+
+
+def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: Path) -> None:
+    commit_file(colony.repo, "app.py", APP)
+    resolved = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
+    model = write_script(tmp_path / "script.yaml", [
+        {"match": "^slow-title$", "actions": [
+            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'hello ' + name.title()"}},
+            {"sleep": 3}, {"finish": "titled"}]},
+        {"match": "^fast-punct$", "actions": [
+            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'Hello, ' + name + '!'"}},
+            {"finish": "punctuated"}]},
+        {"match": "^conflict-", "actions": [
+            {"bash": "grep -c '<<<<<<<' app.py"},
+            {"write": {"path": "app.py", "content": resolved}}, {"finish": "kept both"}]},
+    ])
+    colony.add(Task(id="slow-title", title="Title-case names", priority=85))  # a1 takes it first
+    colony.add(Task(id="fast-punct", title="Punctuate greeting", priority=80))
+    a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
+    wait_for(lambda: colony.get("slow-title")[0] == "active", what="first claim")
+    b = start_agent(colony, "a2", model, tmp_path, "--until-empty")
+    assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
+    conflicts = [t for st, t in colony.list("all") if t.kind == "merge_conflict"]
+    assert len(conflicts) == 1 and conflicts[0].priority == 95
+    c = conflicts[0]
+    assert c.meta["paths"] == ["app.py"] and c.resolves in ("slow-title", "fast-punct")
+    assert "name.title()" in c.body and "'!'" in c.body  # both sides' diffs are in the task
+    assert colony.get(c.id)[0] == "done" and colony.get(c.resolves)[0] == "done"  # type: ignore[arg-type]
+    ids = landed_ids(colony.repo)
+    assert c.resolves == "slow-title"
+    assert sorted(ids) == sorted([c.id, "fast-punct"])  # the original lands through its conflict task
+    assert file_on_main(colony.repo, "app.py") == resolved
+    body = subprocess.run(["git", "log", "-1", "--format=%B", "main"], cwd=colony.repo, capture_output=True,
+                          text=True).stdout
+    assert f"Resolves: {c.resolves}" in body
+    kept = subprocess.run(["git", "rev-parse", f"refs/stigmergy/conflicts/{c.resolves}"], cwd=colony.repo,
+                          capture_output=True, text=True)
+    assert kept.returncode == 0  # the conflicting work is still reachable
+
+
+def test_sigkilled_agent_mid_task_is_reclaimed_and_lands_once(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, lease_ttl=2, heartbeat_interval=0.3)
+    colony.add(Task(id="job", title="Write the result"))
+    slow = write_script(tmp_path / "slow.yaml", [{"match": "job", "actions": [
+        {"write": {"path": "result.txt", "content": "first\n"}}, {"sleep": 60}, {"finish": "never"}]}])
+    fast = write_script(tmp_path / "fast.yaml", [{"match": "job", "actions": [
+        {"write": {"path": "result.txt", "content": "second\n"}}, {"finish": "done"}]}])
+    a = start_agent(colony, "a1", slow, tmp_path)
+    wait_for(lambda: list((colony.home / "runs" / "job").glob("*/transcript.jsonl")), what="a1 working")
+    time.sleep(0.5)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    b = start_agent(colony, "a2", fast, tmp_path, "--until-empty")
+    assert b.wait(timeout=60) == 0
+    assert landed_ids(colony.repo) == ["job"]
+    assert file_on_main(colony.repo, "result.txt") == "second\n"
+    assert any(e["event"] == "reap" and e.get("abandoned_by") == "a1" for e in colony.events())
+
+
+def test_agent_paused_past_its_lease_cannot_land(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, lease_ttl=1.5, heartbeat_interval=0.2)
+    colony.add(Task(id="job", title="Write the result"))
+    slow = write_script(tmp_path / "slow.yaml", [{"match": "job", "actions": [
+        {"write": {"path": "result.txt", "content": "stale\n"}}, {"sleep": 2}, {"finish": "late"}]}])
+    fast = write_script(tmp_path / "fast.yaml", [{"match": "job", "actions": [
+        {"write": {"path": "result.txt", "content": "fresh\n"}}, {"finish": "done"}]}])
+    a = start_agent(colony, "a1", slow, tmp_path)
+    wait_for(lambda: list((colony.home / "runs" / "job").glob("*/transcript.jsonl")), what="a1 working")
+    a.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # past the lease: a1's heartbeat is silent though its pid lives
+        b = start_agent(colony, "a2", fast, tmp_path, "--until-empty")
+        assert b.wait(timeout=60) == 0
+        assert landed_ids(colony.repo) == ["job"]
+    finally:
+        a.send_signal(signal.SIGCONT)
+    wait_for(lambda: "fenced out of job" in (tmp_path / "a1.log").read_text() or "no longer mine" in (
+        tmp_path / "a1.log").read_text(), timeout=30, what="a1 to wake and be fenced")
+    colony.stop_path.write_text("")
+    assert a.wait(timeout=30) == 0
+    assert landed_ids(colony.repo) == ["job"]
+    assert file_on_main(colony.repo, "result.txt") == "fresh\n"
+
+
+def test_main_never_gets_a_tree_that_fails_verify(colony: Colony, tmp_path: Path) -> None:
+    # verify fails when both a.txt and b.txt exist, or when any file says BAD
+    verify = "! grep -rq BAD --exclude-dir=.git . && ! { test -f a.txt && test -f b.txt; }"
+    colony = set_config(colony, verify=verify, verify_rounds=1, max_attempts=2)
+    model = write_script(tmp_path / "script.yaml", [
+        {"match": "^bad$", "actions": [{"write": {"path": "bad.txt", "content": "BAD\n"}}, {"finish": "x"}],
+         "on_verify_failure": [{"write": {"path": "bad.txt", "content": "still BAD\n"}}, {"finish": "y"}]},
+        {"match": "^fixable$", "actions": [{"write": {"path": "f.txt", "content": "BAD\n"}}, {"finish": "x"}],
+         "on_verify_failure": [{"write": {"path": "f.txt", "content": "good\n"}}, {"finish": "fixed"}]},
+        {"match": "^add-a$", "actions": [{"write": {"path": "a.txt", "content": "a\n"}}, {"sleep": 2},
+                                         {"finish": "a"}]},
+        {"match": "^add-b$", "actions": [{"write": {"path": "b.txt", "content": "b\n"}}, {"finish": "b"}]},
+    ])
+    for tid in ("bad", "fixable", "add-a", "add-b"):
+        colony.add(Task(id=tid, title=tid, priority=90 if tid.startswith("add") else 50))
+    agents = [start_agent(colony, f"a{i}", model, tmp_path, "--until-empty") for i in range(2)]
+    assert [p.wait(timeout=120) for p in agents] == [0, 0]
+    ids = landed_ids(colony.repo)
+    assert "bad" not in ids and "fixable" in ids
+    assert len([i for i in ids if i in ("add-a", "add-b")]) == 1  # the second one's merge fails verify
+    assert colony.get("bad")[0] == "failed"
+    notes = " ".join(n["text"] for n in colony.notes("bad"))
+    assert "verify still failed" in notes and "BAD" in notes
+    commits = subprocess.run(["git", "rev-list", "--first-parent", "main"], cwd=colony.repo, capture_output=True,
+                             text=True, check=True).stdout.split()
+    check = tmp_path / "check"
+    for sha in commits:  # every commit on main's first-parent line passes verify
+        subprocess.run(["rm", "-rf", str(check)], check=True)
+        check.mkdir()
+        subprocess.run(f"git archive {sha} | tar -x -C {check}", shell=True, cwd=colony.repo, check=True)
+        assert subprocess.run(verify, shell=True, cwd=check).returncode == 0, sha
+
+
+def test_discovered_tasks_and_notes_go_into_the_environment(colony: Colony, tmp_path: Path) -> None:
+    model = write_script(tmp_path / "script.yaml", [
+        {"match": "^parent$", "actions": [
+            {"create_task": {"title": "Follow-up found", "priority": 70, "outputs": ["docs/"]}},
+            {"note": "the parser is fragile"}, {"write": {"path": "p.txt", "content": "p\n"}}, {"finish": "ok"}]},
+        {"match": "^follow-up-found-", "actions": [{"write": {"path": "docs.txt", "content": "d\n"}},
+                                                   {"finish": "ok"}]},
+        {"match": "^unscripted$", "actions": []},
+    ])
+    colony.add(Task(id="parent", title="Parent task"))
+    colony.add(Task(id="nomatch", title="Nothing matches me", priority=10))
+    set_config(colony, max_attempts=1)
+    a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
+    assert a.wait(timeout=60) == 0
+    follow = [t for _, t in colony.list("all") if t.title == "Follow-up found"]
+    assert len(follow) == 1
+    f = follow[0]
+    assert (f.created_by, f.discovered_from, f.priority) == ("a1", "parent", 70)
+    assert sorted(landed_ids(colony.repo)) == sorted(["parent", f.id])
+    assert [n["text"] for n in colony.notes("parent")] == ["the parser is fragile"]
+    assert colony.get("nomatch")[0] == "failed"
+    assert "NoScriptMatch" in json.dumps(colony.notes("nomatch"))
