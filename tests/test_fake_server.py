@@ -23,7 +23,9 @@ from harness.models.fake_server import FakeServer, load_script
 KEY = "sk-fake-server-key-123456"
 
 
-def post(url: str, body: dict[str, Any], *, key: str | None = KEY, header: str = "x-api-key") -> tuple[int, dict[str, str], bytes]:
+def post(
+    url: str, body: dict[str, Any], *, key: str | None = KEY, header: str = "x-api-key"
+) -> tuple[int, dict[str, str], bytes]:
     headers = {"content-type": "application/json"}
     if key is not None:
         headers[header] = key if header == "x-api-key" else f"Bearer {key}"
@@ -73,7 +75,7 @@ def test_reply_index_is_the_number_of_assistant_turns() -> None:
         def text(body: dict[str, Any]) -> str:
             status, _, raw = post(url, body)
             assert status == 200, raw
-            return json.loads(raw)["content"][0]["text"]
+            return str(json.loads(raw)["content"][0]["text"])
 
         assert [text(anthropic_body("alpha task", n)) for n in (2, 0, 1, 2)] == ["a2", "a0", "a1", "a2"]
         assert text(anthropic_body("the beta task")) == "b0"
@@ -112,18 +114,27 @@ def test_faults_are_consumed_per_conversation_and_turn() -> None:
 
 
 def test_error_bodies_and_retry_headers() -> None:
-    script = [{"match": "", "replies": [{"status": 429, "retry_after": 2, "retry_after_ms": 1500, "body": "slow down", "times": 9}]}]
+    script = [
+        {
+            "match": "",
+            "replies": [{"status": 429, "retry_after": 2, "retry_after_ms": 1500, "body": "slow down", "times": 9}],
+        }
+    ]
     with FakeServer(script) as srv:
         status, headers, raw = post(srv.base_url + "/v1/messages", anthropic_body("x"))
         lower = {k.lower(): v for k, v in headers.items()}
         assert status == 429 and lower["retry-after"] == "2" and lower["retry-after-ms"] == "1500"
         assert json.loads(raw) == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-        status, _, raw = post(srv.openai_base_url + "/chat/completions", {"messages": [{"role": "user", "content": "x"}]})
+        status, _, raw = post(
+            srv.openai_base_url + "/chat/completions", {"messages": [{"role": "user", "content": "x"}]}
+        )
         assert status == 429 and json.loads(raw)["error"]["message"] == "slow down"
 
 
 def test_delay_and_truncate() -> None:
-    script = [{"match": "", "replies": [{"delay": 0.3, "then": {"text": "late"}}, {"truncate": True}, {"text": "whole"}]}]
+    script = [
+        {"match": "", "replies": [{"delay": 0.3, "then": {"text": "late"}}, {"truncate": True}, {"text": "whole"}]}
+    ]
     with FakeServer(script) as srv:
         url = srv.base_url + "/v1/messages"
         started = time.time()
@@ -136,13 +147,13 @@ def test_delay_and_truncate() -> None:
 
 
 def test_anthropic_sse_uses_the_real_event_sequence() -> None:
-    script = [{"match": "", "replies": [{"text": "Hello there, world", "tool": "bash", "input": {"command": "ls -la /tmp"}}]}]
+    script = [
+        {"match": "", "replies": [{"text": "Hello there, world", "tool": "bash", "input": {"command": "ls -la /tmp"}}]}
+    ]
     with FakeServer(script) as srv:
         status, headers, raw = post(srv.base_url + "/v1/messages", anthropic_body("x", stream=True))
     assert status == 200 and headers["content-type"] == "text/event-stream"
-    events = [
-        (m.group(1), json.loads(m.group(2))) for m in re.finditer(r"event: (\w+)\ndata: (.*)\n\n", raw.decode())
-    ]
+    events = [(m.group(1), json.loads(m.group(2))) for m in re.finditer(r"event: (\w+)\ndata: (.*)\n\n", raw.decode())]
     names = [name for name, _ in events]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-2:] == ["message_delta", "message_stop"]
@@ -151,13 +162,18 @@ def test_anthropic_sse_uses_the_real_event_sequence() -> None:
     deltas = [d["delta"] for n, d in events if n == "content_block_delta"]
     assert "".join(d["text"] for d in deltas if d["type"] == "text_delta") == "Hello there, world"
     partial = "".join(d["partial_json"] for d in deltas if d["type"] == "input_json_delta")
-    assert json.loads(partial) == {"command": "ls -la /tmp"} and len([d for d in deltas if d["type"] == "input_json_delta"]) > 1
+    assert (
+        json.loads(partial) == {"command": "ls -la /tmp"}
+        and len([d for d in deltas if d["type"] == "input_json_delta"]) > 1
+    )
     message_delta = events[-2][1]
     assert message_delta["delta"]["stop_reason"] == "tool_use" and message_delta["usage"]["output_tokens"] > 0
 
 
 def test_openai_streaming_through_the_sdk() -> None:
-    script = [{"match": "", "replies": [{"text": "streamed text", "tools": [{"name": "bash", "input": {"command": "make"}}]}]}]
+    script = [
+        {"match": "", "replies": [{"text": "streamed text", "tools": [{"name": "bash", "input": {"command": "make"}}]}]}
+    ]
     with FakeServer(script, api_key=KEY) as srv:
         client = openai.OpenAI(api_key=KEY, base_url=srv.openai_base_url, max_retries=0)
         stream = client.chat.completions.create(
@@ -199,8 +215,15 @@ def test_serve_from_a_yaml_file_in_a_subprocess(tmp_path: Path) -> None:
     script = tmp_path / "script.yaml"
     script.write_text('- match: "ping"\n  replies:\n    - text: "pong"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom harness.models.fake_server import main\nsys.exit(main(sys.argv[1:]))",
-         "--port", "0", "--script", str(script)],
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom harness.models.fake_server import main\nsys.exit(main(sys.argv[1:]))",
+            "--port",
+            "0",
+            "--script",
+            str(script),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -208,7 +231,9 @@ def test_serve_from_a_yaml_file_in_a_subprocess(tmp_path: Path) -> None:
         assert proc.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
         assert url, "serve() did not announce its URL"
-        status, _, raw = post(url.group(0) + "/v1/chat/completions", {"messages": [{"role": "user", "content": "ping"}]})
+        status, _, raw = post(
+            url.group(0) + "/v1/chat/completions", {"messages": [{"role": "user", "content": "ping"}]}
+        )
         assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == "pong"
     finally:
         proc.send_signal(signal.SIGINT)

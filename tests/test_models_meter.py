@@ -37,7 +37,9 @@ def test_price_override() -> None:
 
 
 def test_cost_counts_every_kind_of_token() -> None:
-    usage = Usage(input_tokens=1_000_000, output_tokens=2_000_000, cache_read_tokens=3_000_000, cache_write_tokens=4_000_000)
+    usage = Usage(
+        input_tokens=1_000_000, output_tokens=2_000_000, cache_read_tokens=3_000_000, cache_write_tokens=4_000_000
+    )
     assert cost_usd(usage, Price(1.0, 10.0, 0.1, 2.0)) == pytest.approx(1 + 20 + 0.3 + 8)
     assert cost_usd(usage, FREE) == 0.0
 

@@ -83,7 +83,12 @@ CONVERSATION = [
         "match": "list the files",
         "replies": [
             {"text": "Looking.", "tool": "bash", "input": {"command": "ls -la"}},
-            {"tools": [{"name": "bash", "input": {"command": "make test"}}, {"name": "add_note", "input": {"text": "hi"}}]},
+            {
+                "tools": [
+                    {"name": "bash", "input": {"command": "make test"}},
+                    {"name": "add_note", "input": {"text": "hi"}},
+                ]
+            },
             {"text": "All done: 3 files."},
         ],
     }
@@ -124,7 +129,10 @@ def test_three_step_tool_conversation_round_trips(kind: str) -> None:
     first, second, third = replies
     assert first.text == "Looking."
     assert [(c.name, c.input, c.error) for c in first.tool_calls] == [("bash", {"command": "ls -la"}, None)]
-    assert [(c.name, c.input) for c in second.tool_calls] == [("bash", {"command": "make test"}), ("add_note", {"text": "hi"})]
+    assert [(c.name, c.input) for c in second.tool_calls] == [
+        ("bash", {"command": "make test"}),
+        ("add_note", {"text": "hi"}),
+    ]
     assert len({c.id for c in second.tool_calls}) == 2
     assert third.text == "All done: 3 files." and third.tool_calls == []
     assert [r.stop_reason for r in replies] == ["tool_use", "tool_use", "end_turn"]
@@ -175,7 +183,14 @@ def test_malformed_tool_arguments_become_tool_call_errors(kind: str) -> None:
     script = [
         {
             "match": "go",
-            "replies": [{"tools": [{"name": "bash", "raw_input": '{"command": "ls'}, {"name": "add_note", "raw_input": "[1, 2]"}]}],
+            "replies": [
+                {
+                    "tools": [
+                        {"name": "bash", "raw_input": '{"command": "ls'},
+                        {"name": "add_note", "raw_input": "[1, 2]"},
+                    ]
+                }
+            ],
         }
     ]
     with FakeServer(script, api_key=KEY) as srv:
@@ -191,7 +206,10 @@ def test_malformed_tool_arguments_become_tool_call_errors(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_429_waits_retry_after_and_cools_down_the_whole_colony(kind: str, tmp_path: Path) -> None:
     script = [
-        {"match": "rate", "replies": [{"status": 429, "retry_after": 0.6, "body": "slow down"}, {"text": "after the wait"}]},
+        {
+            "match": "rate",
+            "replies": [{"status": 429, "retry_after": 0.6, "body": "slow down"}, {"text": "after the wait"}],
+        },
         {"match": "other", "replies": [{"text": "second agent"}]},
     ]
     cooldown_path = tmp_path / "cooldown.json"
@@ -324,10 +342,21 @@ def test_api_key_appears_nowhere(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_usage_and_cost_with_cache_tokens(kind: str) -> None:
+    usage: dict[str, Any]
     if kind.startswith("anthropic"):
-        usage = {"input_tokens": 40, "output_tokens": 10, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 20}
+        usage = {
+            "input_tokens": 40,
+            "output_tokens": 10,
+            "cache_read_input_tokens": 60,
+            "cache_creation_input_tokens": 20,
+        }
     else:
-        usage = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110, "prompt_tokens_details": {"cached_tokens": 60}}
+        usage = {
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "total_tokens": 110,
+            "prompt_tokens_details": {"cached_tokens": 60},
+        }
     script = [{"match": "x", "replies": [{"text": "ok", "usage": usage}]}]
     price = {"input": 1.0, "output": 10.0, "cache_read": 0.1, "cache_write": 2.0}
     with FakeServer(script, api_key=KEY) as srv:

@@ -51,14 +51,16 @@ def test_dispatch_on_prefix(spec: str, cls: str, model: str, tmp_path: Path) -> 
     policy = RetryPolicy(attempts=2)
     m = load_model(spec, api_key=KEY, api_base="http://127.0.0.1:9/v1", cooldown=cd, retry=policy)
     assert isinstance(m, RetryingModel) and m.cooldown is cd and m.policy is policy
-    assert type(m.inner).__name__ == cls and m.inner.model == model
+    assert type(m.inner).__name__ == cls and m.inner.model == model  # type: ignore[attr-defined]
     assert m.name == spec
     assert KEY not in repr(m)
 
 
 @pytest.mark.parametrize("spec", ["gpt-4o", "bedrock/claude", "anthropic/", "litellm/gpt-4o", "scripted:"])
 def test_bad_specs_name_the_accepted_forms(spec: str) -> None:
-    with pytest.raises(UsageError, match=r"anthropic/<model>, openai/<model>, litellm/<provider>/<model>, scripted:<path>"):
+    with pytest.raises(
+        UsageError, match=r"anthropic/<model>, openai/<model>, litellm/<provider>/<model>, scripted:<path>"
+    ):
         load_model(spec, api_key=KEY)
 
 
@@ -67,7 +69,9 @@ def test_unknown_option_is_a_usage_error() -> None:
         load_model("openai/gpt-4o", api_key=KEY, temperature_typo=1)
 
 
-@pytest.mark.parametrize(("spec", "var"), [("anthropic/claude-sonnet-5", "ANTHROPIC_API_KEY"), ("openai/gpt-4o", "OPENAI_API_KEY")])
+@pytest.mark.parametrize(
+    ("spec", "var"), [("anthropic/claude-sonnet-5", "ANTHROPIC_API_KEY"), ("openai/gpt-4o", "OPENAI_API_KEY")]
+)
 def test_missing_key_is_a_usage_error_naming_the_variable(spec: str, var: str) -> None:
     with pytest.raises(UsageError, match=var):
         load_model(spec)

@@ -70,7 +70,9 @@ def test_parse_retry_after(headers: dict[str, str] | None, expected: float | Non
 
 def test_parse_retry_after_http_date() -> None:
     now = 1_800_000_000.0
-    assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30)
+    assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(
+        30
+    )
     assert parse_retry_after({"retry-after": email.utils.formatdate(now - 30, usegmt=True)}, now=now) == 0.0
 
 
@@ -166,7 +168,7 @@ def test_transient_errors_are_retried_with_growing_jittered_waits() -> None:
     assert model.complete(REQ).text == "ok"
     assert inner.calls == 4 and model.name == "flaky/test"
     # Full jitter: attempt n waits uniformly in [0, base * 2**(n-1)].
-    assert [w <= cap for w, cap in zip(clock.slept, [1, 2, 4])] == [True, True, True]
+    assert [w <= cap for w, cap in zip(clock.slept, [1, 2, 4], strict=True)] == [True, True, True]
 
 
 def test_retries_are_bounded_and_reraise_our_error() -> None:
@@ -221,3 +223,12 @@ def test_server_errors_do_not_touch_the_cooldown(tmp_path: Path) -> None:
     inner = Flaky(ModelTransient("boom", status=500, retry_after=0.0))
     RetryingModel(inner, cooldown=cd, sleep=FakeClock().sleep).complete(REQ)
     assert not (tmp_path / "cd.json").exists()
+
+
+def test_a_429_on_the_last_attempt_still_cools_the_colony(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cd = CoolDown(tmp_path / "cd.json", clock=clock.time, sleep=clock.sleep)
+    inner = Flaky(ModelRateLimited("slow down", status=429, retry_after=30.0))
+    with pytest.raises(ModelRateLimited):
+        RetryingModel(inner, policy=RetryPolicy(attempts=1), cooldown=cd, sleep=clock.sleep).complete(REQ)
+    assert cd.until() == pytest.approx(1030.0)

@@ -66,7 +66,9 @@ def _tool_call(block_id: str, name: str, raw: Any) -> ToolCall:
         try:
             parsed = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
-            return ToolCall(id=block_id, name=name, input={}, error=f"tool input is not valid JSON ({exc}): {raw[:200]}")
+            return ToolCall(
+                id=block_id, name=name, input={}, error=f"tool input is not valid JSON ({exc}): {raw[:200]}"
+            )
         if isinstance(parsed, dict):
             return ToolCall(id=block_id, name=name, input=parsed)
     return ToolCall(id=block_id, name=name, input={}, error=f"tool input must be a JSON object, got {str(raw)[:200]}")

@@ -220,36 +220,51 @@ def _anthropic_events(message: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     yield "ping", {"type": "ping"}
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            yield "content_block_start", {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": {"type": "text", "text": ""},
-            }
-            for piece in _chunks(block["text"]):
-                yield "content_block_delta", {
-                    "type": "content_block_delta",
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
                     "index": index,
-                    "delta": {"type": "text_delta", "text": piece},
-                }
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            for piece in _chunks(block["text"]):
+                yield (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
         else:
-            yield "content_block_start", {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
-            }
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+                },
+            )
             raw = block["input"] if isinstance(block["input"], str) else json.dumps(block["input"])
             for piece in _chunks(raw):
-                yield "content_block_delta", {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": piece},
-                }
+                yield (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
-    yield "message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-        "usage": {"output_tokens": usage["output_tokens"]},
-    }
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+    )
     yield "message_stop", {"type": "message_stop"}
 
 
@@ -266,7 +281,11 @@ def _openai_completion(reply: dict[str, Any], body: dict[str, Any], turn: int) -
     message: dict[str, Any] = {"role": "assistant", "content": str(reply["text"]) if reply.get("text") else None}
     if calls:
         message["tool_calls"] = [
-            {"id": f"call_fake_{turn}_{i}", "type": "function", "function": {"name": c["name"], "arguments": _arguments(c)}}
+            {
+                "id": f"call_fake_{turn}_{i}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": _arguments(c)},
+            }
             for i, c in enumerate(calls)
         ]
     messages = body.get("messages", [])
@@ -309,7 +328,16 @@ def _openai_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[
         yield chunk({"content": piece})
     for i, call in enumerate(message.get("tool_calls", [])):
         yield chunk(
-            {"tool_calls": [{"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]}
+            {
+                "tool_calls": [
+                    {
+                        "index": i,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
+                ]
+            }
         )
         for piece in _chunks(call["function"]["arguments"]):
             yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
@@ -319,7 +347,9 @@ def _openai_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[
 
 
 def _openai_error(status: int, message: str) -> dict[str, Any]:
-    kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
@@ -358,8 +388,8 @@ class FakeServer:
     def start(self) -> str:
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
         self._httpd = _HTTPServer(("127.0.0.1", self._port), handler)
-        host, port = self._httpd.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        port = self._httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{port}"
         # A short poll interval: stop() waits up to one interval for the serving loop to notice.
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llm-server", daemon=True
@@ -422,9 +452,15 @@ class FakeServer:
         if entry is None:
             return "error", None, None, turn, f"fake server: no script entry matches first user message {first[:200]!r}"
         if turn >= len(entry.slots):
-            return "error", None, None, turn, (
-                f"fake server: script entry {entry.index} has {len(entry.slots)} turns; "
-                f"this request is turn {turn + 1}"
+            return (
+                "error",
+                None,
+                None,
+                turn,
+                (
+                    f"fake server: script entry {entry.index} has {len(entry.slots)} turns; "
+                    f"this request is turn {turn + 1}"
+                ),
             )
         slot = entry.slots[turn]
         with self._lock:
@@ -434,7 +470,13 @@ class FakeServer:
                     self._hits[key] = self._hits.get(key, 0) + 1
                     return "fault", fault, slot.reply, turn, ""
         if slot.reply is None:
-            return "error", None, None, turn, f"fake server: script entry {entry.index} turn {turn + 1} has only faults left"
+            return (
+                "error",
+                None,
+                None,
+                turn,
+                f"fake server: script entry {entry.index} turn {turn + 1} has only faults left",
+            )
         return "reply", None, slot.reply, turn, ""
 
 
@@ -492,7 +534,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses
 
-    def _fault(self, api: str, fault: dict[str, Any], reply: dict[str, Any] | None, body: dict[str, Any], turn: int) -> None:
+    def _fault(
+        self, api: str, fault: dict[str, Any], reply: dict[str, Any] | None, body: dict[str, Any], turn: int
+    ) -> None:
         if "delay" in fault:
             time.sleep(float(fault["delay"]))
         if "status" in fault:

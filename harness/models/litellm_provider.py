@@ -101,7 +101,9 @@ class LiteLLMModel:
         status = getattr(exc, "status_code", None)
         http = f"HTTP {status}: " if isinstance(status, int) else ""
         message = self._say(f"{http}{type(exc).__name__}: {exc}")
-        if isinstance(exc, (openai.APIConnectionError, httpx.HTTPError, httpx2.HTTPError, TimeoutError, ConnectionError)):
+        if isinstance(
+            exc, (openai.APIConnectionError, httpx.HTTPError, httpx2.HTTPError, TimeoutError, ConnectionError)
+        ):
             return ModelTransient(message, status=status if isinstance(status, int) else None)
         if isinstance(status, int) and status >= 400:
             response = getattr(exc, "response", None)

@@ -77,9 +77,13 @@ def parse_arguments(call_id: str, name: str, arguments: Any) -> ToolCall:
     try:
         parsed = json.loads(text) if text.strip() else {}
     except ValueError as exc:
-        return ToolCall(id=call_id, name=name, input={}, error=f"tool arguments are not valid JSON ({exc}): {text[:200]}")
+        return ToolCall(
+            id=call_id, name=name, input={}, error=f"tool arguments are not valid JSON ({exc}): {text[:200]}"
+        )
     if not isinstance(parsed, dict):
-        return ToolCall(id=call_id, name=name, input={}, error=f"tool arguments must be a JSON object, got {text[:200]}")
+        return ToolCall(
+            id=call_id, name=name, input={}, error=f"tool arguments must be a JSON object, got {text[:200]}"
+        )
     return ToolCall(id=call_id, name=name, input=parsed)
 
 
@@ -106,7 +110,9 @@ def reply_from_completion(completion: Any) -> Reply:
     reply = Reply(text=_get(message, "content") or "")
     for i, call in enumerate(_get(message, "tool_calls") or []):
         fn = _get(call, "function")
-        reply.tool_calls.append(parse_arguments(_get(call, "id") or f"call_{i}", _get(fn, "name") or "", _get(fn, "arguments")))
+        reply.tool_calls.append(
+            parse_arguments(_get(call, "id") or f"call_{i}", _get(fn, "name") or "", _get(fn, "arguments"))
+        )
     finish = _get(choice, "finish_reason") or "stop"
     reply.stop_reason = _STOP_REASONS.get(finish, finish)
     usage = _get(completion, "usage")
@@ -167,7 +173,9 @@ class OpenAIModel:
             # The SDK hands over either the whole body or just its "error" object.
             body = exc.body
             detail = _get(body, "message") or _get(_get(body, "error"), "message") or str(body)[:500]
-            raise error_for_status(exc.status_code, self._say(f"HTTP {exc.status_code}: {detail}"), dict(exc.response.headers)) from None
+            raise error_for_status(
+                exc.status_code, self._say(f"HTTP {exc.status_code}: {detail}"), dict(exc.response.headers)
+            ) from None
         except openai.APIConnectionError as exc:  # includes APITimeoutError
             raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
         except ModelTransient as exc:
@@ -179,4 +187,3 @@ class OpenAIModel:
 
     def _say(self, message: str) -> str:
         return redact(f"{self.name} at {self.base_url}: {message}", self._secrets)
-

@@ -196,21 +196,22 @@ class RetryingModel:
     def _attempt(self, request: Request) -> Reply:
         if self.cooldown is not None:
             self.cooldown.wait()
-        return self.inner.complete(request)
+        try:
+            return self.inner.complete(request)
+        except ModelRateLimited as exc:
+            # Here rather than in _wait, so even the last attempt's 429 slows the colony down.
+            # The full Retry-After goes into the file even when our own wait is capped, so the
+            # next attempt (ours or anyone's) still honours it through cooldown.wait().
+            if self.cooldown is not None:
+                hold = exc.retry_after if exc.retry_after is not None else self.policy.default_cooldown
+                self.cooldown.extend(min(hold, self.policy.max_cooldown))
+            raise
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         backoff = self._backoff(state)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            # The server said when; add a little jitter so the colony does not return in lockstep.
-            wait = min(self.policy.max_wait, retry_after + random.uniform(0, 0.1 * retry_after))
-        else:
-            wait = backoff
-        if isinstance(exc, ModelRateLimited) and self.cooldown is not None:
-            # The whole colony shares the endpoint's rate limit: everyone waits, not just us.
-            # The full Retry-After goes into the file even when our own wait is capped, so the
-            # next attempt still honours it through cooldown.wait().
-            hold = retry_after if retry_after is not None else max(wait, self.policy.default_cooldown)
-            self.cooldown.extend(min(hold, self.policy.max_cooldown))
-        return wait
+        retry_after = exc.retry_after if isinstance(exc, ModelTransient) else None
+        if retry_after is None:
+            return backoff
+        # The server said when; add a little jitter so the colony does not return in lockstep.
+        return min(self.policy.max_wait, retry_after + random.uniform(0, 0.1 * retry_after))
