@@ -28,6 +28,7 @@ from typing import Any
 
 from harness import integrate, tasks
 from harness.colony import Claim, Colony
+from harness.command import CommandBackend
 from harness.errors import HarnessError, NotOwner, UsageError
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed
 from harness.meter import Ledger, colony_spend
@@ -62,6 +63,7 @@ class AgentOptions:
     budget_usd: float | None = None  # overrides the config's budget_usd
     limits: Limits = field(default_factory=Limits)
     api_base: str | None = None
+    agent_cmd: str | None = None  # the command backend: an external agent CLI (or a preset name)
     max_idle_sleep: float = 30.0
 
 
@@ -101,10 +103,12 @@ class Agent:
         self.role = load_role(opts.role, colony.home)
         self.prompts = Prompts(colony.home)
         self.ws = Workspace(colony.repo, opts.workspaces, self.id)
+        self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
-        if model is None and not spec:
-            raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-4-5) or set `model:` in config.yaml")
-        self.model = model or self._load_model(str(spec))
+        if model is None and not spec and self.command is None:
+            raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-4-5), set `model:` in "
+                             "config.yaml, or use --backend command --agent-cmd CMD")
+        self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
         self.secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
@@ -176,30 +180,42 @@ class Agent:
             integrate.prepare_conflict_worktree(self.ws, task.meta["ref"])
         else:
             self.ws.prepare()
+        start = self.ws.wt.resolve("HEAD")
         env = self.env(task)
         context = {"task": task, "notes": self.colony.notes(task.id), "verify": " && ".join(self.verify_commands(task)),
                    "context": self.repo_context()}
-        outcome = run_attempt(
-            Metered(self.model, self.ledger, self.id, task.id),
-            self.prompts.render("system", agent=self.id, role=self.role),
-            self.prompts.render("merge_conflict" if conflict else "task", **context),
-            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)),
-            self.opts.limits, Transcript(run / "transcript.jsonl"),
-            task_id=task.id, task_title=task.title, budget_check=self.must_abort, secrets=self.secrets)
+        system = self.prompts.render("system", agent=self.id, role=self.role)
+        prompt = self.prompts.render("merge_conflict" if conflict else "task", **context)
+        if self.command is not None:
+            cli_env = {**os.environ, **env}  # an agent CLI needs its own API key: pass everything through
+
+            def ask(text: str, round_: int) -> Outcome:
+                assert self.command is not None
+                return self.command.run(f"{system}\n{prompt}{text}", self.ws.path, cli_env, run, round_)
+            outcome = ask("", 0)
+        else:
+            assert self.model is not None
+            outcome = run_attempt(
+                Metered(self.model, self.ledger, self.id, task.id), system, prompt,
+                Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)),
+                self.opts.limits, Transcript(run / "transcript.jsonl"),
+                task_id=task.id, task_title=task.title, budget_check=self.must_abort, secrets=self.secrets)
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
             self.check_outcome(outcome)
             commit = self.ws.commit_all(f"{task.title}\n\nTask-Id: {task.id}\nAgent: {self.id}\n")
-            if commit is None:
-                return None
+            if commit is None:  # nothing uncommitted: an agent CLI may have committed by itself
+                commit = self.ws.wt.resolve("HEAD")
+                if commit == start:
+                    return None
             verdict = self.verify(task, env, run)(self.ws.path)
             if verdict.ok:
                 return commit
             if round_ > rounds:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
-            outcome = continue_attempt(outcome, self.prompts.render(
-                "verify_failure", excerpt=verdict.log, round=round_, rounds=rounds))
+            feedback = self.prompts.render("verify_failure", excerpt=verdict.log, round=round_, rounds=rounds)
+            outcome = ask(f"\n{feedback}", round_) if self.command else continue_attempt(outcome, feedback)
         raise AssertionError("unreachable")
 
     def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None) -> None:

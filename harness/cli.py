@@ -193,6 +193,14 @@ def cmd_task_fail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_cmd(args: argparse.Namespace) -> str | None:
+    if args.backend == "command" and not args.agent_cmd:
+        raise UsageError("--backend command needs --agent-cmd CMD (or a preset: claude, codex, aider, gemini)")
+    if args.agent_cmd and args.backend != "command":
+        raise UsageError("--agent-cmd is for --backend command")
+    return args.agent_cmd
+
+
 def cmd_agent_run(args: argparse.Namespace) -> int:
     from harness.agent import Agent, AgentOptions
     from harness.toolloop import Limits
@@ -200,7 +208,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     opts = AgentOptions(
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
-        budget_usd=args.budget_usd, api_base=args.api_base,
+        budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args),
         limits=Limits(max_steps=args.max_steps, max_seconds=args.max_seconds, max_cost_usd=args.max_cost_usd))
     return Agent(_colony(args), opts).run()
 
@@ -275,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--role", default="coder")
     run.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
     run.add_argument("--api-base", help="base URL of an OpenAI- or Anthropic-compatible endpoint")
+    run.add_argument("--backend", choices=("model", "command"), default="model",
+                     help="model: our tool loop; command: an external agent CLI does the work")
+    run.add_argument("--agent-cmd", help="the CLI for --backend command: a preset (claude, codex, aider, "
+                     "gemini) or a shell line using {prompt_file}")
     run.add_argument("--workspaces", help="root of agents' worktrees (default ./workspaces)")
     run.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
     run.add_argument("--until-empty", action="store_true", help="exit when no task is ready or active")

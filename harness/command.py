@@ -1,0 +1,48 @@
+"""The command backend: an external agent CLI (Claude Code, Codex, aider, Gemini CLI) does the work.
+
+The CLI runs in the agent's worktree with the rendered prompt both in a file (`{prompt_file}` in
+the command line) and on stdin, under a timeout that kills its whole process group, with the
+environment passed through (it needs its own API key) plus STIGMERGY_* so it can use the task CLI
+and `stigmergy agent heartbeat` from inside. Its output is saved in the run folder. Afterwards the
+harness commits whatever the CLI changed (or takes what it committed), verifies and lands as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.toolloop import Outcome
+from harness.tools import run_command
+
+PRESETS = {
+    "claude": 'claude -p "$(cat {prompt_file})" --dangerously-skip-permissions',
+    "codex": 'codex exec --full-auto "$(cat {prompt_file})"',
+    "aider": "aider --yes-always --no-auto-commits --message-file {prompt_file}",
+    "gemini": 'gemini --yolo -p "$(cat {prompt_file})"',
+}
+
+
+class CommandBackend:
+    def __init__(self, command: str, timeout: float = 3600, output_limit: int = 20_000) -> None:
+        template = PRESETS.get(command, command)
+        if "{prompt_file}" not in template and not template.strip():
+            raise UsageError("--agent-cmd is empty: give a command line or one of " + ", ".join(PRESETS))
+        self.template, self.timeout, self.output_limit = template, timeout, output_limit
+
+    def run(self, prompt: str, worktree: Path, env: Mapping[str, str], run_dir: Path, round_: int) -> Outcome:
+        prompt_file = run_dir / f"prompt-{round_}.md"
+        prompt_file.write_text(prompt)
+        line = self.template.replace("{prompt_file}", shlex.quote(str(prompt_file)))
+        full_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+        # stdin carries the prompt too, for CLIs that read it there (`claude -p` without an argument).
+        text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(str(prompt_file))}"], worktree,
+                                      full_env, self.timeout, self.output_limit)
+        (run_dir / f"agent-cli-{round_}.log").write_text(f"$ {line}\n{text}\n")
+        ok = not timed_out and text.rstrip().endswith("[exit code 0]")
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        return Outcome(finished=ok, summary=tail, stopped_by=None if ok else ("time" if timed_out else "error"))
