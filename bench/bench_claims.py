@@ -1,0 +1,141 @@
+"""Claim throughput and latency, printed as figures and ratios measured side by side in one run.
+
+    python bench/bench_claims.py              # 1k, 10k, 100k pending; 16 claimers; 64-process race
+    python bench/bench_claims.py --quick      # 1k and 10k only
+
+1. pick+claim latency p50/p99 with 16 concurrent long-lived claimers (agents) at 1k, 10k and 100k
+   pending tasks, plus the one-shot `stigmergy task claim` CLI latency (process start included).
+2. claims per second for 64 processes racing over 10k tasks, next to the raw rate of 64 processes
+   racing `mkdir` over 10k names on the same disk in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.colony import Colony
+from harness.tasks import Task
+
+
+def make_colony(root: Path, n: int) -> Colony:
+    repo = root / f"target-{n}"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    colony = Colony.init(repo)
+    batch = 10_000
+    for start in range(0, n, batch):
+        colony.add_many([Task(id=f"t{i:06d}", title=f"task {i}", priority=i % 100)
+                         for i in range(start, min(n, start + batch))])
+    return colony
+
+
+def _claimer(repo: str, agent: str, count: int, go: object, out: object) -> None:
+    colony = Colony.open(Path(repo))
+    colony.pool(None)  # an agent loads its index once, at start-up, not per pick
+    go.wait()  # type: ignore[attr-defined]
+    lat = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        got = colony.claim(agent)
+        lat.append(time.perf_counter() - t0)
+        if got is None:
+            break
+    out.put(lat)  # type: ignore[attr-defined]
+
+
+def _race(target: object, args_of: list[tuple[object, ...]]) -> float:
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    done = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, go, done)) for a in args_of]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every process finish its start-up before the gun
+    t0 = time.perf_counter()
+    go.set()
+    results = [done.get(timeout=900) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return elapsed, results  # type: ignore[return-value]
+
+
+def latency(root: Path, n: int, claimers: int = 16, per: int = 60) -> dict[str, float]:
+    t0 = time.perf_counter()
+    colony = make_colony(root, n)
+    setup = time.perf_counter() - t0
+    _, results = _race(_claimer, [(str(colony.repo), f"a{i}", per) for i in range(claimers)])
+    lat = sorted(x for r in results for x in r)
+    cli = []
+    for i in range(5):
+        t1 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "harness", "task", "claim", "--agent", f"cli{i}", "--repo",
+                        str(colony.repo)], check=True, capture_output=True)
+        cli.append(time.perf_counter() - t1)
+    return {"pending": n, "setup_s": setup, "claims": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[int(len(lat) * 0.99)], "cli_p50_ms": 1000 * statistics.median(cli)}
+
+
+def _claim_all(repo: str, agent: str, go: object, out: object) -> None:
+    colony = Colony.open(Path(repo))
+    colony.pool(None)
+    go.wait()  # type: ignore[attr-defined]
+    n = 0
+    while colony.claim(agent) is not None:
+        n += 1
+    out.put(n)  # type: ignore[attr-defined]
+
+
+def _mkdir_all(folder: str, names: int, go: object, out: object) -> None:
+    go.wait()  # type: ignore[attr-defined]
+    n = 0
+    for i in range(names):
+        try:
+            os.mkdir(os.path.join(folder, f"t{i:06d}.lock"))
+            n += 1
+        except FileExistsError:
+            pass
+    out.put(n)  # type: ignore[attr-defined]
+
+
+def race(root: Path, n: int = 10_000, procs: int = 64) -> dict[str, float]:
+    colony = make_colony(root, n)
+    secs, won = _race(_claim_all, [(str(colony.repo), f"r{i}") for i in range(procs)])
+    assert sum(won) == n, f"{sum(won)} claims for {n} tasks"
+    folder = root / "mkdir-race"
+    folder.mkdir()
+    msecs, made = _race(_mkdir_all, [(str(folder), n) for _ in range(procs)])
+    assert sum(made) == n
+    return {"tasks": n, "procs": procs, "claims_per_s": n / secs, "mkdir_per_s": n / msecs,
+            "ratio": (n / secs) / (n / msecs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    with tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp:
+        print(f"pick+claim latency, 16 concurrent claimers ({os.cpu_count()} cores)")
+        print(f"{'pending':>8} {'setup s':>8} {'claims':>7} {'p50 ms':>8} {'p99 ms':>8} {'CLI p50 ms':>11}")
+        for n in sizes:
+            r = latency(Path(tmp), n)
+            print(f"{r['pending']:>8} {r['setup_s']:>8.1f} {r['claims']:>7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+                  f" {r['cli_p50_ms']:>11.1f}", flush=True)
+        r = race(Path(tmp))
+        print(f"\n{r['procs']} processes racing over {r['tasks']} tasks:")
+        print(f"  claims/s {r['claims_per_s']:.0f}   raw mkdir/s {r['mkdir_per_s']:.0f}   "
+              f"claims/mkdir ratio {r['ratio']:.4f}")
+        print(json.dumps({"race": r}))
+
+
+if __name__ == "__main__":
+    main()
