@@ -218,6 +218,14 @@ def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_server(args: argparse.Namespace) -> int:
+    # Imported here: the server is a test/demo tool, and every other command should not load it.
+    from harness.models.fake_server import serve
+
+    serve(args.port, args.script, api_key=args.api_key)
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -300,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--agent", required=True)
     hb.add_argument("--pid", type=int)
     hb.set_defaults(func=cmd_agent_heartbeat)
+
+    fake = sub.add_parser("fake-server", help="scripted fake Anthropic/OpenAI API on 127.0.0.1 (tests, demos)")
+    fake.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port; the URL is printed)")
+    fake.add_argument("--script", required=True, help="YAML/JSON script of conversations (see models/fake_server.py)")
+    fake.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    fake.set_defaults(func=cmd_fake_server)
     return p
 
 
