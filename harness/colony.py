@@ -117,7 +117,11 @@ class Colony:
         return self.home / "tasks" / status
 
     def lock_dir(self, task_id: str) -> Path:
-        return self.home / "locks" / f"{task_id}.lock"
+        return Path(self._lock_path(task_id))
+
+    def _lock_path(self, task_id: str) -> str:
+        # Plain strings on the claim path: pathlib's parsing cost more than the syscalls it wraps.
+        return f"{self.home}/locks/{task_id}.lock"
 
     def run_dir(self, task_id: str, attempt: str) -> Path:
         path = self.home / "runs" / task_id / attempt
@@ -235,49 +239,62 @@ class Colony:
     def last_beat(self, agent: str) -> dict[str, Any] | None:
         return fsutil.read_json(self.home / "agents" / agent / "heartbeat.json")
 
-    def _is_stale(self, gen_dir: Path, owner: dict[str, Any] | None, now: float) -> bool:
+    def _older_than_lease(self, task_id: str, gen: int) -> bool:
+        try:
+            return time.time() - os.stat(self._gen_dir(task_id, gen)).st_mtime > self.config.lease_ttl
+        except FileNotFoundError:
+            return False
+
+    def _is_stale(self, gen_dir: str, owner: dict[str, Any] | None, now: float,
+                  beats: dict[str, Any] | None = None) -> bool:
+        """`beats` caches heartbeats by agent across one reaping pass."""
         ttl = self.config.lease_ttl
         if owner is None:  # the claimer died between mkdir and writing owner.json
             try:
-                return now - gen_dir.stat().st_mtime > ttl
+                return now - os.stat(gen_dir).st_mtime > ttl
             except FileNotFoundError:
                 return False
         pid = owner.get("pid")
         if pid and owner.get("host") == self.host and not _pid_alive(int(pid)):
             return True
-        beat = self.last_beat(str(owner.get("agent")))
+        agent = str(owner.get("agent"))
+        if beats is None or agent not in beats:
+            beat = self.last_beat(agent)
+            if beats is not None:
+                beats[agent] = beat
+        beat = beats[agent] if beats is not None else beat
         last = max(float(owner.get("claimed_at", 0)), float(beat["ts"]) if beat and "ts" in beat else 0.0)
         return now - last > ttl
 
     # -- claims ---------------------------------------------------------------------------------------
     def _generation(self, task_id: str) -> int:
         try:
-            return max((int(n) for n in os.listdir(self.lock_dir(task_id)) if n.isdigit()), default=0)
+            return max((int(n) for n in os.listdir(self._lock_path(task_id)) if n.isdigit()), default=0)
         except FileNotFoundError:
             return 0
 
-    def _gen_dir(self, task_id: str, gen: int) -> Path:
-        return self.lock_dir(task_id) / f"{gen:06d}"
+    def _gen_dir(self, task_id: str, gen: int) -> str:
+        return f"{self._lock_path(task_id)}/{gen:06d}"
 
     def _owner(self, task_id: str, gen: int) -> dict[str, Any] | None:
-        return fsutil.read_json(self._gen_dir(task_id, gen) / "owner.json")
+        return fsutil.read_json(Path(self._gen_dir(task_id, gen), "owner.json"))
 
     def _held(self, task_id: str, gen: int) -> bool:
-        return gen > 0 and not (self._gen_dir(task_id, gen) / "released").exists()
+        return gen > 0 and not os.path.exists(self._gen_dir(task_id, gen) + "/released")
 
     def _take_generation(self, task_id: str, gen: int, agent: str, pid: int | None) -> Claim | None:
         """The compare-and-swap: win generation `gen` by creating it, or lose to whoever did."""
-        self.lock_dir(task_id).mkdir(parents=True, exist_ok=True)
+        os.makedirs(self._lock_path(task_id), exist_ok=True)
         try:
             os.mkdir(self._gen_dir(task_id, gen))
         except FileExistsError:
             return None
         claim = Claim(task_id, agent, gen, secrets.token_hex(8), pid, self.host, time.time())
-        fsutil.write_json(self._gen_dir(task_id, gen) / "owner.json", asdict(claim))
+        fsutil.write_json(Path(self._gen_dir(task_id, gen), "owner.json"), asdict(claim))
         return claim
 
     def _release_generation(self, claim: Claim, why: str) -> None:
-        fsutil.atomic_write(self._gen_dir(claim.task_id, claim.generation) / "released", why + "\n")
+        fsutil.atomic_write(Path(self._gen_dir(claim.task_id, claim.generation), "released"), why + "\n")
 
     def current_claim(self, task_id: str) -> Claim | None:
         gen = self._generation(task_id)
@@ -295,7 +312,10 @@ class Colony:
         """
         gen = self._generation(task_id)
         if self._held(task_id, gen):
-            if not self._is_stale(self._gen_dir(task_id, gen), self._owner(task_id, gen), time.time()):
+            # Only a claim older than the lease can have a silent heartbeat; younger ones (even of
+            # a dead pid) are left to reap(), so losing a race costs two syscalls, not five.
+            if not self._older_than_lease(task_id, gen) or not self._is_stale(
+                    self._gen_dir(task_id, gen), self._owner(task_id, gen), time.time()):
                 return None
             self._reap(task_id, gen, agent)  # inline: a dead owner should not block the best task
             gen = self._generation(task_id)
@@ -314,7 +334,8 @@ class Colony:
         except FileNotFoundError:
             self._release_generation(claim, "not pending")
             return None
-        self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid)
+        self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid, host=self.host,
+                   claimed_at=claim.claimed_at)
         return claim
 
     def deps_done(self, task: Task) -> bool:
@@ -339,8 +360,8 @@ class Colony:
                         self._release_generation(got, "vanished")
                     elif isinstance(got, Task):  # the file knows better than our index: not ready
                         pool.learn(got)
-                    else:
-                        pool.forget(tid, "active" if self.locate(tid) else "gone")
+                    else:  # someone else has it (or it is gone): a later event tells if it comes back
+                        pool.forget(tid, "active")
                 pool.refresh()  # learn what the others claimed meanwhile before the next batch
         return None
 
@@ -443,12 +464,25 @@ class Colony:
         return True
 
     def reap(self, reaper: str) -> list[str]:
-        """Return every stale claim of an active task to pending; the ids this process reaped."""
-        now, reaped = time.time(), []
-        for path in self.task_dir("active").glob("*.yaml"):
-            tid = path.name[:-5]
+        """Return every stale claim of an active task to pending; the ids this process reaped.
+
+        The owners named by the event log are checked first, from memory and one heartbeat read
+        per agent: with thousands of live claims a pass reads no claim files at all. Only a claim
+        whose owner looks gone is read from disk, and only that reading decides.
+        """
+        now, reaped, beats = time.time(), [], {}
+        pool = next(iter(self._pools.values()), None) or self.pool(None)  # any role's index knows the owners
+        pool.refresh()
+        for name in os.listdir(self.task_dir("active")):
+            tid = name[:-5]
+            if not name.endswith(".yaml") or name.startswith("."):
+                continue
+            known = pool.owners.get(tid)
+            if known is not None and not self._is_stale("", known, now, beats):
+                continue
             gen = self._generation(tid)
-            stale = not self._held(tid, gen) or self._is_stale(self._gen_dir(tid, gen), self._owner(tid, gen), now)
+            stale = not self._held(tid, gen) or self._is_stale(self._gen_dir(tid, gen), self._owner(tid, gen), now,
+                                                                beats)
             if stale and self._reap(tid, gen, reaper):
                 reaped.append(tid)
         return reaped

@@ -93,6 +93,7 @@ class Pool:
         self.done: set[str] = set()
         self.waiters: dict[str, set[str]] = {}
         self.active: dict[str, list[str]] = {}  # outputs of active tasks, for the overlap penalty
+        self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
         self.heap: list[tuple[float, float, str, int]] = []
         self.offset = 0
         self.partial = b""
@@ -129,6 +130,7 @@ class Pool:
             self._set_pending(Entry.from_meta(tid, ev["meta"]))
         elif kind == "claim":
             self.forget(tid, "active")
+            self.owners[tid] = {k: ev.get(k) for k in ("agent", "pid", "host", "claimed_at")}
         elif kind in ("release", "reap"):
             e = self.entries.get(tid)
             if e is not None:

@@ -58,10 +58,12 @@ def _dead_pid() -> int:
 
 def test_16_processes_break_one_stale_claim_exactly_one_wins_per_round(colony: Colony) -> None:
     rounds, n_procs = 300, 16
+    colony = set_config(colony, lease_ttl=0.5)
     colony.add_many([Task(id=f"r{r:04d}", title="stale") for r in range(rounds)])
     ghost_pid = _dead_pid()
-    for r in range(rounds):  # every task starts claimed by a process that no longer exists
-        assert colony.try_claim(f"r{r:04d}", "ghost", pid=ghost_pid) is not None
+    for r in range(rounds):  # every task starts claimed by a process that no longer exists...
+        assert isinstance(colony.try_claim(f"r{r:04d}", "ghost", pid=ghost_pid), Claim)
+    time.sleep(1)  # ...and whose lease has run out
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(n_procs), ctx.Queue()
     workers = [ctx.Process(target=_breaker, args=(str(colony.repo), f"w{i:02d}", rounds, barrier, results))
