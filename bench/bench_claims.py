@@ -27,7 +27,7 @@ from harness.tasks import Task
 
 
 def make_colony(root: Path, n: int) -> Colony:
-    repo = root / f"target-{n}"
+    repo = Path(tempfile.mkdtemp(prefix=f"target-{n}-", dir=root))
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     colony = Colony.init(repo)
     batch = 10_000

@@ -322,9 +322,17 @@ class Agent:
         return self.budget is not None and colony_spend(self.colony.home / "ledger") >= self.budget
 
     def nap(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stopping():
+        """Back off, but wake as soon as the event log grows (a task was added or released):
+        one stat every 0.2 s costs nothing, and new work is picked up at once."""
+        deadline, size = time.monotonic() + seconds, self._log_size()
+        while time.monotonic() < deadline and not self.stopping() and self._log_size() == size:
             time.sleep(min(0.2, seconds))
+
+    def _log_size(self) -> int:
+        try:
+            return os.stat(self.colony.events_path).st_size
+        except FileNotFoundError:
+            return 0
 
     def _beat(self, stop: threading.Event) -> None:
         while True:

@@ -1,0 +1,188 @@
+"""The colony at work, printed as figures and ratios measured side by side in one run.
+
+    python bench/bench_colony.py                 # 16 agents, 500 tasks, 60 s of idling
+    python bench/bench_colony.py --tasks 100 --idle 20    # a quicker look
+
+1. Throughput: 16 agents (the launcher, `python -m harness --agents 16 --until-empty`), the
+   zero-latency scripted model, N tiny tasks each writing its own file, verify `true`: tasks landed
+   per second, and harness time per task as a ratio to the bare git commands one landing needs
+   (worktree reset, add, write-tree, commit-tree, merge-tree, commit-tree, update-ref), timed in
+   the same run on the same repository.
+2. Idle: CPU used by 16 agents over the idle window with an empty pool, and RSS per agent.
+3. Start-up: time from launch until all 16 agents have claimed a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.colony import Colony
+from harness.tasks import Task
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+
+
+def git(cwd: Path, *args: str, input: str | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True, text=True, check=True,
+                          env=GIT_ENV).stdout.strip()
+
+
+def make_target(root: Path, name: str) -> Colony:
+    repo = root / name
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("bench\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return Colony.init(repo)
+
+
+def write_script(path: Path, sleep: float = 0.0) -> str:
+    entries = [{"match": "^t", "actions": [*([{"sleep": sleep}] if sleep else []),
+                                           {"bash": 'echo "$STIGMERGY_TASK" > "out-$STIGMERGY_TASK.txt"'},
+                                           {"finish": "ok"}]}]
+    path.write_text(json.dumps(entries))
+    return f"scripted:{path}"
+
+
+def launch(colony: Colony, model: str, agents: int, workspaces: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", "--agents", str(agents), "--repo",
+                             str(colony.repo), "--model", model, "--workspaces", str(workspaces), "--verify", "true",
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def bare_landing_seconds(root: Path, n: int = 30) -> float:
+    """The git commands one landing needs, run bare, n times in a row: seconds per landing."""
+    colony = make_target(root, "bare")
+    repo = colony.repo
+    wt = root / "bare-wt"
+    git(repo, "worktree", "add", "-q", "--detach", str(wt), "main")
+    t0 = time.perf_counter()
+    for i in range(n):
+        tip = git(repo, "rev-parse", "main")
+        git(wt, "checkout", "-q", "--force", "--detach", tip)
+        (wt / f"out-{i}.txt").write_text(f"{i}\n")
+        git(wt, "add", "--all")
+        tree = git(wt, "write-tree")
+        work = git(wt, "commit-tree", tree, "-p", tip, "-m", f"t{i}")
+        merged = git(repo, "merge-tree", "--write-tree", tip, work).splitlines()[0]
+        commit = git(repo, "commit-tree", merged, "-p", tip, "-m", f"t{i}\n\nTask-Id: t{i}")
+        git(repo, "update-ref", "refs/heads/main", commit, tip)
+    return (time.perf_counter() - t0) / n
+
+
+def throughput(root: Path, agents: int, n_tasks: int) -> dict[str, float]:
+    colony = make_target(root, "throughput")
+    colony.add_many([Task(id=f"t{i:04d}", title=f"task {i}", outputs=[f"out-t{i:04d}.txt"]) for i in range(n_tasks)])
+    model = write_script(root / "script.json")
+    t0 = time.perf_counter()
+    proc = launch(colony, model, agents, root / "ws-throughput", "--until-empty")
+    proc.wait(timeout=3600)
+    secs = time.perf_counter() - t0
+    landed = git(colony.repo, "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main").split()
+    assert len(landed) == len(set(landed)) == n_tasks, f"{len(landed)} landed of {n_tasks}"
+    return {"tasks": n_tasks, "seconds": secs, "per_s": n_tasks / secs}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def agent_pids(colony: Colony, agents: int, timeout: float = 120) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        beats = [json.loads(p.read_text()) for p in colony.home.glob("agents/*/heartbeat.json")]
+        if len(beats) >= agents:
+            return [int(b["pid"]) for b in beats]
+        time.sleep(0.2)
+    raise RuntimeError("agents did not start")
+
+
+def idle_and_startup(root: Path, agents: int, idle_s: float) -> dict[str, float]:
+    colony = make_target(root, "idle")
+    model = write_script(root / "slow.json", sleep=5.0)
+    proc = launch(colony, model, agents, root / "ws-idle")
+    pids = agent_pids(colony, agents)
+    time.sleep(2)  # past start-up: measure the steady idle state
+    before = {p: cpu_seconds(p) for p in pids}
+    time.sleep(idle_s)
+    cpu = sum(cpu_seconds(p) - before[p] for p in pids)
+    rss = [rss_mib(p) for p in pids]
+    # Start-up to all-claimed: file one slow task per agent and time the claims.
+    t0 = time.time()
+    colony.add_many([Task(id=f"t{i:04d}", title=f"slow {i}") for i in range(agents)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        claims = [e for e in colony.events() if e["event"] == "claim"]
+        if len({e["agent"] for e in claims}) >= agents:
+            break
+        time.sleep(0.05)
+    claimed_after = max(e["ts"] for e in claims) - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    return {"cpu_s": cpu, "cpu_pct_of_one_core": 100 * cpu / idle_s, "rss_mib_mean": sum(rss) / len(rss),
+            "all_claimed_s": claimed_after}
+
+
+def cold_start(root: Path, agents: int) -> float:
+    """From the launcher's start until every agent has claimed one of `agents` waiting tasks."""
+    colony = make_target(root, "cold")
+    colony.add_many([Task(id=f"t{i:04d}", title=f"slow {i}") for i in range(agents)])
+    model = write_script(root / "cold.json", sleep=5.0)
+    t0 = time.time()
+    proc = launch(colony, model, agents, root / "ws-cold")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        agents_claimed = {e["agent"] for e in colony.events() if e["event"] == "claim"}
+        if len(agents_claimed) >= agents:
+            break
+        time.sleep(0.05)
+    took = time.time() - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=16)
+    ap.add_argument("--tasks", type=int, default=500)
+    ap.add_argument("--idle", type=float, default=60.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-colony-") as tmp:
+        root = Path(tmp)
+        bare = bare_landing_seconds(root)
+        t = throughput(root, args.agents, args.tasks)
+        per_task = 1 / t["per_s"]
+        print(f"throughput: {args.agents} agents, {t['tasks']} tasks, scripted model, verify `true` "
+              f"({os.cpu_count()} cores)")
+        print(f"  landed {t['per_s']:.2f} tasks/s ({t['seconds']:.1f} s)")
+        print(f"  bare git commands of one landing: {1000 * bare:.1f} ms -> {1 / bare:.1f} landings/s in series")
+        print(f"  harness wall time per task / bare landing: {per_task / bare:.2f}x")
+        i = idle_and_startup(root, args.agents, args.idle)
+        print(f"idle: {args.agents} agents, empty pool, {args.idle:.0f} s: CPU {i['cpu_s']:.2f} s "
+              f"({i['cpu_pct_of_one_core']:.2f}% of one core); RSS per agent {i['rss_mib_mean']:.1f} MiB")
+        print(f"  16 tasks filed into the idle colony: all {args.agents} agents claimed after "
+              f"{i['all_claimed_s']:.2f} s (idle agents back off up to 30 s)")
+        print(f"start-up: launch -> all {args.agents} agents claimed: {cold_start(root, args.agents):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
