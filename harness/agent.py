@@ -24,7 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness import integrate, tasks
 from harness.colony import Claim, Colony
@@ -41,6 +41,7 @@ from harness.tools import Toolbox
 from harness.verify import Verdict, run_verify
 from harness.workspace import Workspace
 
+Check = Callable[[Path], Verdict]  # verify, run in a worktree
 SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
 
 
@@ -159,7 +160,9 @@ class Agent:
             elif isinstance(fence, Fenced) or not self.colony.holds(claim):
                 self.say(f"lost {task.id} before starting: {getattr(fence, 'reason', 'claim taken over')}")
             else:
-                self.finish(claim, task, fence, self.work(claim, task))
+                run, env = self.colony.run_dir(task.id, f"{claim.generation:03d}"), self.env(task)
+                check = self.verify(task, env, run)
+                self.finish(claim, task, fence, self.work(task, run, env, check), check)
         except GiveUp as e:
             self.release(claim, str(e), task)
         except Stop:
@@ -172,34 +175,18 @@ class Agent:
         finally:
             self.current = None
 
-    def work(self, claim: Claim, task: Task) -> str | None:
+    def work(self, task: Task, run: Path, env: dict[str, str], check: Check) -> str | None:
         """Run the model until its work passes verify; the verified commit, or None if no change."""
-        run = self.colony.run_dir(task.id, f"{claim.generation:03d}")
         conflict = task.kind == "merge_conflict" and "ref" in task.meta
         if conflict:
             integrate.prepare_conflict_worktree(self.ws, task.meta["ref"])
         else:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
-        env = self.env(task)
-        context = {"task": task, "notes": self.colony.notes(task.id), "verify": " && ".join(self.verify_commands(task)),
-                   "context": self.repo_context()}
         system = self.prompts.render("system", agent=self.id, role=self.role)
-        prompt = self.prompts.render("merge_conflict" if conflict else "task", **context)
-        if self.command is not None:
-            cli_env = {**os.environ, **env}  # an agent CLI needs its own API key: pass everything through
-
-            def ask(text: str, round_: int) -> Outcome:
-                assert self.command is not None
-                return self.command.run(f"{system}\n{prompt}{text}", self.ws.path, cli_env, run, round_)
-            outcome = ask("", 0)
-        else:
-            assert self.model is not None
-            outcome = run_attempt(
-                Metered(self.model, self.ledger, self.id, task.id), system, prompt,
-                Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)),
-                self.opts.limits, Transcript(run / "transcript.jsonl"),
-                task_id=task.id, task_title=task.title, budget_check=self.must_abort, secrets=self.secrets)
+        prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=self.colony.notes(
+            task.id), verify=" && ".join(self.verify_commands(task)), context=self.repo_context())
+        outcome, again = self.session(task, run, env, system, prompt)
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
             self.check_outcome(outcome)
@@ -208,24 +195,39 @@ class Agent:
                 commit = self.ws.wt.resolve("HEAD")
                 if commit == start:
                     return None
-            verdict = self.verify(task, env, run)(self.ws.path)
+            verdict = check(self.ws.path)
             if verdict.ok:
                 return commit
             if round_ > rounds:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
-            feedback = self.prompts.render("verify_failure", excerpt=verdict.log, round=round_, rounds=rounds)
-            outcome = ask(f"\n{feedback}", round_) if self.command else continue_attempt(outcome, feedback)
+            outcome = again(outcome, self.prompts.render("verify_failure", excerpt=verdict.log, round=round_,
+                                                         rounds=rounds))
         raise AssertionError("unreachable")
 
-    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None) -> None:
+    def session(self, task: Task, run: Path, env: dict[str, str], system: str,
+                prompt: str) -> tuple[Outcome, Callable[[Outcome, str], Outcome]]:
+        """Start the work, and say how to continue it with verify feedback: our tool loop, or an agent CLI."""
+        if self.command is not None:
+            command, cli_env = self.command, {**os.environ, **env}  # an agent CLI needs its own API key
+            rounds = iter(range(1, 1_000))
+            return (command.run(f"{system}\n{prompt}", self.ws.path, cli_env, run, 0),
+                    lambda _, feedback: command.run(f"{system}\n{prompt}\n{feedback}", self.ws.path, cli_env, run,
+                                                    next(rounds)))
+        assert self.model is not None
+        outcome = run_attempt(
+            Metered(self.model, self.ledger, self.id, task.id), system, prompt,
+            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)), self.opts.limits,
+            Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
+            budget_check=self.must_abort, secrets=self.secrets)
+        return outcome, continue_attempt
+
+    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:
         if commit is None:  # the model finished without changing anything: nothing to land
             self.colony.done(task.id, self.id, claim.token, landed=False)
             return
         trailers = [("Resolves", task.resolves)] if task.resolves else []
-        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers,
-                                verify=self.verify(task, self.env(task), self.colony.run_dir(
-                                    task.id, f"{claim.generation:03d}")))
+        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check)
         if isinstance(result, (Landed, AlreadyLanded)):
             if task.resolves:  # the original's work is on main now: it counts as done first
                 self.colony.settle(task.resolves, by=self.id, via=task.id)
@@ -267,7 +269,7 @@ class Agent:
         repo_wide = self.opts.verify if self.opts.verify is not None else self.cfg.verify
         return [c for c in (repo_wide, task.verify) if c and c.strip()]
 
-    def verify(self, task: Task, env: dict[str, str], run: Path) -> integrate.Verify:
+    def verify(self, task: Task, env: dict[str, str], run: Path) -> Check:
         def check(worktree: Path) -> Verdict:
             commands = self.verify_commands(task)
             return run_verify(commands, worktree, env, self.cfg.verify_timeout, run / "verify.log") if commands \
