@@ -213,6 +213,17 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     return Agent(_colony(args), opts).run()
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness import status
+
+    snap = status.snapshot(_colony(args))
+    if args.json:
+        _print_json(snap)
+    else:
+        print(status.render(snap))
+    return 0
+
+
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
     _colony(args).heartbeat(args.agent, pid=args.pid)
     return 0
@@ -236,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository").set_defaults(
         func=cmd_init)
+
+    st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
     add = task.add_parser("add", parents=[common], help="file a new pending task")

@@ -1,0 +1,63 @@
+"""What the colony is doing and what it cost, read from the environment alone (nothing is asked
+of any agent): tasks by status, who holds what, which agents are alive, tokens and spend."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from harness.colony import STATUSES, Colony
+from harness.fsutil import read_lines
+
+
+def snapshot(colony: Colony) -> dict[str, Any]:
+    now = time.time()
+    counts = {s: sum(1 for _ in colony.task_dir(s).glob("*.yaml")) for s in (*STATUSES, "quarantine")}
+    counts["quarantine"] = sum(1 for p in colony.task_dir("quarantine").iterdir() if not p.name.endswith(".reason"))
+    active = []
+    for path in sorted(colony.task_dir("active").glob("*.yaml")):
+        claim = colony.current_claim(path.name[:-5])
+        if claim:
+            active.append({"task": claim.task_id, "agent": claim.agent, "generation": claim.generation,
+                           "for_s": round(now - claim.claimed_at, 1)})
+    agents = []
+    for beat_file in sorted(colony.home.glob("agents/*/heartbeat.json")):
+        beat = json.loads(beat_file.read_text() or "{}")
+        age = now - float(beat.get("ts", 0))
+        agents.append({"agent": beat.get("agent"), "role": beat.get("role"), "task": beat.get("task"),
+                       "beat_age_s": round(age, 1), "alive": age <= colony.config.lease_ttl})
+    spend: dict[str, float] = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+                               "cache_write_tokens": 0, "calls": 0}
+    for ledger in colony.home.glob("ledger/*.jsonl"):
+        for entry in read_lines(ledger):
+            spend["calls"] += 1
+            for key in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+                spend[key] += float(entry.get(key, 0) or 0)
+    events = colony.events()
+    return {
+        "tasks": counts, "active": active, "agents": agents, "spend": spend,
+        "budget_usd": colony.config.budget_usd,
+        "landed": sum(1 for e in events if e.get("event") == "done" and e.get("commit")),
+        "conflicts": sum(1 for e in events if e.get("event") == "defer"),
+        "reaped": sum(1 for e in events if e.get("event") == "reap"),
+        "stop_requested": colony.stop_requested(),
+    }
+
+
+def render(s: dict[str, Any]) -> str:
+    t, sp = s["tasks"], s["spend"]
+    lines = [
+        "tasks: " + "  ".join(f"{k} {v}" for k, v in t.items()),
+        f"landed {s['landed']}, conflicts turned into tasks {s['conflicts']}, stale claims reaped {s['reaped']}",
+        f"spend: ${sp['cost_usd']:.4f} over {int(sp['calls'])} model calls"
+        + (f" (budget ${s['budget_usd']})" if s["budget_usd"] is not None else "")
+        + f"; tokens in {int(sp['input_tokens'])}, out {int(sp['output_tokens'])}, "
+          f"cache read {int(sp['cache_read_tokens'])}, cache write {int(sp['cache_write_tokens'])}",
+    ]
+    alive = [a for a in s["agents"] if a["alive"]]
+    lines.append(f"agents: {len(alive)} alive of {len(s['agents'])} seen" + (" — STOP requested" if s[
+        "stop_requested"] else ""))
+    for a in s["active"]:
+        lines.append(f"  {a['agent']:<20} {a['task']}  (generation {a['generation']}, {a['for_s']:.0f} s)")
+    return "\n".join(lines)
