@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import set_config
+from conftest import cli, set_config
 from harness.colony import Colony
 from harness.tasks import Task
 
@@ -195,3 +195,7 @@ def test_discovered_tasks_and_notes_go_into_the_environment(colony: Colony, tmp_
     assert [n["text"] for n in colony.notes("parent")] == ["the parser is fragile"]
     assert colony.get("nomatch")[0] == "failed"
     assert "NoScriptMatch" in json.dumps(colony.notes("nomatch"))
+    snap = json.loads(cli("status", "--json", "--repo", str(colony.repo), check=True).stdout)
+    assert (snap["tasks"]["done"], snap["tasks"]["failed"], snap["landed"]) == (2, 1, 2)
+    assert snap["spend"]["calls"] >= 6 and snap["spend"]["input_tokens"] > 0  # the scripted model's usage
+    assert snap["agents"][0]["agent"] == "a1" and snap["active"] == []
