@@ -45,6 +45,31 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- launcher, stop, demo -----------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import swarm
+
+    return swarm.run(swarm.Options(
+        repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
+        until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
+        verify=args.verify))
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from harness import swarm
+
+    path = swarm.request_stop(_colony(args), now=args.now)
+    print(f"created {path}: agents " + ("abort their current step and exit" if args.now
+                                        else "finish their current task and exit"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harness import demo
+
+    return demo.run(Path(args.dir), agents=args.agents, timeout=args.timeout)
+
+
 # -- task ---------------------------------------------------------------------------------------------
 def _read_body(args: argparse.Namespace) -> str:
     if args.body is not None and args.body_file is not None:
@@ -247,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository").set_defaults(
         func=cmd_init)
+
+    launch = sub.add_parser("run", parents=[common], help="launch and supervise agent processes (the default command)")
+    launch.add_argument("--agents", type=int, help="how many agents (default: the sum of --roles, else 4)")
+    launch.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
+    launch.add_argument("--roles", metavar="ROLE=N,...", help="e.g. coder=12,merger=2; the rest are coders")
+    launch.add_argument("--max-hours", type=float, help="then create .stigmergy/STOP and wait for the agents")
+    launch.add_argument("--until-empty", action="store_true", help="agents exit when no task is ready or active")
+    launch.add_argument("--workspaces", metavar="DIR", help="root of agents' worktrees (default ./workspaces)")
+    launch.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
+    launch.set_defaults(func=cmd_run)
+
+    stop = sub.add_parser("stop", parents=[common], help="create .stigmergy/STOP: agents finish and exit")
+    stop.add_argument("--now", action="store_true", help="abort the current step instead of finishing it")
+    stop.set_defaults(func=cmd_stop)
+
+    demo = sub.add_parser("demo", help="build a small target repo and backlog, run a scripted colony on it")
+    demo.add_argument("--agents", type=int, default=4)
+    demo.add_argument("--dir", default="stigmergy-demo", help="where to create the target (must not exist)")
+    demo.add_argument("--timeout", type=float, default=600, help="seconds before the demo stops its colony")
+    demo.set_defaults(func=cmd_demo)
 
     st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
     st.add_argument("--json", action="store_true")

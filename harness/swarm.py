@@ -1,0 +1,310 @@
+"""The launcher: start N independent agent processes, restart the ones that crash, stop them together.
+
+    python -m harness [run] --agents 16 --repo ./target [--roles coder=12,merger=2] [--until-empty]
+
+It never reads, assigns or orders tasks: each agent is a plain ``python -m harness agent run``
+process that finds its own work in the colony. Kill the launcher (even with SIGKILL) and the
+agents carry on, because each runs in its own session with its output in a file, not a pipe.
+What the launcher adds is supervision:
+
+- roles: ``--roles coder=12,merger=2`` with ``--agents 16`` gives 12 coders, 2 mergers and 2 more
+  coders (the rest is filled with ``coder``); counts that add up to more than ``--agents`` are
+  refused; without ``--agents`` the count is the sum of the roles (or 4 when no roles are given).
+  Ids are ``<role>-NN`` (``coder-01``, ``merger-02``), numbered per role.
+- restarts: an agent that exits non-zero or is killed by a signal is started again after 1 s,
+  2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
+  means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
+  exit 2 means it refused its arguments (bad --model, config), which no restart can fix.
+- stopping: the first SIGINT/SIGTERM sends SIGTERM to every agent (they abort the current step,
+  release their claim and exit 0), a second one sends SIGKILL. ``.stigmergy/STOP`` appearing, or
+  ``--max-hours`` passing (the launcher then creates STOP itself: the stop pheromone every agent
+  reads) ends restarts and waits for the agents to leave. With ``--until-empty`` (passed on to the
+  agents) it ends when every agent has exited 0. A STOP left over from an earlier stop is removed
+  at launch, or the new agents would leave at once.
+
+Output: one line per lifecycle change on stderr; each agent's stdout and stderr are appended to
+``<home>/agents/<id>/agent.log``; events ``launch``, ``agent_exit`` and ``agent_restart`` go to the
+colony's event log. Idle cost is one ``waitpid`` per agent every ``poll`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from harness import fsutil
+from harness.colony import Colony
+from harness.errors import UsageError
+
+DEFAULT_ROLE = "coder"
+DEFAULT_AGENTS = 4
+USAGE_EXIT = 2  # an agent's "bad arguments" exit: restarting cannot help
+_ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,40}\Z")  # leaves room for "-NN" in a 64-char id
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    id: str
+    role: str
+
+
+@dataclass
+class Options:
+    """Everything `run` needs; the CLI maps its flags one to one onto these fields."""
+
+    repo: Path
+    agents: int | None = None
+    model: str | None = None
+    roles: str | None = None
+    max_hours: float | None = None
+    until_empty: bool = False
+    workspaces: Path | None = None
+    verify: str | None = None
+    # The command before the agent's own flags; tests of the launcher's supervision may stand in
+    # a smaller program. Default: this interpreter running `python -m harness agent run`.
+    agent_cmd: Sequence[str] | None = None
+    poll: float = 0.5
+    backoff_start: float = 1.0
+    backoff_cap: float = 60.0
+    healthy_after: float = 60.0
+
+
+def parse_roles(text: str | None) -> dict[str, int]:
+    """``coder=12,merger=2`` -> {"coder": 12, "merger": 2}; order is kept (it is the id order)."""
+    counts: dict[str, int] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, num = part.partition("=")
+        name = name.strip()
+        if not sep or not num.strip().isdigit():
+            raise UsageError(f"--roles: {part!r} is not ROLE=COUNT (e.g. --roles coder=12,merger=2)")
+        if not _ROLE_RE.match(name):
+            raise UsageError(f"--roles: {name!r} is not a valid role name: use a-z, 0-9 and '_', "
+                             "starting with a letter or digit")
+        if name in counts:
+            raise UsageError(f"--roles: role {name!r} is given twice")
+        counts[name] = int(num)
+    return counts
+
+
+def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
+    """The agents to run: the roles asked for, then coders up to ``agents``."""
+    counts = {name: n for name, n in parse_roles(roles).items() if n > 0}
+    asked = sum(counts.values())
+    total = agents if agents is not None else (asked or DEFAULT_AGENTS)
+    if total < 1:
+        raise UsageError(f"--agents must be at least 1, got {total}")
+    if asked > total:
+        raise UsageError(f"--roles asks for {asked} agents but --agents is {total}: raise --agents or lower the counts")
+    if asked < total:
+        counts[DEFAULT_ROLE] = counts.get(DEFAULT_ROLE, 0) + total - asked
+    specs = []
+    for role, n in counts.items():
+        width = max(2, len(str(n)))
+        specs += [AgentSpec(f"{role}-{i:0{width}d}", role) for i in range(1, n + 1)]
+    return specs
+
+
+def request_stop(colony: Colony, now: bool = False) -> Path:
+    """Lay the stop pheromone. ``now`` asks agents to abort their current step, not finish it."""
+    fsutil.atomic_write(colony.stop_path, "now\n" if now else "")
+    return colony.stop_path
+
+
+@dataclass
+class _Agent:
+    """One supervised agent: its current process, and when to start it again after a crash."""
+
+    spec: AgentSpec
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    delay: float = 0.0  # the next back-off; 0 until the first crash
+    restart_at: float | None = None
+    restarts: int = 0
+    exit_code: int | None = None  # the last exit, once it is not going to run again
+    history: list[int] = field(default_factory=list)
+
+
+class Swarm:
+    def __init__(self, colony: Colony, options: Options, out: TextIO | None = None) -> None:
+        self.colony = colony
+        self.opts = options
+        self.out = out if out is not None else sys.stderr
+        self.agents = [self._agent(spec) for spec in plan(options.agents, options.roles)]
+        self.signals = 0
+        self.stop_reason: str | None = None
+
+    # -- what one agent runs --------------------------------------------------------------------------
+    def _agent(self, spec: AgentSpec) -> _Agent:
+        o = self.opts
+        argv = [*(o.agent_cmd or (sys.executable, "-m", "harness", "agent", "run")),
+                "--id", spec.id, "--role", spec.role, "--repo", str(self.colony.repo)]
+        if o.model:
+            argv += ["--model", o.model]
+        if o.workspaces:
+            argv += ["--workspaces", str(Path(o.workspaces).resolve())]
+        if o.verify:
+            argv += ["--verify", o.verify]
+        if o.until_empty:
+            argv.append("--until-empty")
+        return _Agent(spec, argv, self.colony.home / "agents" / spec.id / "agent.log")
+
+    def _start(self, agent: _Agent) -> None:
+        agent.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "STIGMERGY_AGENT": agent.spec.id, "STIGMERGY_ROLE": agent.spec.role,
+               "STIGMERGY_REPO": str(self.colony.repo)}
+        with open(agent.log, "ab") as log:
+            log.write(f"--- launcher {os.getpid()}: starting {agent.spec.id} at {time.ctime()}\n".encode())
+            log.flush()
+            # Own session: a Ctrl-C on the terminal reaches only the launcher, which decides what
+            # the agents get; and nothing ties an agent's life to the launcher's.
+            agent.proc = subprocess.Popen(agent.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          env=env, start_new_session=True)
+        agent.started = time.monotonic()
+        agent.restart_at = None
+
+    def _say(self, text: str) -> None:
+        print(f"stigmergy: {text}", file=self.out, flush=True)
+
+    # -- the supervision loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.colony.stop_path.exists():
+            self.colony.stop_path.unlink(missing_ok=True)
+            self._say(f"removed {self.colony.stop_path} left from an earlier stop")
+        deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours is not None else None
+        restore = self._install_signals()
+        try:
+            for agent in self.agents:
+                self._start(agent)
+            self.colony.event("launch", None, launcher=os.getpid(), until_empty=self.opts.until_empty,
+                              max_hours=self.opts.max_hours, model=self.opts.model,
+                              agents={a.spec.id: {"role": a.spec.role, "pid": self._pid(a)} for a in self.agents})
+            self._say(f"started {len(self.agents)} agent(s): " + ", ".join(a.spec.id for a in self.agents)
+                      + f"; logs in {self.colony.home / 'agents'}")
+            handled = 0
+            while True:
+                if self.signals > handled:
+                    handled = self.signals
+                    self._on_signal(handled)
+                if self.stop_reason is None:
+                    if self.colony.stop_path.exists():
+                        self._stopping("STOP file found; agents finish and exit")
+                    elif deadline is not None and time.monotonic() >= deadline:
+                        request_stop(self.colony)
+                        self._stopping(f"--max-hours {self.opts.max_hours} passed: created {self.colony.stop_path}")
+                self._reap_exits()
+                if self.stop_reason is None:
+                    self._restart_due()
+                if not any(a.proc or a.restart_at is not None for a in self.agents):
+                    break
+                time.sleep(self.opts.poll)
+        finally:
+            restore()
+        refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
+        if refused:
+            self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
+            return USAGE_EXIT
+        self._say("all agents have exited")
+        return 0
+
+    def _pid(self, agent: _Agent) -> int | None:
+        return agent.proc.pid if agent.proc else None
+
+    def _reap_exits(self) -> None:
+        now = time.monotonic()
+        for agent in self.agents:
+            if agent.proc is None:
+                continue
+            code = agent.proc.poll()
+            if code is None:
+                continue
+            pid, ran = agent.proc.pid, now - agent.started
+            agent.proc = None
+            agent.history.append(code)
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+            self.colony.event("agent_exit", None, agent=agent.spec.id, pid=pid, code=code, ran_s=round(ran, 1),
+                              by="launcher")
+            if code == 0 or code == USAGE_EXIT or self.stop_reason is not None:
+                agent.exit_code = code
+                self._say(f"{agent.spec.id} exited ({how})")
+                continue
+            # A crash: back off exponentially, but an agent that had been healthy for a while
+            # starts over at the shortest delay (this crash is news, not a crash loop).
+            if agent.delay == 0 or ran >= self.opts.healthy_after:
+                agent.delay = self.opts.backoff_start
+            else:
+                agent.delay = min(agent.delay * 2, self.opts.backoff_cap)
+            agent.restart_at = now + agent.delay
+            self._say(f"{agent.spec.id} died ({how}) after {ran:.1f}s; restarting in {agent.delay:g}s")
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for agent in self.agents:
+            if agent.restart_at is not None and now >= agent.restart_at:
+                self._start(agent)
+                agent.restarts += 1
+                self.colony.event("agent_restart", None, agent=agent.spec.id, pid=self._pid(agent),
+                                  delay=agent.delay, restarts=agent.restarts)
+
+    def _stopping(self, reason: str) -> None:
+        self.stop_reason = reason
+        for agent in self.agents:
+            agent.restart_at = None  # no restarts once stopping: the colony is winding down
+        running = sum(1 for a in self.agents if a.proc)
+        self._say(f"{reason}; waiting for {running} agent(s)")
+
+    def _on_signal(self, count: int) -> None:
+        # `count` may jump by two between polls (a process group signalled twice at once): the
+        # stop must still begin, and only a signal after the first one escalates to SIGKILL.
+        if self.stop_reason is None:
+            self._stopping("stopping: sent SIGTERM to every agent (Ctrl-C again to kill them)")
+        if count == 1:
+            self._signal_all(signal.SIGTERM)
+        else:
+            self._say("killing every agent (SIGKILL)")
+            self._signal_all(signal.SIGKILL)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        for agent in self.agents:
+            if agent.proc and agent.proc.poll() is None:
+                try:
+                    os.kill(agent.proc.pid, sig)  # the agent itself: its own children are its business
+                except ProcessLookupError:
+                    pass
+
+    def _install_signals(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM only count; the loop acts on them (handlers must not do real work)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # signals go to the main thread only; the caller handles them
+
+        def count(signum: int, frame: FrameType | None) -> None:
+            self.signals += 1
+
+        old = {sig: signal.signal(sig, count) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        return restore
+
+
+def run(options: Options, out: TextIO | None = None) -> int:
+    """Launch and supervise the agents until they are all gone; the exit status for the CLI."""
+    if options.max_hours is not None and options.max_hours <= 0:
+        raise UsageError(f"--max-hours must be positive, got {options.max_hours}")
+    colony = Colony.open(Path(options.repo))
+    return Swarm(colony, options, out).run()
