@@ -22,7 +22,7 @@ def trailers(repo: Path, key: str) -> list[str]:
 
 def test_demo_lands_every_task_once_through_a_real_conflict(tmp_path: Path) -> None:
     target = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "harness", "demo", "--dir", str(target), "--agents", "4"],
+    proc = subprocess.run([sys.executable, "-m", "harness", "demo", "--dir", str(target), "--agents", "4", "--timeout", "300"],
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
     assert "PROBLEM" not in proc.stdout
