@@ -147,6 +147,9 @@ class Agent:
                 self.attempt(*got)
         finally:
             beating.set()
+            beat.join(timeout=5)
+            # A last beat that says so: status stops counting us, and any claim we still hold is free.
+            self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
             self.colony.event("agent_exit", agent=self.id)
         return 0
 

@@ -263,6 +263,8 @@ class Colony:
             if beats is not None:
                 beats[agent] = beat
         beat = beats[agent] if beats is not None else beat
+        if beat and beat.get("state") == "exited" and float(beat.get("ts", 0)) > float(owner.get("claimed_at", 0)):
+            return True  # the owner said goodbye after claiming: whatever it still holds is abandoned
         last = max(float(owner.get("claimed_at", 0)), float(beat["ts"]) if beat and "ts" in beat else 0.0)
         return now - last > ttl
 

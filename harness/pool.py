@@ -36,7 +36,7 @@ TOP_K = 16
 RESCAN_SECONDS = 30.0
 
 
-@dataclass
+@dataclass(slots=True)  # one per pending task, 100k of them in every agent
 class Entry:
     id: str
     priority: int

@@ -26,7 +26,8 @@ def snapshot(colony: Colony) -> dict[str, Any]:
         beat = json.loads(beat_file.read_text() or "{}")
         age = now - float(beat.get("ts", 0))
         agents.append({"agent": beat.get("agent"), "role": beat.get("role"), "task": beat.get("task"),
-                       "beat_age_s": round(age, 1), "alive": age <= colony.config.lease_ttl})
+                       "beat_age_s": round(age, 1),
+                       "alive": age <= colony.config.lease_ttl and beat.get("state") != "exited"})
     spend: dict[str, float] = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
                                "cache_write_tokens": 0, "calls": 0}
     for ledger in colony.home.glob("ledger/*.jsonl"):
