@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -136,7 +136,6 @@ class _Agent:
     restart_at: float | None = None
     restarts: int = 0
     exit_code: int | None = None  # the last exit, once it is not going to run again
-    history: list[int] = field(default_factory=list)
 
 
 class Swarm:
@@ -234,7 +233,6 @@ class Swarm:
                 continue
             pid, ran = agent.proc.pid, now - agent.started
             agent.proc = None
-            agent.history.append(code)
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
             self.colony.event("agent_exit", None, agent=agent.spec.id, pid=pid, code=code, ran_s=round(ran, 1),
                               by="launcher")
