@@ -21,9 +21,11 @@ so the agent can fix it there and land the fix like any other commit.
 
 from __future__ import annotations
 
+import fcntl
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -187,11 +189,27 @@ def land(
     before landing); any other tree is verified here before it can land. Extra ``trailers`` go
     after Task-Id and Agent (a conflict resolution passes ``("Resolves", original_id)``).
     """
+    with ExitStack() as queue:
+        return _land(ws, commit, queue, title=title, fence=fence, verify=verify, trailers=trailers,
+                     commit_verified=commit_verified, max_attempts=max_attempts,
+                     update_checkout=update_checkout)
+
+
+def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fence, verify: Verify,
+          trailers: Sequence[tuple[str, str]], commit_verified: bool, max_attempts: int,
+          update_checkout: bool) -> LandResult:
+    """The landing loop. Optimistic while main has not moved since the verified tree; once a
+    re-verify is needed, or a compare-and-swap lost, it joins the colony's landing queue (an
+    flock) so landers re-verify one at a time instead of invalidating each other's verify runs
+    forever. The queue is only for throughput: correctness rests on the ref transaction, and a
+    lander that cannot get into the queue in time (its holder is stopped) goes on without it."""
     git, task_id = ws.git, fence.task_id
     main_ref = f"refs/heads/{ws.main}"
     verified = {_tree(git, commit)} if commit_verified else set()
     message = _message(title, task_id, ws.agent, trailers)
-    for attempt in range(1, max_attempts + 1):
+    queued, attempt = False, 0
+    while attempt < max_attempts:
+        attempt += 1
         if not fence.holds():  # cheap early exit before merging and verifying for nothing
             return _fenced(fence)
         old = git.resolve(main_ref)
@@ -202,6 +220,10 @@ def land(
             return _keep_conflict(git, task_id, old, commit, conflicted, messages)
         candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
                             env=ws.identity.env()).strip()
+        if tree not in verified and not queued:
+            queued = queue.enter_context(landing_queue(git)) or True
+            attempt -= 1  # main may have moved while we waited in the queue: merge again at its head
+            continue
         if tree not in verified:
             ws.wt.run("checkout", "--quiet", "--force", "--detach", candidate)
             verdict = _verdict(verify(ws.path))
@@ -225,8 +247,30 @@ def land(
             return _fenced(fence)
         if git.resolve(main_ref) == old:
             raise GitError(["update-ref", "--stdin"], done.returncode, redact(done.stderr))
+        if not queued:
+            queued = queue.enter_context(landing_queue(git)) or True
         time.sleep(random.uniform(0, 0.05))  # de-synchronise landers that just collided
     return Contended(max_attempts)
+
+
+@contextmanager
+def landing_queue(git: Git, patience: float = 300.0) -> Iterator[None]:
+    """The colony-wide landing queue: an flock, given up after `patience` seconds of waiting."""
+    with (git.common_dir() / "stigmergy-landing.lock").open("a") as fh:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield  # a stopped or stuck holder must not wedge the colony
+                    return
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def prepare_conflict_worktree(

@@ -355,8 +355,9 @@ LANDER = textwrap.dedent("""
     fence = Fence.acquire(ws.git, f"task-{agent}", 1, f"tok-{agent}")
     while not go.exists():
         time.sleep(0.005)
-    verify = lambda path: (path / f"{agent}.txt").exists()
-    result = land(ws, commit, title=f"{agent} lands", fence=fence, verify=verify, max_attempts=50)
+    pause, attempts = (float(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 5 else (0.0, 50)
+    verify = lambda path: time.sleep(pause) or (path / f"{agent}.txt").exists()
+    result = land(ws, commit, title=f"{agent} lands", fence=fence, verify=verify, max_attempts=attempts)
     print(json.dumps({"kind": type(result).__name__, "commit": getattr(result, "commit", None),
                       "attempts": getattr(result, "attempts", 0)}))
 """)
@@ -387,3 +388,19 @@ def test_eight_concurrent_landers_all_land_exactly_once(target: Path, tmp_path: 
     # The user's clean checkout ended at the tip with every file, whatever the landing order.
     assert all((target / f"{a}.txt").exists() for a in agents)
     assert git.run("status", "--porcelain") == ""
+
+
+def test_slow_verify_landers_queue_instead_of_invalidating_each_other(target: Path, tmp_path: Path) -> None:
+    """Six landers from one base, each re-verify taking 0.4 s: without the landing queue every
+    landing invalidates the others' verify runs; with it each lander re-verifies once, in turn."""
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    agents = [f"slow-{i}" for i in range(6)]
+    procs = [subprocess.Popen([sys.executable, "-c", LANDER, str(target), str(tmp_path / "ws"), agent, str(go),
+                               "0.4", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for agent in agents]
+    time.sleep(0.5)
+    go.write_text("")
+    results = [json.loads(out) for out, _ in (p.communicate(timeout=90) for p in procs) if out.strip()]
+    assert [r["kind"] for r in results] == ["Landed"] * 6
+    assert max(r["attempts"] for r in results) <= 2
