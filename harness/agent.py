@@ -120,7 +120,8 @@ class Agent:
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
         from harness.models.retry import CoolDown
-        return load_model(spec, api_base=self.opts.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"))
+        return load_model(spec, api_base=self.opts.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"),
+                          **self.cfg.model_options)
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -144,6 +145,9 @@ class Agent:
                     idle = min(idle * 2, self.opts.max_idle_sleep)
                     continue
                 idle = 0.2
+                if self.over_budget():  # another agent's call crossed it while we were claiming
+                    self.release(got[0], "colony budget reached before work started", skip=False)
+                    break
                 self.attempt(*got)
         finally:
             beating.set()
@@ -169,7 +173,7 @@ class Agent:
         except GiveUp as e:
             self.release(claim, str(e), task)
         except Stop:
-            self.release(claim, "the agent was stopped before it finished; nothing landed")
+            self.release(claim, "the agent was stopped before it finished; nothing landed", skip=False)
         except HarnessError as e:
             self.release(claim, f"{type(e).__name__}: {e}", task)
         except Exception as e:  # a bug must not kill the night: log it, free the task, go on
@@ -262,7 +266,8 @@ class Agent:
 
     # -- helpers --------------------------------------------------------------------------------------
     def check_outcome(self, outcome: Outcome) -> None:
-        if self.must_abort():
+        # Finished work is verified and landed even past the budget: landing costs no model call.
+        if not outcome.finished and self.must_abort():
             raise Stop()
         if not outcome.finished:
             why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
@@ -291,7 +296,7 @@ class Agent:
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in self.ws.path.iterdir() if p.name != ".git")
         return {"log": log.strip(), "files": ", ".join(files[:60])}
 
-    def release(self, claim: Claim, note: str, task: Task | None = None) -> None:
+    def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
         note = note[:4000]
         try:
             if task is not None and task.skip_count + 1 >= self.cfg.max_attempts:
@@ -300,7 +305,7 @@ class Agent:
                                  token=claim.token)
                 self.say(f"failed {claim.task_id} after {task.skip_count + 1} attempts")
                 return
-            self.colony.release(claim.task_id, self.id, note=note, token=claim.token)
+            self.colony.release(claim.task_id, self.id, note=note, token=claim.token, skip=skip)
             self.say(f"released {claim.task_id}: {note.splitlines()[0] if note else ''}")
         except NotOwner:
             self.say(f"{claim.task_id} is no longer mine (reaped or taken over); nothing to release")

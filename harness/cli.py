@@ -52,7 +52,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return swarm.run(swarm.Options(
         repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
         until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
-        verify=args.verify))
+        verify=args.verify, agent_args=_agent_args(args)))
+
+
+# Flags the launcher passes through to every `agent run` unchanged.
+AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "max_steps", "max_seconds", "max_cost_usd")
+
+
+def _add_agent_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-base", help="base URL of an OpenAI- or Anthropic-compatible endpoint")
+    p.add_argument("--backend", choices=("model", "command"),
+                   help="model: our tool loop; command: an external agent CLI does the work")
+    p.add_argument("--agent-cmd", help="the CLI for --backend command: a preset (claude, codex, aider, "
+                   "gemini) or a shell line using {prompt_file}")
+    p.add_argument("--budget-usd", type=float, help="colony-wide spend limit in USD (overrides config.yaml)")
+    p.add_argument("--max-steps", type=int, help="model calls per attempt (default 100)")
+    p.add_argument("--max-seconds", type=float, help="wall time per attempt")
+    p.add_argument("--max-cost-usd", type=float, help="spend per attempt")
+
+
+def _agent_args(args: argparse.Namespace) -> list[str]:
+    _agent_cmd(args)  # refuse a bad combination here, not in N agents
+    out: list[str] = []
+    for name in AGENT_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -221,7 +247,7 @@ def cmd_task_fail(args: argparse.Namespace) -> int:
 def _agent_cmd(args: argparse.Namespace) -> str | None:
     if args.backend == "command" and not args.agent_cmd:
         raise UsageError("--backend command needs --agent-cmd CMD (or a preset: claude, codex, aider, gemini)")
-    if args.agent_cmd and args.backend != "command":
+    if args.agent_cmd and args.backend != "command":  # None means the default, `model`
         raise UsageError("--agent-cmd is for --backend command")
     return args.agent_cmd
 
@@ -234,7 +260,8 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
         budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args),
-        limits=Limits(max_steps=args.max_steps, max_seconds=args.max_seconds, max_cost_usd=args.max_cost_usd))
+        limits=Limits(max_steps=args.max_steps or 100, max_seconds=args.max_seconds,
+                      max_cost_usd=args.max_cost_usd))
     return Agent(_colony(args), opts).run()
 
 
@@ -281,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--until-empty", action="store_true", help="agents exit when no task is ready or active")
     launch.add_argument("--workspaces", metavar="DIR", help="root of agents' worktrees (default ./workspaces)")
     launch.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
+    _add_agent_flags(launch)
     launch.set_defaults(func=cmd_run)
 
     stop = sub.add_parser("stop", parents=[common], help="create .stigmergy/STOP: agents finish and exit")
@@ -350,18 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--id", required=True, help="this agent's name, unique in the colony")
     run.add_argument("--role", default="coder")
     run.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
-    run.add_argument("--api-base", help="base URL of an OpenAI- or Anthropic-compatible endpoint")
-    run.add_argument("--backend", choices=("model", "command"), default="model",
-                     help="model: our tool loop; command: an external agent CLI does the work")
-    run.add_argument("--agent-cmd", help="the CLI for --backend command: a preset (claude, codex, aider, "
-                     "gemini) or a shell line using {prompt_file}")
     run.add_argument("--workspaces", help="root of agents' worktrees (default ./workspaces)")
     run.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
     run.add_argument("--until-empty", action="store_true", help="exit when no task is ready or active")
-    run.add_argument("--budget-usd", type=float, help="colony-wide spend limit (overrides config.yaml)")
-    run.add_argument("--max-steps", type=int, default=100, help="model calls per attempt")
-    run.add_argument("--max-seconds", type=float, help="wall time per attempt")
-    run.add_argument("--max-cost-usd", type=float, help="spend per attempt")
+    _add_agent_flags(run)
     run.set_defaults(func=cmd_agent_run)
 
     hb = agent.add_parser("heartbeat", parents=[common], help="refresh an external agent's lease")

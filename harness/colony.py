@@ -388,12 +388,14 @@ class Colony:
             pass  # a crash already moved it; the move is idempotent
         self._release_generation(claim, dest)
 
-    def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None) -> int:
-        """Back to pending with skip_count + 1 (so it grows more urgent); returns the new skip_count."""
+    def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None,
+                skip: bool = True) -> int:
+        """Back to pending with skip_count + 1 (so it grows more urgent); returns the new skip_count.
+        skip=False is for an agent that stops (STOP, budget, SIGTERM): the task did not fail it."""
         claim = self._owned(task_id, agent, token)
         if note:
             self.add_note(task_id, agent, note, kind="release")
-        skips = self._skip_count(task_id) + 1
+        skips = self._skip_count(task_id) + (1 if skip else 0)
         self._move(claim, "pending", {"skip_count": skips})
         self.event("release", task_id, agent=agent, skip_count=skips, note=note)
         return skips

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,11 @@ DEFAULT_CONFIG = """\
 # Model for agents that are not given --model: anthropic/<model>, openai/<model>,
 # litellm/<provider>/<model> or scripted:<path>.
 model: null
+
+# Options for the model's provider, e.g. {stream: true, timeout: 300,
+# price: {input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75}} (USD per million tokens;
+# needed for spend and budget with a model that is not in harness/meter.py's price table).
+model_options: {}
 
 # Shell command every task must pass before it lands (run in the agent's worktree),
 # in addition to the task's own `verify`. Empty means no repo-wide check.
@@ -47,6 +52,7 @@ overlap_penalty: 20
 @dataclass
 class Config:
     model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
     verify: str = ""
     verify_timeout: float = 1800
     verify_rounds: int = 3
@@ -74,8 +80,10 @@ class Config:
         if unknown:
             raise UsageError(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
         for key, value in data.items():
-            default = getattr(cls, key)
-            if isinstance(default, str) or key == "model":
+            default = getattr(cls, key, None)
+            if key == "model_options":
+                ok = isinstance(value, dict)
+            elif isinstance(default, str) or key == "model":
                 ok = isinstance(value, str) or (value is None and key == "model")
             else:  # numbers; budget_usd may be null
                 ok = (value is None and key == "budget_usd") or (

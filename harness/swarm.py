@@ -70,6 +70,7 @@ class Options:
     until_empty: bool = False
     workspaces: Path | None = None
     verify: str | None = None
+    agent_args: Sequence[str] = ()  # more `agent run` flags, passed to every agent as they are
     # The command before the agent's own flags; tests of the launcher's supervision may stand in
     # a smaller program. Default: this interpreter running `python -m harness agent run`.
     agent_cmd: Sequence[str] | None = None
@@ -160,6 +161,7 @@ class Swarm:
             argv += ["--verify", o.verify]
         if o.until_empty:
             argv.append("--until-empty")
+        argv += o.agent_args
         return _Agent(spec, argv, self.colony.home / "agents" / spec.id / "agent.log")
 
     def _start(self, agent: _Agent) -> None:

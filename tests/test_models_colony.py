@@ -4,8 +4,7 @@ Every test here starts `python -m harness agent run` subprocesses against the sh
 server (in this process, so its recorded requests can be inspected, or as `python -m harness
 fake-server`), and checks what reached main, the ledgers, the event log and the server.
 
-Streaming is not exercised here: `agent run` has no option that turns on the anthropic
-provider's `stream=True` (tests/test_models_providers.py covers streaming at the provider level).
+Streaming is turned on the way a user does it: `model_options: {stream: true}` in config.yaml.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ def serve(started: list[FakeServer], script: list[dict[str, Any]]) -> FakeServer
 PY = shlex.quote(sys.executable)
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "openai", "litellm"])
+@pytest.mark.parametrize("provider", ["anthropic", "anthropic-stream", "openai", "litellm"])
 def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
         provider: str, colony: Colony, tmp_path: Path, servers: list[FakeServer]) -> None:
     # The verify command passes only after all three edits happened in order: create, run, fix.
@@ -126,7 +125,9 @@ def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
         done("greet added"),
     ]}])
     colony.add(Task(id="greet-task", title="Add greet()"))
-    if provider == "anthropic":
+    if provider == "anthropic-stream":
+        colony = set_config(colony, model_options={"stream": True})
+    if provider.startswith("anthropic"):
         model, env, extra = "anthropic/claude-test", agent_env(ANTHROPIC_API_KEY=KEY), ["--api-base", srv.base_url]
     elif provider == "openai":  # the base URL through the environment this time, as the README allows
         model, env, extra = "openai/gpt-test", agent_env(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=srv.openai_base_url), []
@@ -140,10 +141,11 @@ def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
     assert file_on_main(colony.repo, "greet.py") == "def greet(n):\n    return 'hello ' + n\n"
     assert colony.get("greet-task")[0] == "done"
     reqs = srv.requests
-    path = "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+    path = "/v1/messages" if provider.startswith("anthropic") else "/v1/chat/completions"
+    assert all(bool(r["body"].get("stream")) == (provider == "anthropic-stream") for r in reqs)
     assert [r["path"] for r in reqs] == [path] * 4 and all(r["authorized"] for r in reqs)
     assert [turn(r["body"]) for r in reqs] == [0, 1, 2, 3]
-    assert {r["body"]["model"] for r in reqs} == {"claude-test" if provider == "anthropic" else "gpt-test"}
+    assert {r["body"]["model"] for r in reqs} == {"claude-test" if provider.startswith("anthropic") else "gpt-test"}
     # The bash step really ran in the worktree and its output went back to the model.
     assert "ran:hi x" in json.dumps(reqs[2]["body"]["messages"])
     ledger = [json.loads(line) for line in (colony.home / "ledger" / "a1.jsonl").read_text().splitlines()]
