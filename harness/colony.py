@@ -39,6 +39,10 @@ from harness.pool import Pool, meta_of
 from harness.tasks import Task
 
 STATUSES = ("pending", "active", "done", "failed")
+# Claims and heartbeats are leases: replaced atomically but not fsynced. After a power loss every
+# lease has expired anyway, and a torn or missing owner.json reads as "claimer died" (stale by its
+# folder's age), so syncing them would buy nothing and serialise every claim on the disk journal.
+LEASE_FSYNC = False
 GITIGNORE = """\
 # stigmergy-harness: runtime state stays out of git; config, roles and prompts may be committed.
 *
@@ -233,8 +237,8 @@ class Colony:
         tasks.check_id(agent, "agent")
         folder = self.home / "agents" / agent
         folder.mkdir(parents=True, exist_ok=True)
-        fsutil.write_json(folder / "heartbeat.json", {"agent": agent, "pid": pid, "host": self.host,
-                                                      "ts": time.time(), **info})
+        beat = {"agent": agent, "pid": pid, "host": self.host, "ts": time.time(), **info}
+        fsutil.write_json(folder / "heartbeat.json", beat, fsync=LEASE_FSYNC)
 
     def last_beat(self, agent: str) -> dict[str, Any] | None:
         return fsutil.read_json(self.home / "agents" / agent / "heartbeat.json")
@@ -292,11 +296,12 @@ class Colony:
         except FileExistsError:
             return None
         claim = Claim(task_id, agent, gen, secrets.token_hex(8), pid, self.host, time.time())
-        fsutil.write_json(Path(self._gen_dir(task_id, gen), "owner.json"), asdict(claim))
+        fsutil.write_json(Path(self._gen_dir(task_id, gen), "owner.json"), asdict(claim), fsync=LEASE_FSYNC)
         return claim
 
     def _release_generation(self, claim: Claim, why: str) -> None:
-        fsutil.atomic_write(Path(self._gen_dir(claim.task_id, claim.generation), "released"), why + "\n")
+        fsutil.atomic_write(Path(self._gen_dir(claim.task_id, claim.generation), "released"), why + "\n",
+                            fsync=LEASE_FSYNC)
 
     def current_claim(self, task_id: str) -> Claim | None:
         gen = self._generation(task_id)
@@ -306,10 +311,10 @@ class Colony:
     def holds(self, claim: Claim) -> bool:
         return self.current_claim(claim.task_id) == claim
 
-    def try_claim(self, task_id: str, agent: str, pid: int | None = None) -> Claim | Task | None:
+    def try_claim(self, task_id: str, agent: str, pid: int | None = None) -> tuple[Claim, Task] | Task | None:
         """Claim this task if it is free (or its claim is stale) and ready.
 
-        Returns the Claim; or the Task as read from disk when it turned out not to be ready
+        Returns the Claim and the Task; or just the Task as read from disk when it turned out not to be ready
         (the caller's index was out of date); or None when another process has it or it is gone.
         """
         gen = self._generation(task_id)
@@ -338,7 +343,7 @@ class Colony:
             return None
         self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid, host=self.host,
                    claimed_at=claim.claimed_at)
-        return claim
+        return claim, task
 
     def deps_done(self, task: Task) -> bool:
         return all((self.task_dir("done") / f"{d}.yaml").exists() for d in task.depends_on)
@@ -354,12 +359,9 @@ class Colony:
             while ids := pool.candidates():
                 for tid in ids:
                     got = self.try_claim(tid, agent, pid)
-                    if isinstance(got, Claim):
+                    if isinstance(got, tuple):
                         pool.forget(tid, "active")
-                        task = self.read_task(self.task_dir("active") / f"{tid}.yaml")
-                        if task is not None:
-                            return got, task
-                        self._release_generation(got, "vanished")
+                        return got
                     elif isinstance(got, Task):  # the file knows better than our index: not ready
                         pool.learn(got)
                     else:  # someone else has it (or it is gone): a later event tells if it comes back

@@ -33,8 +33,8 @@ def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
         raise
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, sort_keys=True) + "\n")
+def write_json(path: Path, obj: Any, fsync: bool = True) -> None:
+    atomic_write(path, json.dumps(obj, sort_keys=True) + "\n", fsync=fsync)
 
 
 def read_json(path: Path) -> Any | None:

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from conftest import set_config
-from harness.colony import Claim, Colony
+from harness.colony import Colony
 from harness.tasks import Task
 
 CLAIM_ALL = """
 import json, sys
 from pathlib import Path
-from harness.colony import Claim, Colony
+from harness.colony import Colony
 colony = Colony.open(Path(sys.argv[1]))
 got = []
 while (c := colony.claim(sys.argv[2])) is not None:
@@ -47,7 +47,7 @@ def _breaker(repo: str, agent: str, rounds: int, barrier: object, results: objec
     for r in range(rounds):
         barrier.wait()  # type: ignore[attr-defined]
         claim = colony.try_claim(f"r{r:04d}", agent)
-        results.put((r, agent, claim.generation if isinstance(claim, Claim) else None))  # type: ignore[attr-defined]
+        results.put((r, agent, claim[0].generation if isinstance(claim, tuple) else None))  # type: ignore[attr-defined]
 
 
 def _dead_pid() -> int:
@@ -62,7 +62,7 @@ def test_16_processes_break_one_stale_claim_exactly_one_wins_per_round(colony: C
     colony.add_many([Task(id=f"r{r:04d}", title="stale") for r in range(rounds)])
     ghost_pid = _dead_pid()
     for r in range(rounds):  # every task starts claimed by a process that no longer exists...
-        assert isinstance(colony.try_claim(f"r{r:04d}", "ghost", pid=ghost_pid), Claim)
+        assert isinstance(colony.try_claim(f"r{r:04d}", "ghost", pid=ghost_pid), tuple)
     time.sleep(1)  # ...and whose lease has run out
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(n_procs), ctx.Queue()
@@ -91,7 +91,7 @@ def test_16_processes_break_one_stale_claim_exactly_one_wins_per_round(colony: C
 OWNER = """
 import sys, time
 from pathlib import Path
-from harness.colony import Claim, Colony
+from harness.colony import Colony
 colony = Colony.open(Path(sys.argv[1]))
 colony.heartbeat("owner", pid=None)
 claim, task = colony.claim("owner", pid=None if sys.argv[2] == "nopid" else __import__("os").getpid())

@@ -31,12 +31,8 @@ from harness.workspace import Workspace
 USER = Identity("user", "user@example.com")
 
 
-@pytest.fixture(autouse=True)
-def no_user_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
-        monkeypatch.delenv(var, raising=False)
+# Agents must commit where no git identity is configured at all.
+pytestmark = pytest.mark.usefixtures("no_user_git_config")
 
 
 @pytest.fixture

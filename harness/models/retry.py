@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from harness import fsutil
 from harness.errors import ModelAuthError, ModelError, ModelRateLimited, ModelTransient
 from harness.models.base import Model, Reply, Request
 
@@ -135,19 +135,7 @@ class CoolDown:
             os.close(lock_fd)  # closing releases the flock
 
     def _write(self, until: float) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".cooldown-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"until": until}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        fsutil.write_json(self.path, {"until": until})
 
     def remaining(self) -> float:
         return max(0.0, self.until() - self._clock())
