@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # Flags the launcher passes through to every `agent run` unchanged.
-AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "max_steps", "max_seconds", "max_cost_usd")
+AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "max_steps", "max_tokens", "max_seconds",
+               "max_cost_usd")
 
 
 def _add_agent_flags(p: argparse.ArgumentParser) -> None:
@@ -67,6 +68,7 @@ def _add_agent_flags(p: argparse.ArgumentParser) -> None:
                    "gemini) or a shell line using {prompt_file}")
     p.add_argument("--budget-usd", type=float, help="colony-wide spend limit in USD (overrides config.yaml)")
     p.add_argument("--max-steps", type=int, help="model calls per attempt (default 100)")
+    p.add_argument("--max-tokens", type=int, help="tokens per attempt (input + output + cache)")
     p.add_argument("--max-seconds", type=float, help="wall time per attempt")
     p.add_argument("--max-cost-usd", type=float, help="spend per attempt")
 
@@ -260,7 +262,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
         budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args),
-        limits=Limits(max_steps=args.max_steps or 100, max_seconds=args.max_seconds,
+        limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd))
     return Agent(_colony(args), opts).run()
 

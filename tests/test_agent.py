@@ -199,3 +199,16 @@ def test_discovered_tasks_and_notes_go_into_the_environment(colony: Colony, tmp_
     assert (snap["tasks"]["done"], snap["tasks"]["failed"], snap["landed"]) == (2, 1, 2)
     assert snap["spend"]["calls"] >= 6 and snap["spend"]["input_tokens"] > 0  # the scripted model's usage
     assert snap["agents"][0]["agent"] == "a1" and snap["active"] == []
+
+
+def test_attempt_limits_end_the_attempt_with_a_note(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, max_attempts=1)
+    steps = [{"bash": f"echo step {i}"} for i in range(20)]
+    model = write_script(tmp_path / "script.yaml", [{"match": "^long$", "actions": [*steps, {"finish": "x"}]}])
+    colony.add(Task(id="long", title="A long task"))
+    a = start_agent(colony, "a1", model, tmp_path, "--until-empty", "--max-tokens", "50")
+    assert a.wait(timeout=60) == 0
+    assert colony.get("long")[0] == "failed" and landed_ids(colony.repo) == []
+    assert "hit the tokens limit" in colony.notes("long")[-1]["text"]
+    calls = (colony.home / "ledger" / "a1.jsonl").read_text().splitlines()
+    assert 1 <= len(calls) < 20  # stopped long before the script ran out
