@@ -30,7 +30,7 @@ from harness import integrate, tasks
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
 from harness.errors import HarnessError, NotOwner, UsageError
-from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed
+from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
 from harness.prompts import Prompts
@@ -38,7 +38,7 @@ from harness.roles import load_role
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
 from harness.tools import Toolbox
-from harness.verify import Verdict, run_verify
+from harness.verify import run_verify
 from harness.workspace import Workspace
 
 Check = Callable[[Path], Verdict]  # verify, run in a worktree

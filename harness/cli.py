@@ -127,15 +127,15 @@ def cmd_task_add(args: argparse.Namespace) -> int:
 
 
 def _warn_cycles(colony: Colony) -> None:
-    waiting = {t.id: t.depends_on for _, t in colony.list("pending") if t.depends_on}
+    waiting = {t.id: t.depends_on for _, t in colony.listing("pending") if t.depends_on}
     cycle = find_cycle(waiting)
     if cycle:
         print(f"warning: dependency cycle {' -> '.join(cycle)}: these tasks can never be ready", file=sys.stderr)
 
 
 def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]:
-    listed = colony.list(status)
-    done = {t.id for st, t in colony.list("done")} if status not in ("all", "done") else {
+    listed = colony.listing(status)
+    done = {t.id for st, t in colony.listing("done")} if status not in ("all", "done") else {
         t.id for st, t in listed if st == "done"}
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
     now, rows = time.time(), []
@@ -251,7 +251,7 @@ def _agent_cmd(args: argparse.Namespace) -> str | None:
         raise UsageError("--backend command needs --agent-cmd CMD (or a preset: claude, codex, aider, gemini)")
     if args.agent_cmd and args.backend != "command":  # None means the default, `model`
         raise UsageError("--agent-cmd is for --backend command")
-    return args.agent_cmd
+    return str(args.agent_cmd) if args.agent_cmd else None
 
 
 def cmd_agent_run(args: argparse.Namespace) -> int:

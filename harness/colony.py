@@ -217,7 +217,7 @@ class Colony:
         tid = path.name[:-5] if path.name.endswith(".yaml") else path.name
         self.event("quarantine", tid if tasks.ID_RE.match(tid) else None, file=path.name, reason=reason)
 
-    def list(self, status: str = "pending") -> list[tuple[str, Task]]:
+    def listing(self, status: str = "pending") -> list[tuple[str, Task]]:
         out = []
         for st in STATUSES if status == "all" else (status,):
             for path in sorted(self.task_dir(st).glob("*.yaml")):
@@ -476,7 +476,9 @@ class Colony:
         per agent: with thousands of live claims a pass reads no claim files at all. Only a claim
         whose owner looks gone is read from disk, and only that reading decides.
         """
-        now, reaped, beats = time.time(), [], {}
+        now = time.time()
+        reaped: list[str] = []
+        beats: dict[str, Any] = {}
         pool = next(iter(self._pools.values()), None) or self.pool(None)  # any role's index knows the owners
         pool.refresh()
         for name in os.listdir(self.task_dir("active")):

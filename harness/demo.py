@@ -133,9 +133,10 @@ def prepare(directory: Path) -> tuple[Colony, Path, int]:
 
 def summarize(colony: Colony, seconds: float, launcher_status: int) -> Summary:
     git = Git(colony.repo)
-    known = colony.list("all")
+    known = colony.listing("all")
     log = git.run("log", "--first-parent", "--format=%B%x00", "main")
-    landed, resolved = [], []
+    landed: list[str] = []
+    resolved: list[str] = []
     for message in log.split("\0"):
         for key, value in _TRAILER.findall(message):
             (landed if key == "Task-Id" else resolved).append(value)

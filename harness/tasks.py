@@ -51,7 +51,7 @@ class Task:
         return {k: v for k, v in asdict(self).items() if v not in (None, [], {}, "") or k in ("id", "title")}
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        return str(yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True))
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

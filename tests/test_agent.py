@@ -78,7 +78,7 @@ def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: P
     wait_for(lambda: colony.get("slow-title")[0] == "active", what="first claim")
     b = start_agent(colony, "a2", model, tmp_path, "--until-empty")
     assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
-    conflicts = [t for st, t in colony.list("all") if t.kind == "merge_conflict"]
+    conflicts = [t for st, t in colony.listing("all") if t.kind == "merge_conflict"]
     assert len(conflicts) == 1 and conflicts[0].priority == 95
     c = conflicts[0]
     assert c.meta["paths"] == ["app.py"] and c.resolves in ("slow-title", "fast-punct")
@@ -187,7 +187,7 @@ def test_discovered_tasks_and_notes_go_into_the_environment(colony: Colony, tmp_
     set_config(colony, max_attempts=1)
     a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
     assert a.wait(timeout=60) == 0
-    follow = [t for _, t in colony.list("all") if t.title == "Follow-up found"]
+    follow = [t for _, t in colony.listing("all") if t.title == "Follow-up found"]
     assert len(follow) == 1
     f = follow[0]
     assert (f.created_by, f.discovered_from, f.priority) == ("a1", "parent", 70)

@@ -151,7 +151,7 @@ def test_import_yaml_and_markdown(colony: Colony, tmp_path: Path) -> None:
     (tmp_path / "tasks.yaml").write_text("- {id: db, title: Schema, priority: high}\n"
                                          "- {title: API, depends_on: [db], outputs: [src/api]}\n")
     assert cli("task", "import", str(tmp_path / "tasks.yaml"), "--repo", str(colony.repo), check=True)
-    titles = sorted(t.title for _, t in colony.list())
+    titles = sorted(t.title for _, t in colony.listing())
     assert titles == ["API", "Add login page", "Schema", "Write tests"]
     (tmp_path / "bad.yaml").write_text("- {id: ok-1, title: fine}\n- {id: BAD, title: nope}\n")
     proc = cli("task", "import", str(tmp_path / "bad.yaml"), "--repo", str(colony.repo))

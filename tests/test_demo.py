@@ -28,7 +28,7 @@ def test_demo_lands_every_task_once_through_a_real_conflict(tmp_path: Path) -> N
     assert "PROBLEM" not in proc.stdout
 
     colony = Colony.open(target)
-    everything = colony.list("all")
+    everything = colony.listing("all")
     ids = [t.id for _, t in everything]
     assert {st for st, _ in everything} == {"done"}
     assert len(ids) >= 30

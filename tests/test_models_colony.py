@@ -257,7 +257,7 @@ def test_budget_stops_the_colony_and_nothing_is_claimed_after_it(colony: Colony,
     assert late == [], f"claimed after the budget was reached at {crossed}: {late}"
     landed = landed_ids(colony.repo)
     assert 1 <= len(landed) <= 3 and all(colony.get(t)[0] == "done" for t in landed)  # work before it lands
-    pending = [t.id for _, t in colony.list("pending")]
+    pending = [t.id for _, t in colony.listing("pending")]
     assert sorted(pending + landed) == names  # the rest is left for later: nothing active, nothing failed
     logs = (tmp_path / "a1.log").read_text() + (tmp_path / "a2.log").read_text()
     assert "budget of $8.5 reached: claiming nothing more" in logs

@@ -136,7 +136,7 @@ def add_tasks(colony: Colony, *ids: str) -> None:
 
 
 def no_claim_held(colony: Colony) -> bool:
-    return all(colony.current_claim(t.id) is None for _, t in colony.list("all"))
+    return all(colony.current_claim(t.id) is None for _, t in colony.listing("all"))
 
 
 # -- planning (no processes) ------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_until_empty_lands_every_task_then_exits(colony: Colony, launcher: Launc
     launcher.start([write_task(t) for t in ("t1", "t2", "t3", "t4")], "--agents", "2", "--until-empty")
     code, out = launcher.wait(90)
     assert code == 0, out
-    assert sorted(t.id for _, t in colony.list("done")) == ["t1", "t2", "t3", "t4"]
+    assert sorted(t.id for _, t in colony.listing("done")) == ["t1", "t2", "t3", "t4"]
     assert sorted(landed_ids(colony.repo)) == ["t1", "t2", "t3", "t4"]
     exits = events(colony, "agent_exit", by="launcher")
     assert sorted(e["agent"] for e in exits) == ["coder-01", "coder-02"] and all(e["code"] == 0 for e in exits)
@@ -203,14 +203,14 @@ def test_a_killed_agent_is_restarted_with_backoff_and_its_task_lands_once(
     kills = [e for e in events(colony, "agent_exit", by="launcher") if e["code"] == -signal.SIGKILL]
     assert [e["pid"] for e in kills] == [first, second]
     assert landed_ids(colony.repo) == ["t1"]  # reclaimed from the dead owner, landed exactly once
-    assert [t.id for _, t in colony.list("done")] == ["t1"]
+    assert [t.id for _, t in colony.listing("done")] == ["t1"]
 
 
 def test_sigterm_stops_agents_mid_task_and_releases_their_claims(colony: Colony, launcher: Launcher) -> None:
     add_tasks(colony, "t1", "t2")
     launcher.start([write_task(t, *slow(60)) for t in ("t1", "t2")], "--agents", "2")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
-    wait_for(lambda: len(colony.list("active")) == 2, 30, "both tasks claimed")
+    wait_for(lambda: len(colony.listing("active")) == 2, 30, "both tasks claimed")
     started = time.monotonic()
     assert launcher.proc is not None
     launcher.proc.send_signal(signal.SIGTERM)
@@ -219,7 +219,7 @@ def test_sigterm_stops_agents_mid_task_and_releases_their_claims(colony: Colony,
     assert time.monotonic() - started < 20  # aborted mid-task, not after 60 s of work
     assert not any(alive(p) for p in pids)
     assert no_claim_held(colony)
-    assert sorted(t.id for _, t in colony.list("pending")) == ["t1", "t2"]
+    assert sorted(t.id for _, t in colony.listing("pending")) == ["t1", "t2"]
     assert landed_ids(colony.repo) == []
     exits = events(colony, "agent_exit", by="launcher")
     assert sorted(e["agent"] for e in exits) == ["coder-01", "coder-02"] and all(e["code"] == 0 for e in exits)
@@ -229,7 +229,7 @@ def test_ctrl_c_twice_kills_the_agents_and_the_colony_recovers(colony: Colony, l
     add_tasks(colony, "t1", "t2")
     launcher.start([write_task(t, *slow(60)) for t in ("t1", "t2")], "--agents", "2")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
-    wait_for(lambda: len(colony.list("active")) == 2, 30, "both tasks claimed")
+    wait_for(lambda: len(colony.listing("active")) == 2, 30, "both tasks claimed")
     assert launcher.proc is not None
     os.killpg(launcher.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole group
     time.sleep(0.2)
@@ -241,7 +241,7 @@ def test_ctrl_c_twice_kills_the_agents_and_the_colony_recovers(colony: Colony, l
     assert sorted(e["code"] for e in events(colony, "agent_exit", by="launcher")) == [-signal.SIGKILL] * 2
     # Killed holders leave claims behind; their pids are dead, so the next reap frees the tasks.
     assert sorted(colony.reap("test")) == ["t1", "t2"]
-    assert no_claim_held(colony) and len(colony.list("pending")) == 2
+    assert no_claim_held(colony) and len(colony.listing("pending")) == 2
 
 
 def test_max_hours_lays_stop_and_waits_for_the_agents(colony: Colony, launcher: Launcher) -> None:
@@ -285,8 +285,8 @@ def test_sigkill_of_the_launcher_leaves_the_colony_working(colony: Colony, launc
     assert cli("stop", "--repo", str(colony.repo)).returncode == 0
     wait_for(lambda: not any(alive(p) for p in pids), 30, "the agents to leave on STOP")
     assert no_claim_held(colony)
-    assert sorted(t.id for _, t in colony.list("done")) == ["t1", "t2", "t3"]
-    assert not colony.list("active") and not colony.list("pending")
+    assert sorted(t.id for _, t in colony.listing("done")) == ["t1", "t2", "t3"]
+    assert not colony.listing("active") and not colony.listing("pending")
 
 
 def test_an_agent_that_refuses_its_arguments_is_not_restarted(colony: Colony) -> None:
