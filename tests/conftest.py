@@ -10,18 +10,30 @@ from pathlib import Path
 import pytest
 
 from harness.colony import Colony
+from harness.git import Git, Identity
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+USER = Identity("user", "user@example.com")  # the person whose repository the colony works on
 
 
-def make_repo(path: Path) -> Path:
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A real repository on branch main with one commit holding `files`."""
     path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **GIT_ENV}
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
-    (path / "README.md").write_text("target\n")
-    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True, env=env)
-    subprocess.run(["git", "-C", str(path), "commit", "-qm", "init"], check=True, env=env)
+    git = Git(path)
+    git.run("init", "-q", "-b", "main")
+    for name, text in (files or {"README.md": "target\n"}).items():
+        (path / name).write_text(text)
+    git.run("add", "-A")
+    git.run("commit", "-qm", "init", env=USER.env())
     return path
+
+
+def advance_main(repo: Path, name: str, text: str) -> str:
+    """The user commits on main (in their checkout); returns the new tip."""
+    (repo / name).write_text(text)
+    git = Git(repo)
+    git.run("add", name)
+    git.run("commit", "-qm", f"user adds {name}", env=USER.env())
+    return str(git.resolve("HEAD"))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import cli, set_config
+from conftest import advance_main, cli, set_config
 from harness.colony import Colony
 from harness.tasks import Task
 
@@ -50,16 +49,8 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:  
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def commit_file(repo: Path, path: str, text: str) -> None:
-    (repo / path).write_text(text)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run(["git", "add", path], cwd=repo, check=True, env=env)
-    subprocess.run(["git", "commit", "-qm", f"add {path}"], cwd=repo, check=True, env=env)
-
-
 def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: Path) -> None:
-    commit_file(colony.repo, "app.py", APP)
+    advance_main(colony.repo, "app.py", APP)
     resolved = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
     model = write_script(tmp_path / "script.yaml", [
         {"match": "^slow-title$", "actions": [

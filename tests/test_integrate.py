@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.git import Git, Identity
+from harness.git import Git
 from harness.integrate import (
     CONFLICTS,
     AlreadyLanded,
@@ -26,9 +26,9 @@ from harness.integrate import (
     land,
     prepare_conflict_worktree,
 )
+from conftest import advance_main, make_repo
 from harness.workspace import Workspace
 
-USER = Identity("user", "user@example.com")
 
 
 # Agents must commit where no git identity is configured at all.
@@ -37,15 +37,7 @@ pytestmark = pytest.mark.usefixtures("no_user_git_config")
 
 @pytest.fixture
 def target(tmp_path: Path) -> Path:
-    repo = tmp_path / "target"
-    repo.mkdir()
-    git = Git(repo)
-    git.run("init", "-q", "-b", "main")
-    (repo / "shared.txt").write_text("one\ntwo\nthree\n")
-    (repo / ".gitignore").write_text(".stigmergy/\n")
-    git.run("add", "-A")
-    git.run("commit", "-qm", "init", env=USER.env())
-    return repo
+    return make_repo(tmp_path / "target", {"shared.txt": "one\ntwo\nthree\n", ".gitignore": ".stigmergy/\n"})
 
 
 def workspace(repo: Path, agent: str) -> Workspace:
@@ -66,15 +58,6 @@ def fence(ws: Workspace, task: str, generation: int = 1, token: str | None = Non
     got = Fence.acquire(ws.git, task, generation, token or f"tok-{ws.agent}")
     assert isinstance(got, Fence)
     return got
-
-
-def advance_main(repo: Path, name: str, text: str) -> str:
-    """Someone else lands: here a plain commit in the user's checkout, on main."""
-    (repo / name).write_text(text)
-    git = Git(repo)
-    git.run("add", name)
-    git.run("commit", "-qm", f"other change to {name}", env=USER.env())
-    return str(git.resolve("main"))
 
 
 class Recorder:

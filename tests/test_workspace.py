@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InvalidId
-from harness.git import Git, Identity
+from harness.git import Git
+from conftest import USER, advance_main, make_repo
 from harness.workspace import Workspace
 
-USER = Identity("user", "user@example.com")
 
 
 # Agents must commit where no git identity is configured at all.
@@ -20,23 +20,7 @@ pytestmark = pytest.mark.usefixtures("no_user_git_config")
 
 @pytest.fixture
 def target(tmp_path: Path) -> Path:
-    repo = tmp_path / "target"
-    repo.mkdir()
-    git = Git(repo)
-    git.run("init", "-q", "-b", "main")
-    (repo / "src.txt").write_text("v1\n")
-    (repo / ".gitignore").write_text("*.log\n.stigmergy/\n")
-    git.run("add", "-A")
-    git.run("commit", "-qm", "init", env=USER.env())
-    return repo
-
-
-def advance_main(repo: Path, name: str, text: str) -> str:
-    (repo / name).write_text(text)
-    git = Git(repo)
-    git.run("add", name)
-    git.run("commit", "-qm", f"user adds {name}", env=USER.env())
-    return str(git.resolve("HEAD"))
+    return make_repo(tmp_path / "target", {"src.txt": "v1\n", ".gitignore": "*.log\n.stigmergy/\n"})
 
 
 def test_prepare_checks_out_main_on_a_fresh_branch_hidden_from_user_status(target: Path) -> None:
