@@ -48,6 +48,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 # -- launcher, stop, demo -----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import swarm
+    from harness.models.registry import check_spec
+
+    if args.model:
+        check_spec(args.model)  # here, once, rather than in N agent logs
 
     return swarm.run(swarm.Options(
         repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,

@@ -289,9 +289,16 @@ def test_sigkill_of_the_launcher_leaves_the_colony_working(colony: Colony, launc
     assert not colony.listing("active") and not colony.listing("pending")
 
 
-def test_an_agent_that_refuses_its_arguments_is_not_restarted(colony: Colony) -> None:
+def test_a_bad_model_spec_is_refused_before_any_agent_starts(colony: Colony) -> None:
+    proc = subprocess.run([sys.executable, "-m", "harness", "--agents", "3", "--repo", str(colony.repo),
+                           "--model", "no-such-provider/x"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown model spec 'no-such-provider/x'" in proc.stderr
+    assert not events(colony, "launch")
+
+
+def test_an_agent_that_refuses_its_arguments_is_not_restarted(colony: Colony, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "harness", "--agents", "1", "--repo", str(colony.repo),
-                           "--model", "no-such-provider/x", "--until-empty"],
+                           "--model", f"scripted:{tmp_path / 'no-such-script.yaml'}", "--until-empty"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "refused their arguments" in proc.stderr

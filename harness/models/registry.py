@@ -24,6 +24,21 @@ _PROVIDERS = {
 }
 
 
+def check_spec(spec: str) -> None:
+    """Refuse a malformed spec without importing any SDK (the launcher checks before starting N agents)."""
+    if spec.startswith("scripted:"):
+        if not spec[len("scripted:"):]:
+            raise UsageError(f"model spec {spec!r} names no script; accepted forms: {SPEC_FORMS}")
+        return
+    for prefix in _PROVIDERS:
+        if spec.startswith(prefix):
+            model = spec[len(prefix):]
+            if not model or (prefix == "litellm/" and "/" not in model.strip("/")):
+                raise UsageError(f"model spec {spec!r} is incomplete; accepted forms: {SPEC_FORMS}")
+            return
+    raise UsageError(f"unknown model spec {spec!r}; accepted forms: {SPEC_FORMS}")
+
+
 def load_model(
     spec: str,
     *,
@@ -39,19 +54,15 @@ def load_model(
     ``cooldown``). ``opts`` go to the provider: ``price={"input":..,"output":..}``,
     ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai).
     """
+    check_spec(spec)
     if spec.startswith("scripted:"):
-        path = spec[len("scripted:") :]
-        if not path:
-            raise UsageError(f"model spec {spec!r} names no script; accepted forms: {SPEC_FORMS}")
         from harness.models.scripted import ScriptedModel
 
-        return ScriptedModel(path)
+        return ScriptedModel(spec[len("scripted:") :])
     for prefix, (module_name, class_name) in _PROVIDERS.items():
         if not spec.startswith(prefix):
             continue
         model = spec[len(prefix) :]
-        if not model or (prefix == "litellm/" and "/" not in model.strip("/")):
-            raise UsageError(f"model spec {spec!r} is incomplete; accepted forms: {SPEC_FORMS}")
         cls = getattr(importlib.import_module(module_name), class_name)
         try:
             # Checked against the signature, not by catching TypeError from the call, so a real
@@ -61,4 +72,4 @@ def load_model(
             raise UsageError(f"model spec {spec!r}: unsupported option ({exc})") from None
         inner = cls(model, api_base=api_base, api_key=api_key, **opts)
         return RetryingModel(inner, policy=retry, cooldown=cooldown)
-    raise UsageError(f"unknown model spec {spec!r}; accepted forms: {SPEC_FORMS}")
+    raise AssertionError("check_spec accepted a spec no provider takes")
