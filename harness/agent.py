@@ -120,7 +120,7 @@ class Agent:
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
         from harness.models.retry import CoolDown
-        return load_model(spec, api_base=self.opts.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"),
+        return load_model(spec, api_base=self.opts.api_base or self.cfg.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"),
                           **self.cfg.model_options)
 
     # -- the loop -------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ DEFAULT_CONFIG = """\
 # litellm/<provider>/<model> or scripted:<path>.
 model: null
 
+# Endpoint for anthropic/ and openai/ models (an OpenAI-compatible server: vLLM, Ollama, llama.cpp,
+# OpenRouter); null = the provider's default or ANTHROPIC_BASE_URL / OPENAI_BASE_URL. API keys are
+# read from the environment only, never from this file.
+api_base: null
+
 # Options for the model's provider, e.g. {stream: true, timeout: 300,
 # price: {input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75}} (USD per million tokens;
 # needed for spend and budget with a model that is not in harness/meter.py's price table).
@@ -52,6 +57,7 @@ overlap_penalty: 20
 @dataclass
 class Config:
     model: str | None = None
+    api_base: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     verify: str = ""
     verify_timeout: float = 1800
@@ -83,8 +89,8 @@ class Config:
             default = getattr(cls, key, None)
             if key == "model_options":
                 ok = isinstance(value, dict)
-            elif isinstance(default, str) or key == "model":
-                ok = isinstance(value, str) or (value is None and key == "model")
+            elif isinstance(default, str) or key in ("model", "api_base"):
+                ok = isinstance(value, str) or (value is None and key in ("model", "api_base"))
             else:  # numbers; budget_usd may be null
                 ok = (value is None and key == "budget_usd") or (
                     isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

@@ -130,9 +130,9 @@ def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
         model, env, extra = "anthropic/claude-test", agent_env(ANTHROPIC_API_KEY=KEY), ["--api-base", srv.base_url]
     elif provider == "openai":  # the base URL through the environment this time, as the README allows
         model, env, extra = "openai/gpt-test", agent_env(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=srv.openai_base_url), []
-    else:
-        model, env, extra = "litellm/openai/gpt-test", agent_env(OPENAI_API_KEY=KEY), ["--api-base",
-                                                                                        srv.openai_base_url]
+    else:  # the base URL from config.yaml this time
+        colony = set_config(colony, api_base=srv.openai_base_url)
+        model, env, extra = "litellm/openai/gpt-test", agent_env(OPENAI_API_KEY=KEY), []
     a = start(colony, "a1", model, tmp_path, env, "--verify", verify, *extra)
     finish(a, tmp=tmp_path)
 
