@@ -88,6 +88,9 @@ class Pool:
         self.colony = colony
         self.cfg = colony.config
         self.role = role
+        self._forget_everything()
+
+    def _forget_everything(self) -> None:
         self.entries: dict[str, Entry] = {}
         self.status: dict[str, str] = {}
         self.done: set[str] = set()
@@ -108,6 +111,9 @@ class Pool:
     def _tail_events(self) -> None:
         try:
             with open(self.colony.events_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:  # the log was truncated or replaced:
+                    self._forget_everything()  # start over from it, and rescan the folders at once
+                    self.scanned_at = -RESCAN_SECONDS
                 f.seek(self.offset)
                 chunk = f.read()
         except FileNotFoundError:

@@ -208,3 +208,12 @@ def test_heartbeat_cli_keeps_an_external_claim(colony: Colony) -> None:
     assert "abandoned by ext-agent" in notes[-1]["text"]
     status, task = colony.get("ext")
     assert (status, task.skip_count) == ("pending", 1)
+
+
+def test_a_truncated_event_log_does_not_blind_a_running_agent(colony: Colony) -> None:
+    colony.add(Task(id="before", title="before"))
+    pool = colony.pool(None)  # a running agent's index, already past the first event
+    colony.events_path.write_text("")  # someone rotates or deletes the log
+    colony.add(Task(id="after", title="after"))
+    pool.refresh()  # an ordinary refresh, not a forced rescan
+    assert sorted(pool.candidates()) == ["after", "before"]
