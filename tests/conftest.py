@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,23 @@ def no_user_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.delenv(var, raising=False)
+
+
+def landed_ids(repo: Path) -> list[str]:
+    """The Task-Id trailers on main's first-parent line, newest first."""
+    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def file_on_main(repo: Path, path: str) -> str:
+    return subprocess.run(["git", "show", f"main:{path}"], cwd=repo, capture_output=True, text=True).stdout
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import advance_main, cli, set_config
+from conftest import advance_main, cli, file_on_main, landed_ids, set_config, wait_for
 from harness.colony import Colony
 from harness.tasks import Task
 
@@ -28,25 +28,6 @@ def start_agent(colony: Colony, agent: str, model: str, tmp: Path, *extra: str) 
     return subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--id", agent, "--model", model,
                              "--repo", str(colony.repo), "--workspaces", str(tmp / "ws"), *extra],
                             stdout=log, stderr=log)
-
-
-def landed_ids(repo: Path) -> list[str]:
-    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main"],
-                         cwd=repo, capture_output=True, text=True, check=True).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def file_on_main(repo: Path, path: str) -> str:
-    return subprocess.run(["git", "show", f"main:{path}"], cwd=repo, capture_output=True, text=True).stdout
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_agent import landed_ids
+from conftest import landed_ids
 from harness.colony import Colony
 from harness.tasks import Task
 

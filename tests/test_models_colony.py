@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import set_config
+from conftest import file_on_main, landed_ids, set_config, wait_for
 from harness.colony import Colony
 from harness.meter import PRICES
 from harness.models.fake_server import FakeServer
 from harness.tasks import Task
-from test_agent import file_on_main, landed_ids, wait_for
 
 KEY = "sk-test-SECRET-1234567890abcdef"
 OTHER_KEY = "sk-test-OTHER-SECRET-fedcba0987654321"

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import cli, set_config
+from conftest import cli, landed_ids, set_config, wait_for
 from harness import swarm
 from harness.colony import Colony
 from harness.errors import UsageError
@@ -22,13 +22,6 @@ from harness.tasks import Task
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def alive(pid: int) -> bool:
@@ -46,12 +39,6 @@ def beat(colony: Colony, agent: str) -> dict | None:
 
 def events(colony: Colony, name: str, **match: object) -> list[dict]:
     return [e for e in colony.events() if e["event"] == name and all(e.get(k) == v for k, v in match.items())]
-
-
-def landed_ids(repo: Path) -> list[str]:
-    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main"],
-                         cwd=repo, capture_output=True, text=True, check=True).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def write_task(task_id: str, *before: dict) -> dict:
