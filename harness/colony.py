@@ -412,6 +412,23 @@ class Colony:
         self.add_note(task_id, agent, note, kind="fail")
         self._move(claim, "failed")
         self.event("fail", task_id, agent=agent, note=note)
+        task = self.read_task(self.task_dir("failed") / f"{task_id}.yaml")
+        if task is not None and task.resolves:
+            self._undefer(task.resolves, task_id, agent)
+
+    def _undefer(self, task_id: str, gave_up: str, agent: str) -> None:
+        """A conflict resolution failed: its original must not wait for it forever. It goes back to
+        work from the current main (its first attempt stays under refs/stigmergy/conflicts/)."""
+        path = self.task_dir("pending") / f"{task_id}.yaml"
+        task = self.read_task(path)
+        if task is None or gave_up not in task.depends_on:
+            return
+        task.depends_on = [d for d in task.depends_on if d != gave_up]
+        fsutil.atomic_write(path, task.to_yaml())
+        self.add_note(task_id, agent, f"{gave_up} failed to resolve this task's merge conflict: redo the task "
+                      f"on the current main (the first attempt is kept at refs/stigmergy/conflicts/{task_id})",
+                      kind="undefer")
+        self.event("undefer", task_id, agent=agent, meta=meta_of(task))
 
     def defer(self, task_id: str, agent: str, waits_on: str, note: str, token: str | None = None) -> None:
         """Back to pending, waiting on another task (a conflict's resolution) instead of a retry."""

@@ -217,3 +217,17 @@ def test_a_truncated_event_log_does_not_blind_a_running_agent(colony: Colony) ->
     colony.add(Task(id="after", title="after"))
     pool.refresh()  # an ordinary refresh, not a forced rescan
     assert sorted(pool.candidates()) == ["after", "before"]
+
+
+def test_a_failed_conflict_resolution_sends_its_original_back_to_work(colony: Colony) -> None:
+    colony.add(Task(id="orig", title="original"))
+    claim, _ = colony.claim("a")  # type: ignore[misc]
+    colony.add(Task(id="conflict-orig", title="resolve", kind="merge_conflict", priority=95, resolves="orig"))
+    colony.defer("orig", "a", waits_on="conflict-orig", note="conflicted", token=claim.token)
+    assert colony.claim("m")[1].id == "conflict-orig"  # type: ignore[index]
+    assert colony.claim("b") is None  # the original waits for its resolution
+    colony.fail("conflict-orig", "m", note="could not merge")
+    status, task = colony.get("orig")
+    assert (status, task.depends_on) == ("pending", [])
+    assert "failed to resolve" in colony.notes("orig")[-1]["text"]
+    assert colony.claim("b")[1].id == "orig"  # type: ignore[index]

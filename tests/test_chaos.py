@@ -1,0 +1,79 @@
+"""Chaos: a colony whose agents are SIGKILLed at random while they work. Nothing may be lost or
+landed twice, and the colony must end consistent.
+
+The short version runs in CI; for the long one: CHAOS_TASKS=200 CHAOS_SECONDS=300 pytest tests/test_chaos.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import landed_ids, set_config
+from harness.colony import Colony
+from harness.tasks import Task
+
+TASKS = int(os.environ.get("CHAOS_TASKS", "24"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "20"))
+
+
+def test_random_sigkills_lose_nothing_and_land_nothing_twice(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, lease_ttl=2, heartbeat_interval=0.3, max_attempts=50,
+                        verify="! grep -rq '^<<<<<<<' --exclude-dir=.git .")
+    script = tmp_path / "script.yaml"
+    script.write_text(yaml.safe_dump([
+        # Tasks append to three shared logs, so landings conflict; a resolution keeps both sides.
+        {"match": "^conflict-", "actions": [
+            {"bash": "sed -i -e '/^<<<<<<< /d' -e '/^||||||| /d' -e '/^=======$/d' -e '/^>>>>>>> /d' log-*.txt"},
+            {"finish": "kept both sides"}]},
+        {"match": "^t", "actions": [
+        {"bash": 'echo "$STIGMERGY_TASK by $STIGMERGY_AGENT" > "out-$STIGMERGY_TASK.txt"'},
+        {"sleep": 1.0},
+        {"bash": 'echo "shared line from $STIGMERGY_TASK" >> "log-$(( 10#${STIGMERGY_TASK#t} % 3 )).txt"'},
+        {"finish": "ok"}]}]))
+    colony.add_many([Task(id=f"t{i:03d}", title=f"task {i}") for i in range(TASKS)])
+    launcher = subprocess.Popen([sys.executable, "-m", "harness", "--agents", "4", "--repo", str(colony.repo),
+                                 "--model", f"scripted:{script}", "--workspaces", str(tmp_path / "ws"),
+                                 "--until-empty"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rng, kills, deadline = random.Random(7), 0, time.monotonic() + SECONDS
+    while time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(rng.uniform(0.2, 0.8))
+        beats = [json.loads(p.read_text()) for p in colony.home.glob("agents/*/heartbeat.json")]
+        working = [b for b in beats if b.get("task") and b.get("state") != "exited"]
+        if working:
+            try:
+                os.kill(int(rng.choice(working)["pid"]), signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+    assert launcher.wait(timeout=300) == 0, launcher.stderr.read() if launcher.stderr else ""
+    assert kills >= 3, "the chaos never struck: lengthen CHAOS_SECONDS"
+    # Every task is on main exactly once: by its own commit, or by the (chain of) conflict task(s)
+    # that resolved it.
+    resolves = {t.id: t.resolves for _, t in colony.listing("all") if t.resolves}
+
+    def root(task_id: str) -> str:
+        while task_id in resolves:
+            task_id = resolves[task_id]  # type: ignore[assignment]
+        return task_id
+    on_main = sorted(root(i) for i in landed_ids(colony.repo))
+    assert on_main == sorted(t.id for _, t in colony.listing("all") if t.kind == "task"), "lost or landed twice"
+    assert {st for st, _ in colony.listing("all")} == {"done"}
+    assert all(colony.current_claim(t.id) is None for _, t in colony.listing("all"))
+    tree = subprocess.run(["git", "ls-tree", "--name-only", "main"], cwd=colony.repo, capture_output=True,
+                          text=True).stdout.split()
+    assert {f"out-t{i:03d}.txt" for i in range(TASKS)} <= set(tree)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=colony.repo, capture_output=True, text=True)
+    assert status.stdout in ("", "?? .stigmergy/\n")  # only the colony's own (uncommitted) config
+    for n in range(3):  # every task's line is in its shared log: no side of any conflict was lost
+        log = subprocess.run(["git", "show", f"main:log-{n}.txt"], cwd=colony.repo, capture_output=True,
+                             text=True).stdout.splitlines()
+        assert sorted(log) == sorted(f"shared line from t{i:03d}" for i in range(TASKS) if i % 3 == n)
