@@ -282,6 +282,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    built = report.build(_colony(args))
+    if args.json:
+        _print_json(built)
+    else:
+        print(report.render(built))
+    return 0
+
+
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
     _colony(args).heartbeat(args.agent, pid=args.pid)
     return 0
@@ -330,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", parents=[common], help="per task: what landed, what failed and why, the cost")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
 
     task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
     add = task.add_parser("add", parents=[common], help="file a new pending task")

@@ -171,6 +171,11 @@ def test_discovered_tasks_and_notes_go_into_the_environment(colony: Colony, tmp_
     assert (snap["tasks"]["done"], snap["tasks"]["failed"], snap["landed"]) == (2, 1, 2)
     assert snap["spend"]["calls"] >= 6 and snap["spend"]["input_tokens"] > 0  # the scripted model's usage
     assert snap["agents"][0]["agent"] == "a1" and snap["active"] == []
+    report = json.loads(cli("report", "--json", "--repo", str(colony.repo), check=True).stdout)
+    by_id = {t["id"]: t for t in report["tasks"]}
+    assert by_id["parent"]["commit"] and by_id["parent"]["agents"] == ["a1"] and by_id["parent"]["calls"] == 4
+    assert by_id["nomatch"]["status"] == "failed" and "NoScriptMatch" in by_id["nomatch"]["last_note"]
+    assert set(report["cost_by_agent"]) == {"a1"} and report["tokens"]["input_tokens"] > 0
 
 
 def test_attempt_limits_end_the_attempt_with_a_note(colony: Colony, tmp_path: Path) -> None:
