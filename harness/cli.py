@@ -50,8 +50,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import swarm
     from harness.models.registry import check_spec
 
-    if args.model:
-        check_spec(args.model)  # here, once, rather than in N agent logs
+    model = args.model or _colony(args).config.model
+    if model:
+        check_spec(model)  # here, once, rather than in N agent logs
+    elif args.backend != "command":
+        raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5, or scripted:PATH), set `model:` "
+                         "in .stigmergy/config.yaml, or use --backend command --agent-cmd CMD")
 
     return swarm.run(swarm.Options(
         repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,

@@ -146,8 +146,10 @@ def test_plan_refuses_bad_roles(agents: int, roles: str | None, msg: str) -> Non
 
 
 def test_bad_roles_exit_2_before_starting_anything(colony: Colony) -> None:
-    proc = cli("--agents", "1", "--roles", "coder=2", "--repo", str(colony.repo))
+    proc = cli("--agents", "1", "--roles", "coder=2", "--repo", str(colony.repo), "--model", "scripted:x.yaml")
     assert proc.returncode == 2 and "asks for 2 agents" in proc.stderr
+    proc = cli("--agents", "1", "--repo", str(colony.repo))  # no --model, none in config.yaml
+    assert proc.returncode == 2 and "no model" in proc.stderr
     assert not events(colony, "launch")
 
 
