@@ -355,6 +355,24 @@ class Agent:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True
+        self._abort_commands()
+
+    def _abort_commands(self) -> None:
+        """SIGTERM the process group of every command we are running (a model's bash call, verify,
+        an agent CLI: each runs in a session of its own), so a stop does not wait for a long test
+        suite. Git calls share our group and are left to finish: they are short."""
+        me, mine = os.getpid(), os.getpgrp()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                ppid, pgrp = int(fields[1]), int(fields[2])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == me and pgrp != mine:
+                try:
+                    os.killpg(pgrp, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def say(self, message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {self.id}: {message}", file=sys.stderr, flush=True)

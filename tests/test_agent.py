@@ -189,3 +189,19 @@ def test_attempt_limits_end_the_attempt_with_a_note(colony: Colony, tmp_path: Pa
     assert "hit the tokens limit" in colony.notes("long")[-1]["text"]
     calls = (colony.home / "ledger" / "a1.jsonl").read_text().splitlines()
     assert 1 <= len(calls) < 20  # stopped long before the script ran out
+
+
+def test_sigterm_aborts_a_long_command_and_frees_the_task(colony: Colony, tmp_path: Path) -> None:
+    model = write_script(tmp_path / "script.yaml", [{"match": "^long$", "actions": [
+        {"bash": "sleep 120"}, {"write": {"path": "x.txt", "content": "x\n"}}, {"finish": "x"}]}])
+    colony.add(Task(id="long", title="A task running a long command"))
+    a = start_agent(colony, "a1", model, tmp_path)
+    wait_for(lambda: list((colony.home / "runs" / "long").glob("*/transcript.jsonl")), what="a1 working")
+    time.sleep(1)  # inside `sleep 120`
+    started = time.monotonic()
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15  # not the 120 s of the command, nor its 300 s timeout
+    status, task = colony.get("long")
+    assert (status, task.skip_count) == ("pending", 0) and colony.current_claim("long") is None
+    assert landed_ids(colony.repo) == []
