@@ -240,8 +240,8 @@ class Agent:
                 self.colony.settle(task.resolves, by=self.id, via=task.id)
             self.colony.done(task.id, self.id, claim.token, commit=result.commit)
             sync = getattr(result, "checkout", None)
-            self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout {sync.state}: "
-                                                                   f"{sync.message}" if sync else ""))
+            self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout: {sync.message}"
+                                                                   if sync and sync.message else ""))
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
         elif isinstance(result, Fenced):
