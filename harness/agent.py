@@ -162,8 +162,8 @@ class Agent:
         self.say(f"claimed {task.id} (generation {claim.generation}): {task.title}")
         try:
             fence = Fence.acquire(self.ws.git, task.id, claim.generation, claim.token)
-            if isinstance(fence, AlreadyLanded):
-                self.colony.done(task.id, self.id, claim.token, commit=fence.commit)
+            if isinstance(fence, AlreadyLanded):  # an earlier owner landed it, then died
+                self.landed(claim, task, fence)
             elif isinstance(fence, Fenced) or not self.colony.holds(claim):
                 self.say(f"lost {task.id} before starting: {getattr(fence, 'reason', 'claim taken over')}")
             else:
@@ -236,18 +236,22 @@ class Agent:
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check)
         if isinstance(result, (Landed, AlreadyLanded)):
-            if task.resolves:  # the original's work is on main now: it counts as done first
-                self.colony.settle(task.resolves, by=self.id, via=task.id)
-            self.colony.done(task.id, self.id, claim.token, commit=result.commit)
-            sync = getattr(result, "checkout", None)
-            self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout: {sync.message}"
-                                                                   if sync and sync.message else ""))
+            self.landed(claim, task, result)
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
         elif isinstance(result, Fenced):
             self.say(f"fenced out of {task.id}: {result.reason}; my work does not land")
         else:
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
+
+    def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> None:
+        """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""
+        if task.resolves:  # the original's work is on main too: it counts as done first
+            self.colony.settle(task.resolves, by=self.id, via=task.id)
+        self.colony.done(task.id, self.id, claim.token, commit=result.commit)
+        sync = getattr(result, "checkout", None)
+        self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout: {sync.message}"
+                                                               if sync and sync.message else ""))
 
     def file_conflict(self, claim: Claim, task: Task, c: Conflict) -> None:
         body = (f"Conflicting paths: {', '.join(c.paths)}\nBase: {c.base}\nMain (ours): {c.ours}\n"

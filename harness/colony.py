@@ -232,6 +232,10 @@ class Colony:
             self._pools[role].refresh(force_scan=True)
         return self._pools[role]
 
+    def _index(self) -> Pool:
+        """Any role's index will do where only facts matter (owners, resolvers), not order."""
+        return next(iter(self._pools.values()), None) or self.pool(None)
+
     # -- leases ---------------------------------------------------------------------------------------
     def heartbeat(self, agent: str, pid: int | None = None, **info: Any) -> None:
         tasks.check_id(agent, "agent")
@@ -479,8 +483,15 @@ class Colony:
         note = f"claim abandoned by {abandoned} (lease expired or process gone); reaped by {reaper}"
         self.add_note(task_id, reaper, note, kind="reap")
         skips = self._skip_count(task_id) + 1
-        if (self.task_dir("active") / f"{task_id}.yaml").exists():
-            self._move(mine, "pending", {"skip_count": skips})
+        active = self.read_task(self.task_dir("active") / f"{task_id}.yaml")
+        if active is not None:
+            # An owner that died between filing a merge_conflict task for this one and deferring it
+            # left the resolution in the pool: wait for it, or the work would land twice.
+            index = self._index()
+            index.refresh()
+            resolvers = [r for r in sorted(index.resolved_by.get(task_id, ()))
+                         if r not in active.depends_on and (found := self.locate(r)) and found[0] != "failed"]
+            self._move(mine, "pending", {"skip_count": skips, "depends_on": [*active.depends_on, *resolvers]})
         else:  # died before moving the file out of pending, or after finishing: nothing to move
             self._release_generation(mine, "reaped")
         self.event("reap", task_id, agent=reaper, abandoned_by=abandoned, generation=gen, skip_count=skips)
@@ -496,7 +507,7 @@ class Colony:
         now = time.time()
         reaped: list[str] = []
         beats: dict[str, Any] = {}
-        pool = next(iter(self._pools.values()), None) or self.pool(None)  # any role's index knows the owners
+        pool = self._index()
         pool.refresh()
         for name in os.listdir(self.task_dir("active")):
             tid = name[:-5]

@@ -46,24 +46,26 @@ class Entry:
     kind: str = "task"
     depends_on: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    resolves: str | None = None
     version: int = 0
 
     @classmethod
     def of(cls, task: Task) -> Entry:
         return cls(task.id, task.priority, task.created_at, task.skip_count, task.role, task.kind,
-                   list(task.depends_on), list(task.outputs))
+                   list(task.depends_on), list(task.outputs), task.resolves)
 
     @classmethod
     def from_meta(cls, task_id: str, meta: dict[str, Any]) -> Entry:
         return cls(task_id, int(meta.get("priority", 50)), float(meta.get("created_at", 0)),
                    int(meta.get("skip_count", 0)), meta.get("role"), meta.get("kind", "task"),
-                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])))
+                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])), meta.get("resolves"))
 
 
 def meta_of(task: Task) -> dict[str, Any]:
     """The scheduling fields an `add` event carries (what Entry.from_meta reads back)."""
     return {"priority": task.priority, "created_at": task.created_at, "skip_count": task.skip_count,
-            "role": task.role, "kind": task.kind, "depends_on": task.depends_on, "outputs": task.outputs}
+            "role": task.role, "kind": task.kind, "depends_on": task.depends_on, "outputs": task.outputs,
+            "resolves": task.resolves}
 
 
 def suits(role: str | None, task_role: str | None, kind: str) -> bool:
@@ -97,6 +99,7 @@ class Pool:
         self.waiters: dict[str, set[str]] = {}
         self.active: dict[str, list[str]] = {}  # outputs of active tasks, for the overlap penalty
         self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
+        self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
         self.heap: list[tuple[float, float, str, int]] = []
         self.offset = 0
         self.partial = b""
@@ -148,6 +151,8 @@ class Pool:
             self.forget(tid, "failed" if kind == "fail" else "gone")
 
     def _set_pending(self, e: Entry) -> None:
+        if e.resolves:
+            self.resolved_by.setdefault(e.resolves, set()).add(e.id)
         e.version += 1
         self.entries[e.id] = e
         self.status[e.id] = "pending"

@@ -231,3 +231,17 @@ def test_a_failed_conflict_resolution_sends_its_original_back_to_work(colony: Co
     assert (status, task.depends_on) == ("pending", [])
     assert "failed to resolve" in colony.notes("orig")[-1]["text"]
     assert colony.claim("b")[1].id == "orig"  # type: ignore[index]
+
+
+def test_an_owner_dead_between_filing_a_conflict_and_deferring_leaves_no_double_work(colony: Colony) -> None:
+    colony.add(Task(id="orig", title="original"))
+    ghost = subprocess.Popen(["true"])
+    ghost.wait()
+    colony.claim("a", pid=ghost.pid)  # claimed by a process that then died...
+    colony.add(Task(id="conflict-orig", title="resolve", kind="merge_conflict", priority=95, resolves="orig"))
+    # ...right after filing the conflict task, before deferring the original.
+    assert colony.reap("b") == ["orig"]
+    status, task = colony.get("orig")
+    assert (status, task.depends_on) == ("pending", ["conflict-orig"])
+    assert colony.claim("b")[1].id == "conflict-orig"  # type: ignore[index]
+    assert colony.claim("c") is None  # the original waits for its resolution, not redone beside it
