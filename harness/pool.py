@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from harness.config import Config
 
@@ -102,6 +102,7 @@ class Pool:
         self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
         self.heap: list[tuple[float, float, str, int]] = []
         self.offset = 0
+        self.seen_tail = b""
         self.partial = b""
         self.scanned_at = 0.0
 
@@ -114,14 +115,15 @@ class Pool:
     def _tail_events(self) -> None:
         try:
             with open(self.colony.events_path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.offset:  # the log was truncated or replaced:
-                    self._forget_everything()  # start over from it, and rescan the folders at once
+                if not self._same_log(f):  # truncated or replaced: start over from it, and
+                    self._forget_everything()  # rescan the folders at once
                     self.scanned_at = -RESCAN_SECONDS
                 f.seek(self.offset)
                 chunk = f.read()
         except FileNotFoundError:
             return
         self.offset += len(chunk)
+        self.seen_tail = (self.seen_tail + chunk)[-64:]
         data = self.partial + chunk
         lines = data.split(b"\n")
         self.partial = lines.pop()  # a line still being written has no newline yet
@@ -132,6 +134,14 @@ class Pool:
                 continue
             if isinstance(ev, dict) and isinstance(ev.get("task"), str):
                 self.apply(ev)
+
+    def _same_log(self, f: BinaryIO) -> bool:
+        """Is this still the log we read up to `offset`? Its size alone cannot tell a log that was
+        truncated and has grown back past our offset, so the last bytes we read must still be there."""
+        if os.fstat(f.fileno()).st_size < self.offset:
+            return False
+        f.seek(self.offset - len(self.seen_tail))
+        return f.read(len(self.seen_tail)) == self.seen_tail
 
     def apply(self, ev: dict[str, Any]) -> None:
         tid, kind = ev["task"], ev.get("event")

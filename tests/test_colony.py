@@ -213,10 +213,10 @@ def test_heartbeat_cli_keeps_an_external_claim(colony: Colony) -> None:
 def test_a_truncated_event_log_does_not_blind_a_running_agent(colony: Colony) -> None:
     colony.add(Task(id="before", title="before"))
     pool = colony.pool(None)  # a running agent's index, already past the first event
-    colony.events_path.write_text("")  # someone rotates or deletes the log
-    colony.add(Task(id="after", title="after"))
+    colony.events_path.write_text("")  # someone rotates or deletes the log...
+    colony.add(Task(id="after-with-a-longer-id", title="after"))  # ...and it grows past our offset
     pool.refresh()  # an ordinary refresh, not a forced rescan
-    assert sorted(pool.candidates()) == ["after", "before"]
+    assert sorted(pool.candidates()) == ["after-with-a-longer-id", "before"]
 
 
 def test_a_failed_conflict_resolution_sends_its_original_back_to_work(colony: Colony) -> None:
