@@ -107,7 +107,7 @@ class Agent:
         self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
         if model is None and not spec and self.command is None:
-            raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-4-5), set `model:` in "
+            raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5), set `model:` in "
                              "config.yaml, or use --backend command --agent-cmd CMD")
         self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
