@@ -143,8 +143,7 @@ def _warn_cycles(colony: Colony) -> None:
 
 def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]:
     listed = colony.listing(status)
-    done = {t.id for st, t in colony.listing("done")} if status not in ("all", "done") else {
-        t.id for st, t in listed if st == "done"}
+    done = {p.name[:-5] for p in colony.task_dir("done").glob("*.yaml")}  # names suffice: no parsing
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
     now, rows = time.time(), []
     for st, t in listed:

@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -380,19 +381,20 @@ class Colony:
             raise NotOwner(f"task {task_id!r} is {holder}; only its current owner may release, finish or fail it")
         return claim
 
-    def _move(self, claim: Claim, dest: str, update: dict[str, Any] | None = None) -> None:
+    def _move(self, claim: Claim, dest: str, change: Callable[[Task], object] | None = None) -> Task | None:
+        """Move the claimed task from active/ to `dest` (after `change`, if any, is applied to its
+        file) and end the claim; the task as moved, or None when it was not in active/."""
         src = self.task_dir("active") / f"{claim.task_id}.yaml"
-        if update:
-            task = self.read_task(src)
-            if task is not None:
-                for key, value in update.items():
-                    setattr(task, key, value)
-                fsutil.atomic_write(src, task.to_yaml())
+        task = self.read_task(src)
+        if task is not None and change is not None:
+            change(task)
+            fsutil.atomic_write(src, task.to_yaml())
         try:
             os.rename(src, self.task_dir(dest) / f"{claim.task_id}.yaml")
         except FileNotFoundError:
             pass  # a crash already moved it; the move is idempotent
         self._release_generation(claim, dest)
+        return task
 
     def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None,
                 skip: bool = True) -> int:
@@ -401,8 +403,10 @@ class Colony:
         claim = self._owned(task_id, agent, token)
         if note:
             self.add_note(task_id, agent, note, kind="release")
-        skips = self._skip_count(task_id) + (1 if skip else 0)
-        self._move(claim, "pending", {"skip_count": skips})
+        def count(task: Task) -> None:
+            task.skip_count += 1 if skip else 0
+        task = self._move(claim, "pending", count)
+        skips = task.skip_count if task else 0
         self.event("release", task_id, agent=agent, skip_count=skips, note=note)
         return skips
 
@@ -438,11 +442,8 @@ class Colony:
         """Back to pending, waiting on another task (a conflict's resolution) instead of a retry."""
         claim = self._owned(task_id, agent, token)
         self.add_note(task_id, agent, note, kind="defer")
-        task = self.read_task(self.task_dir("active") / f"{task_id}.yaml")
-        deps = [*(task.depends_on if task else []), waits_on]
-        self._move(claim, "pending", {"depends_on": deps})
+        task = self._move(claim, "pending", lambda t: t.depends_on.append(waits_on))
         if task is not None:
-            task.depends_on = deps
             self.event("defer", task_id, agent=agent, waits_on=waits_on, meta=meta_of(task))
 
     def settle(self, task_id: str, by: str, via: str) -> None:
@@ -467,11 +468,6 @@ class Colony:
         pool.refresh(force_scan=True)
         return not pool.candidates()
 
-    def _skip_count(self, task_id: str) -> int:
-        found = self.locate(task_id)
-        task = self.read_task(found[1]) if found else None
-        return task.skip_count if task else 0
-
     # -- reaping --------------------------------------------------------------------------------------
     def _reap(self, task_id: str, gen: int, reaper: str) -> bool:
         """Break a stale claim at generation `gen`; True for the one process that wins the break."""
@@ -482,19 +478,18 @@ class Colony:
         abandoned = owner.get("agent", "unknown")
         note = f"claim abandoned by {abandoned} (lease expired or process gone); reaped by {reaper}"
         self.add_note(task_id, reaper, note, kind="reap")
-        skips = self._skip_count(task_id) + 1
-        active = self.read_task(self.task_dir("active") / f"{task_id}.yaml")
-        if active is not None:
+        def requeue(task: Task) -> None:
+            task.skip_count += 1
             # An owner that died between filing a merge_conflict task for this one and deferring it
             # left the resolution in the pool: wait for it, or the work would land twice.
             index = self._index()
             index.refresh()
-            resolvers = [r for r in sorted(index.resolved_by.get(task_id, ()))
-                         if r not in active.depends_on and (found := self.locate(r)) and found[0] != "failed"]
-            self._move(mine, "pending", {"skip_count": skips, "depends_on": [*active.depends_on, *resolvers]})
-        else:  # died before moving the file out of pending, or after finishing: nothing to move
-            self._release_generation(mine, "reaped")
-        self.event("reap", task_id, agent=reaper, abandoned_by=abandoned, generation=gen, skip_count=skips)
+            task.depends_on += [r for r in sorted(index.resolved_by.get(task_id, ()))
+                                if r not in task.depends_on and (found := self.locate(r)) and found[0] != "failed"]
+        # Not in active/: the owner died before moving it out of pending, or after finishing.
+        task = self._move(mine, "pending", requeue)
+        skips = {"skip_count": task.skip_count} if task else {}
+        self.event("reap", task_id, agent=reaper, abandoned_by=abandoned, generation=gen, **skips)
         return True
 
     def reap(self, reaper: str) -> list[str]:

@@ -13,7 +13,7 @@ from harness.fsutil import read_lines
 
 def snapshot(colony: Colony) -> dict[str, Any]:
     now = time.time()
-    counts = {s: sum(1 for _ in colony.task_dir(s).glob("*.yaml")) for s in (*STATUSES, "quarantine")}
+    counts = {s: sum(1 for _ in colony.task_dir(s).glob("*.yaml")) for s in STATUSES}
     counts["quarantine"] = sum(1 for p in colony.task_dir("quarantine").iterdir() if not p.name.endswith(".reason"))
     active = []
     for path in sorted(colony.task_dir("active").glob("*.yaml")):

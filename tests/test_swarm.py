@@ -216,10 +216,14 @@ def test_sigterm_stops_agents_mid_task_and_releases_their_claims(colony: Colony,
 
 def test_ctrl_c_twice_kills_the_agents_and_the_colony_recovers(colony: Colony, launcher: Launcher) -> None:
     add_tasks(colony, "t1", "t2")
-    launcher.start([write_task(t, *slow(60)) for t in ("t1", "t2")], "--agents", "2")
+    # A step that shrugs off SIGTERM (ignored by the command and its children), so the first Ctrl-C
+    # cannot end it and the agents are still there for the second one.
+    stubborn = {"bash": "trap '' TERM; sleep 10"}
+    launcher.start([write_task(t, stubborn) for t in ("t1", "t2")], "--agents", "2")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
     wait_for(lambda: len(colony.listing("active")) == 2, 30, "both tasks claimed")
     assert launcher.proc is not None
+    time.sleep(0.5)  # inside the stubborn step
     os.killpg(launcher.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole group
     time.sleep(0.2)
     os.killpg(launcher.proc.pid, signal.SIGINT)
