@@ -30,6 +30,7 @@ from harness import integrate, tasks
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
 from harness.errors import HarnessError, NotOwner, UsageError
+from harness.checkout import Blocked
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
@@ -43,6 +44,7 @@ from harness.workspace import Workspace
 
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
 SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
+LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks again
 
 
 class GiveUp(Exception):
@@ -115,6 +117,7 @@ class Agent:
         self.secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
         self.signalled = False
         self.current: str | None = None
+        self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
 
     def _load_model(self, spec: str) -> Model:
@@ -180,7 +183,7 @@ class Agent:
             self.say(traceback.format_exc())
             self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
-            self.current = None
+            self.current = self.waiting = None
 
     def work(self, task: Task, run: Path, env: dict[str, str], check: Check) -> str | None:
         """Run the model until its work passes verify; the verified commit, or None if no change."""
@@ -234,13 +237,16 @@ class Agent:
             self.colony.done(task.id, self.id, claim.token, landed=False)
             return
         trailers = [("Resolves", task.resolves)] if task.resolves else []
-        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check)
+        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
+                                wait=self.wait_to_land)
         if isinstance(result, (Landed, AlreadyLanded)):
             self.landed(claim, task, result)
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
         elif isinstance(result, Fenced):
             self.say(f"fenced out of {task.id}: {result.reason}; my work does not land")
+        elif isinstance(result, Blocked):
+            raise Stop()  # stopped while the user's checkout held the landing back
         else:
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
 
@@ -249,9 +255,17 @@ class Agent:
         if task.resolves:  # the original's work is on main too: it counts as done first
             self.colony.settle(task.resolves, by=self.id, via=task.id)
         self.colony.done(task.id, self.id, claim.token, commit=result.commit)
-        sync = getattr(result, "checkout", None)
-        self.say(f"landed {task.id} as {result.commit[:10]}" + (f"; user checkout: {sync.message}"
-                                                               if sync and sync.message else ""))
+        self.say(f"landed {task.id} as {result.commit[:10]}")
+
+    def wait_to_land(self, reason: str) -> bool:
+        """The user's checkout holds the landing back: say why (log, event, heartbeat), wait, retry."""
+        if reason != self.waiting:
+            self.waiting = reason
+            self.say(reason)
+            self.colony.event("landing_blocked", self.current, agent=self.id, reason=reason)
+            self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current, waiting=reason)
+        self.nap(LAND_RETRY_S)
+        return not self.stopping()  # a stop gives up: the task goes back to pending, uncounted
 
     def file_conflict(self, claim: Claim, task: Task, c: Conflict) -> None:
         body = (f"Conflicting paths: {', '.join(c.paths)}\nBase: {c.base}\nMain (ours): {c.ours}\n"
@@ -351,7 +365,8 @@ class Agent:
     def _beat(self, stop: threading.Event) -> None:
         while True:
             try:
-                self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current)
+                self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current,
+                                      **({"waiting": self.waiting} if self.waiting else {}))
             except OSError as e:  # a full disk must not kill the thread that keeps our lease
                 self.say(f"heartbeat failed: {e}")
             if stop.wait(self.cfg.heartbeat_interval):

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from harness.checkout import Blocked, UserCheckout
 from harness.errors import GitError
 from harness.git import ZERO_OID, Git, exclusive, redact
 from harness.workspace import Workspace, check_name
@@ -37,7 +37,6 @@ from harness.workspace import Workspace, check_name
 CLAIMS = "refs/stigmergy/claims/"
 CONFLICTS = "refs/stigmergy/conflicts/"
 MAX_DIFF_CHARS = 100_000  # a conflict's diffs go into a task file and a prompt: keep them bounded
-_EXCLUDE_STIGMERGY = ":(exclude).stigmergy"
 
 
 @dataclass(frozen=True)
@@ -51,18 +50,9 @@ Verify = Callable[[Path], "bool | Verdict"]
 
 
 @dataclass(frozen=True)
-class CheckoutSync:
-    """What happened to the user's checkout after a landing (for the agent's log)."""
-
-    state: Literal["updated", "unchanged", "dirty", "not-on-main", "bare", "error"]
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class Landed:
     commit: str
     attempts: int = 1
-    checkout: CheckoutSync | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +91,9 @@ class Contended:
     attempts: int
 
 
-LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended
+LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended | Blocked
+# Told why a landing cannot go on yet (after waiting a little); False gives up.
+Wait = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -181,30 +173,34 @@ def land(
     trailers: Sequence[tuple[str, str]] = (),
     commit_verified: bool = True,
     max_attempts: int = 10,
-    update_checkout: bool = True,
+    wait: Wait | None = None,
 ) -> LandResult:
     """Land ``commit`` (the agent's work) on main as one commit, for ``fence.task_id``.
 
     ``commit_verified`` says ``commit``'s own tree already passed verify (the agent loop verifies
     before landing); any other tree is verified here before it can land. Extra ``trailers`` go
     after Task-Id and Agent (a conflict resolution passes ``("Resolves", original_id)``).
+    When the user's checkout holds changes the landing would overwrite, ``wait(reason)`` is
+    called until they are gone (it returns False to give up); without it, :class:`Blocked`
+    is returned at once.
     """
     with ExitStack() as queue:
         return _land(ws, commit, queue, title=title, fence=fence, verify=verify, trailers=trailers,
-                     commit_verified=commit_verified, max_attempts=max_attempts,
-                     update_checkout=update_checkout)
+                     commit_verified=commit_verified, max_attempts=max_attempts, wait=wait)
 
 
 def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fence, verify: Verify,
           trailers: Sequence[tuple[str, str]], commit_verified: bool, max_attempts: int,
-          update_checkout: bool) -> LandResult:
+          wait: Wait | None) -> LandResult:
     """The landing loop. Optimistic while main has not moved since the verified tree; once a
     re-verify is needed, or a compare-and-swap lost, it joins the colony's landing queue (an
     flock) so landers re-verify one at a time instead of invalidating each other's verify runs
     forever. The queue is only for throughput: correctness rests on the ref transaction, and a
-    lander that cannot get into the queue in time (its holder is stopped) goes on without it."""
+    lander that cannot get into the queue in time (its holder is stopped) goes on without it.
+    A landing blocked by the user's checkout leaves the queue while it waits."""
     git, task_id = ws.git, fence.task_id
     main_ref = f"refs/heads/{ws.main}"
+    checkout = UserCheckout(git, ws.main)
     verified = {_tree(git, commit)} if commit_verified else set()
     message = _message(title, task_id, ws.agent, trailers)
     queued, attempt = False, 0
@@ -238,10 +234,16 @@ def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fe
             f"start\nupdate {main_ref} {candidate} {old}\n"
             f"update {fence.ref} {landed_blob} {fence.blob}\ncommit\n"
         )
-        done = git.call("update-ref", "--stdin", "-m", f"stigmergy: land {task_id} by {ws.agent}",
-                        input=transaction)
+        done = checkout.move(old, candidate, lambda: git.call(
+            "update-ref", "--stdin", "-m", f"stigmergy: land {task_id} by {ws.agent}", input=transaction))
+        if isinstance(done, Blocked):
+            queue.close()  # others may land what does not touch the user's changes meanwhile
+            queued, attempt = False, attempt - 1
+            if wait is None or not wait(done.reason):
+                return done
+            continue
         if done.returncode == 0:
-            return Landed(candidate, attempt, _sync(git, old, ws.main) if update_checkout else None)
+            return Landed(candidate, attempt)
         # Which old-value check failed? stderr wording varies across versions: re-read the refs.
         if not fence.holds():
             return _fenced(fence)
@@ -289,49 +291,6 @@ def prepare_conflict_worktree(
         raise GitError(["merge", theirs], done.returncode, redact(done.stderr))
     out = ws.wt.run("diff", "--name-only", "-z", "--diff-filter=U")
     return [p for p in out.split("\0") if p]
-
-
-def sync_user_checkout(git: Git, old: str, *, main: str = "main") -> CheckoutSync:
-    """Bring the user's checkout up to main after update-ref moved the branch under it.
-
-    When the main worktree has ``main`` checked out, its HEAD already names the new commit while
-    its index and files still show an older one. ``reset --keep NEW`` would see HEAD == NEW and
-    change nothing; ``read-tree -m -u BASE NEW`` is the two-way merge ``git checkout`` performs:
-    it moves index and files from BASE to NEW and refuses to overwrite local modifications. BASE
-    is the commit the index matches: normally ``old``, but concurrent landers may sync out of
-    order, so recent first-parent commits of main are candidates too (the sync is serialised by
-    a lock file and always goes to the current tip). A checkout with changes in its files, or an
-    index matching none of them (staged work), is left untouched and reported ``dirty``.
-    """
-    main_wt = _main_worktree(git)
-    if main_wt is None:
-        return CheckoutSync("bare")
-    user = git.at(main_wt)
-    if user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() != f"refs/heads/{main}":
-        return CheckoutSync("not-on-main")
-    with exclusive(git, "checkout"):
-        new = git.resolve(f"refs/heads/{main}") or old
-        dirty = _worktree_dirty(user)
-        recent = git.run("rev-list", "--first-parent", "--max-count=16", new).split()
-        base = next((c for c in [*recent, old] if _index_matches(user, c)), None)
-        hint = (f"{main} moved to {new[:12]} but your checkout has local changes, so its files "
-                f"were left at {(base or old)[:12]}; to catch up and keep your changes run "
-                f"`git read-tree -m -u {base or old} {main}`")
-        if dirty or base is None:
-            return CheckoutSync("dirty", hint)
-        if base == new:
-            return CheckoutSync("unchanged")
-        if user.call("read-tree", "-m", "-u", base, new).returncode != 0:
-            return CheckoutSync("dirty", hint)  # the user edited a file while we were checking
-        return CheckoutSync("updated", f"checkout updated {base[:12]} -> {new[:12]}")
-
-
-def _sync(git: Git, old: str, main: str) -> CheckoutSync:
-    """After the ref transaction the task HAS landed: a checkout problem is reported, not raised."""
-    try:
-        return sync_user_checkout(git, old, main=main)
-    except (GitError, OSError) as exc:
-        return CheckoutSync("error", f"landed, but updating your checkout failed: {exc}")
 
 
 def _merge_tree(git: Git, ours: str, theirs: str) -> tuple[str, list[str], list[str]]:
@@ -391,33 +350,3 @@ def _fenced(fence: Fence) -> Fenced:
     if landed:
         return Fenced(f"task {fence.task_id} already landed as {landed[:12]}")
     return Fenced(f"claim on {fence.task_id} was taken over (claim ref moved)")
-
-
-def _main_worktree(git: Git) -> Path | None:
-    """The repository's main worktree (the user's checkout): the first `worktree list` entry."""
-    with exclusive(git, "worktrees"):  # listing races with another agent's `worktree add`
-        first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
-    fields = dict((line.split(" ", 1) + [""])[:2] for line in first.splitlines())
-    return None if "bare" in fields else Path(fields["worktree"])
-
-
-def _index_matches(user: Git, commit: str) -> bool:
-    done = user.call("diff-index", "--cached", "--quiet", commit, "--", _EXCLUDE_STIGMERGY)
-    return done.returncode == 0
-
-
-def _worktree_dirty(user: Git) -> bool:
-    """Files differing from the index. `status` refreshes stat info in memory (no index.lock,
-    GIT_OPTIONAL_LOCKS=0), so a merely touched file does not count; its first column compares
-    against HEAD, which already moved, so only the second column is read."""
-    out = user.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
-                   "--ignore-submodules=dirty", "--", _EXCLUDE_STIGMERGY)
-    entries = iter(out.split("\0"))
-    for entry in entries:
-        if len(entry) < 3:
-            continue
-        if entry[0] in "RC":
-            next(entries, None)  # a staged rename or copy is followed by its source path
-        if entry[1] != " ":
-            return True
-    return False

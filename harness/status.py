@@ -26,7 +26,7 @@ def snapshot(colony: Colony) -> dict[str, Any]:
         beat = json.loads(beat_file.read_text() or "{}")
         age = now - float(beat.get("ts", 0))
         agents.append({"agent": beat.get("agent"), "role": beat.get("role"), "task": beat.get("task"),
-                       "beat_age_s": round(age, 1),
+                       "beat_age_s": round(age, 1), "waiting": beat.get("waiting"),
                        "alive": age <= colony.config.lease_ttl and beat.get("state") != "exited"})
     spend: dict[str, float] = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
                                "cache_write_tokens": 0, "calls": 0}
@@ -61,4 +61,7 @@ def render(s: dict[str, Any]) -> str:
         "stop_requested"] else ""))
     for a in s["active"]:
         lines.append(f"  {a['agent']:<20} {a['task']}  (generation {a['generation']}, {a['for_s']:.0f} s)")
+    for a in alive:
+        if a.get("waiting"):
+            lines.append(f"  {a['agent']}: {a['waiting']}")
     return "\n".join(lines)

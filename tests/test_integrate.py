@@ -276,50 +276,6 @@ def test_after_landing_acquire_reports_already_landed_and_late_landers_are_fence
     assert first_parent_log(a.git, f"{result.commit}") == []
 
 
-def test_clean_user_checkout_follows_main(target: Path) -> None:
-    ws = workspace(target, "ant-1")
-    result = land(ws, work(ws, {"feature.txt": "feature\n"}), title="t",
-                  fence=fence(ws, "t-1"), verify=Recorder())
-    assert isinstance(result, Landed) and result.checkout is not None
-    assert result.checkout.state == "updated"
-    assert (target / "feature.txt").read_text() == "feature\n"
-    assert ws.git.run("status", "--porcelain") == ""
-
-
-def test_dirty_user_checkout_is_left_alone(target: Path) -> None:
-    ws = workspace(target, "ant-1")
-    (target / "shared.txt").write_text("user is editing\n")
-    result = land(ws, work(ws, {"feature.txt": "feature\n"}), title="t",
-                  fence=fence(ws, "t-1"), verify=Recorder())
-    assert isinstance(result, Landed) and result.checkout is not None
-    assert result.checkout.state == "dirty" and "read-tree" in result.checkout.message
-    assert not (target / "feature.txt").exists()
-    assert (target / "shared.txt").read_text() == "user is editing\n"
-    assert ws.git.run("show", "main:feature.txt") == "feature\n"
-
-
-def test_staged_change_in_user_checkout_counts_as_dirty(target: Path) -> None:
-    ws = workspace(target, "ant-1")
-    (target / "staged.txt").write_text("staged\n")
-    Git(target).run("add", "staged.txt")
-    result = land(ws, work(ws, {"feature.txt": "feature\n"}), title="t",
-                  fence=fence(ws, "t-1"), verify=Recorder())
-    assert isinstance(result, Landed) and result.checkout is not None
-    assert result.checkout.state == "dirty"
-    assert not (target / "feature.txt").exists()
-    assert "staged.txt" in Git(target).run("ls-files")
-
-
-def test_user_checkout_on_another_branch_is_not_touched(target: Path) -> None:
-    ws = workspace(target, "ant-1")
-    Git(target).run("checkout", "-q", "-b", "mine")
-    result = land(ws, work(ws, {"feature.txt": "feature\n"}), title="t",
-                  fence=fence(ws, "t-1"), verify=Recorder())
-    assert isinstance(result, Landed) and result.checkout is not None
-    assert result.checkout.state == "not-on-main"
-    assert not (target / "feature.txt").exists()
-
-
 LANDER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path

@@ -1,0 +1,176 @@
+"""The user's checkout moves with main at every landing, or the landing waits: real repositories,
+real git commands in the user's checkout, a real lander killed half-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import USER, make_repo
+from harness.checkout import JOURNAL, Blocked, UserCheckout, describe
+from harness.git import Git
+from harness.integrate import Fence, Landed, land
+from harness.workspace import Workspace
+
+pytestmark = pytest.mark.usefixtures("no_user_git_config")
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "target", {"shared.txt": "one\ntwo\nthree\n", "notes.txt": "notes\n"})
+
+
+def lander(repo: Path, agent: str = "ant-1") -> Workspace:
+    ws = Workspace(repo, repo.parent / "workspaces", agent)
+    ws.prepare()
+    return ws
+
+
+def land_files(ws: Workspace, files: dict[str, str], task: str = "t-1", **kw: object) -> object:
+    ws.prepare()
+    for name, text in files.items():
+        (ws.path / name).write_text(text)
+    commit = ws.commit_all(f"work by {ws.agent}")
+    assert commit is not None
+    got = Fence.acquire(ws.git, task, 1, f"tok-{task}")
+    assert isinstance(got, Fence)
+    return land(ws, commit, title=task, fence=got, verify=lambda _: True, **kw)  # type: ignore[arg-type]
+
+
+def status(repo: Path) -> str:
+    return Git(repo).run("status", "--porcelain")
+
+
+def user_git(repo: Path, *args: str) -> str:
+    return Git(repo).run(*args, env=USER.env())
+
+
+def test_clean_checkout_follows_main(target: Path) -> None:
+    result = land_files(lander(target), {"feature.txt": "feature\n"})
+    assert isinstance(result, Landed)
+    assert (target / "feature.txt").read_text() == "feature\n"
+    assert status(target) == ""
+
+
+def test_local_edits_elsewhere_are_kept_and_commit_am_keeps_landed_work(target: Path) -> None:
+    """The bug as seen: a dirty checkout stayed behind main, and `git commit -am` undid landed work."""
+    (target / "notes.txt").write_text("my own edit\n")
+    (target / "scratch.txt").write_text("untracked, mine\n")
+    (target / "staged.txt").write_text("staged, mine\n")
+    user_git(target, "add", "staged.txt")
+    ws = lander(target)
+    for i in range(3):
+        assert isinstance(land_files(ws, {f"f{i}.txt": f"{i}\n"}, task=f"t-{i}"), Landed)
+    assert sorted(status(target).splitlines()) == [" M notes.txt", "?? scratch.txt", "A  staged.txt"]
+    assert all((target / f"f{i}.txt").exists() for i in range(3))
+    user_git(target, "commit", "-qam", "user work")
+    tip = set(Git(target).run("ls-tree", "--name-only", "main").split())
+    assert {"f0.txt", "f1.txt", "f2.txt", "staged.txt", "notes.txt"} <= tip
+    assert Git(target).run("show", "main:notes.txt") == "my own edit\n"
+    assert (target / "scratch.txt").read_text() == "untracked, mine\n"
+
+
+def test_a_landing_over_an_uncommitted_edit_waits_and_then_lands(target: Path) -> None:
+    (target / "shared.txt").write_text("the user is editing this\n")
+    before = Git(target).resolve("main")
+    ws = lander(target)
+    blocked = land_files(ws, {"shared.txt": "agent version\n"})
+    assert isinstance(blocked, Blocked) and "shared.txt" in blocked.reason
+    assert Git(target).resolve("main") == before  # nothing landed, nothing of the user's touched
+    assert (target / "shared.txt").read_text() == "the user is editing this\n"
+    assert not (target / ".git" / "index.lock").exists() and not (target / ".git" / JOURNAL).exists()
+
+    reasons: list[str] = []
+
+    def user_gives_way(reason: str) -> bool:  # the user commits their edit elsewhere: stash it
+        reasons.append(reason)
+        user_git(target, "stash", "-q")
+        return True
+    result = land_files(ws, {"shared.txt": "agent version\n"}, task="t-2", wait=user_gives_way)
+    assert isinstance(result, Landed) and len(reasons) == 1
+    assert (target / "shared.txt").read_text() == "agent version\n" and status(target) == ""
+    assert "the user is editing this" in user_git(target, "stash", "show", "-p")  # theirs is kept
+
+
+def test_an_untracked_file_the_agent_also_creates_blocks_instead_of_sticking(target: Path) -> None:
+    (target / "new.txt").write_text("mine\n")
+    blocked = land_files(lander(target), {"new.txt": "agent's\n"})
+    assert isinstance(blocked, Blocked) and "new.txt" in blocked.reason
+    assert (target / "new.txt").read_text() == "mine\n"
+    (target / "new.txt").unlink()
+    assert isinstance(land_files(lander(target), {"new.txt": "agent's\n"}, task="t-2"), Landed)
+    assert status(target) == ""
+
+
+def test_a_git_command_holding_the_index_holds_the_landing(target: Path) -> None:
+    lock = target / ".git" / "index.lock"
+    lock.write_text("")  # as `git commit` does while its editor is open
+    blocked = land_files(lander(target), {"f.txt": "f\n"})
+    assert isinstance(blocked, Blocked) and "index.lock" in blocked.reason
+    assert lock.exists()  # never ours to remove
+    lock.unlink()
+    assert isinstance(land_files(lander(target), {"f.txt": "f\n"}, task="t-2"), Landed)
+
+
+def test_a_checkout_on_another_branch_is_not_touched(target: Path) -> None:
+    user_git(target, "checkout", "-q", "-b", "mine")
+    assert isinstance(land_files(lander(target), {"feature.txt": "feature\n"}), Landed)
+    assert not (target / "feature.txt").exists() and status(target) == ""
+    user_git(target, "checkout", "-q", "main")  # and main is consistent when they come back
+    assert (target / "feature.txt").exists() and status(target) == ""
+
+
+def test_describe_tells_the_launcher_what_will_happen(target: Path) -> None:
+    git = Git(target)
+    assert describe(git, "main") is None
+    (target / "notes.txt").write_text("edit\n")
+    text = describe(git, "main")
+    assert text is not None and "1 uncommitted change" in text and "waits" in text
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from harness.checkout import UserCheckout
+    from harness.git import Git
+    repo, old, new, when = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    git = Git(repo)
+    def transact():
+        if when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        done = git.call("update-ref", "refs/heads/main", new, old)
+        os.kill(os.getpid(), signal.SIGKILL)
+    UserCheckout(git, "main").move(old, new, transact)
+""")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_lander_killed_half_way_is_finished_or_undone_by_the_next(target: Path, when: str) -> None:
+    (target / "notes.txt").write_text("my edit\n")
+    ws = lander(target)
+    (ws.path / "feature.txt").write_text("feature\n")
+    (ws.path / "shared.txt").write_text("changed by the agent\n")
+    old = str(ws.git.resolve("main"))
+    assert ws.commit_all("work") is not None
+    tree = ws.wt.run("rev-parse", "HEAD^{tree}").strip()
+    new = ws.git.run("commit-tree", tree, "-p", old, "-m", "landing", env=ws.identity.env()).strip()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(target), old, new, when], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert (target / ".git" / "index.lock").exists()  # the killed lander's lock, and its files half-moved
+    UserCheckout(Git(target), "main").settle()  # what the next landing does first
+    assert not (target / ".git" / "index.lock").exists()
+    assert (target / "notes.txt").read_text() == "my edit\n"
+    if when == "before":  # not landed: the files it wrote are put back
+        assert Git(target).resolve("main") == old
+        assert not (target / "feature.txt").exists() and (target / "shared.txt").read_text() == "one\ntwo\nthree\n"
+    else:  # landed: index and files are those of the new main
+        assert Git(target).resolve("main") == new
+        assert (target / "feature.txt").exists() and (target / "shared.txt").read_text() == "changed by the agent\n"
+    assert status(target) == " M notes.txt\n"
