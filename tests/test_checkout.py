@@ -51,6 +51,17 @@ def user_git(repo: Path, *args: str) -> str:
     return Git(repo).run(*args, env=USER.env())
 
 
+def patient_user(repo: Path, *args: str) -> None:
+    """A person at the terminal: when git is busy (a landing holds the index for some milliseconds,
+    as any concurrent git command may; `git stash` then fails without a word) they run it again."""
+    import time
+    for _ in range(100):
+        if Git(repo).call(*args, env=USER.env()).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"git {' '.join(args)} kept failing")
+
+
 def test_clean_checkout_follows_main(target: Path) -> None:
     result = land_files(lander(target), {"feature.txt": "feature\n"})
     assert isinstance(result, Landed)
@@ -90,7 +101,7 @@ def test_a_landing_over_an_uncommitted_edit_waits_and_then_lands(target: Path) -
 
     def user_gives_way(reason: str) -> bool:  # the user commits their edit elsewhere: stash it
         reasons.append(reason)
-        user_git(target, "stash", "-q")
+        user_git(target, "stash")
         return True
     result = land_files(ws, {"shared.txt": "agent version\n"}, task="t-2", wait=user_gives_way)
     assert isinstance(result, Landed) and len(reasons) == 1
@@ -174,3 +185,60 @@ def test_a_lander_killed_half_way_is_finished_or_undone_by_the_next(target: Path
         assert Git(target).resolve("main") == new
         assert (target / "feature.txt").exists() and (target / "shared.txt").read_text() == "changed by the agent\n"
     assert status(target) == " M notes.txt\n"
+
+
+def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Path, tmp_path: Path) -> None:
+    """Issue scenario: agents land while a scripted user edits, adds untracked files, commits with
+    -am and stashes in the checkout. Every task's file ends on main's tip and every user change is kept."""
+    import yaml
+    from conftest import landed_ids, set_config, wait_for
+    from harness.colony import Colony
+    from harness.tasks import Task
+
+    colony = set_config(Colony.init(target), heartbeat_interval=0.5)
+    ids = [f"t{i:02d}" for i in range(20)]
+    colony.add_many([Task(id=i, title=f"write {i}.txt") for i in ids])
+    script = tmp_path / "script.yaml"
+    script.write_text(yaml.safe_dump([{"match": "^t", "actions": [
+        {"sleep": 0.2}, {"bash": 'echo "$STIGMERGY_TASK" > "$STIGMERGY_TASK.txt"'}, {"finish": "ok"}]}]))
+    (target / "t19.txt").write_text("the user's own t19\n")  # untracked, and an agent will create it too
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--agents", "3", "--repo", str(target), "--model",
+                             f"scripted:{script}", "--workspaces", str(tmp_path / "ws"), "--until-empty"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        n = 0
+        while proc.poll() is None:
+            n += 1
+            (target / "notes.txt").write_text(f"notes, edit {n}\n")  # an uncommitted edit, again and again
+            (target / f"scratch-{n}.txt").write_text("untracked\n")
+            if n % 3 == 0:
+                (target / f"mine-{n}.txt").write_text(f"committed by the user {n}\n")
+                patient_user(target, "add", f"mine-{n}.txt")
+                patient_user(target, "commit", "-qam", f"user commit {n}")
+            if n % 3 == 1:  # a fresh edit is there to stash
+                patient_user(target, "stash")
+                patient_user(target, "stash", "pop")
+            if n == 8:  # by now t19's landing may be waiting on the untracked file: move it aside
+                wait_for(lambda: any(e["event"] == "landing_blocked" and e.get("task") == "t19"
+                                     for e in colony.events()) or proc.poll() is not None, 60, "t19 to wait")
+                (target / "t19.txt").rename(target / "t19.txt.mine")
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert sorted(landed_ids(target)) == ids
+    tip = Git(target)
+    for i in ids:
+        assert tip.run("show", f"main:{i}.txt") == f"{i}\n"
+    for k in range(3, n + 1, 3):
+        assert tip.run("show", f"main:mine-{k}.txt") == f"committed by the user {k}\n"
+    assert (target / "notes.txt").read_text() == f"notes, edit {n}\n"
+    assert all((target / f"scratch-{k}.txt").exists() for k in range(1, n + 1))
+    assert (target / "t19.txt.mine").read_text() == "the user's own t19\n"
+    assert any(e["event"] == "landing_blocked" and e.get("task") == "t19" for e in colony.events())
+    # The checkout is consistent with main: nothing staged, the only change is the user's own edit.
+    assert tip.run("diff", "--cached", "--name-only") == ""
+    assert [ln for ln in status(target).splitlines() if not ln.startswith("??")] in ([" M notes.txt"], [])
+    user_git(target, "commit", "-qam", "the user's last commit")  # and an ordinary commit undoes nothing
+    assert all(tip.run("show", f"main:{i}.txt") == f"{i}\n" for i in ids)
