@@ -297,9 +297,8 @@ class Agent:
 
     def verify(self, task: Task, env: dict[str, str], run: Path) -> Check:
         def check(worktree: Path) -> Verdict:
-            commands = self.verify_commands(task)
-            return run_verify(commands, worktree, env, self.cfg.verify_timeout, run / "verify.log") if commands \
-                else Verdict(True)
+            return run_verify(self.verify_commands(task), worktree, env, self.cfg.verify_timeout, run / "verify.log",
+                              base=f"refs/heads/{self.ws.main}")
         return check
 
     def env(self, task: Task) -> dict[str, str]:

@@ -12,9 +12,13 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
+from harness.git import Git
 from harness.integrate import Verdict
 
 ERRORISH = re.compile(r"(?i:error|exception)|Traceback|FAILED|FAIL:|assert|panicked")
+# git's conflict markers, as added lines of a unified diff. A lone "=======" is also a setext
+# heading underline, so a file counts only when it gains an opening or closing marker too.
+_MARKER = re.compile(r"\+(<{7}|\|{7}|>{7})(?: |$)|\+(={7})$")
 
 
 def excerpt(output: str, limit: int = 3000) -> str:
@@ -25,8 +29,34 @@ def excerpt(output: str, limit: int = 3000) -> str:
     return text if len(text) <= limit else text[: limit // 3] + "\n...\n" + text[-2 * limit // 3:]
 
 
-def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float, log: Path) -> Verdict:
-    """Run each command in turn (a shell line each); the first failure decides."""
+def conflict_markers(worktree: Path, base: str) -> list[str]:
+    """``path:line`` of every merge-conflict marker that HEAD adds since its merge base with ``base``."""
+    diff = Git(worktree).run("diff", "-U0", "--no-color", "--no-ext-diff", "--no-renames", f"{base}...HEAD")
+    found: dict[str, list[str]] = {}
+    path, line, opened = "", 0, set()
+    for text in diff.splitlines():
+        if text.startswith("+++ "):
+            path = text[6:] if text.startswith("+++ b/") else text[4:]
+        elif text.startswith("@@"):
+            line = int(text.split("+", 1)[1].split(",", 1)[0].split(" ", 1)[0])
+        elif text.startswith("+"):
+            match = _MARKER.match(text)
+            if match:
+                found.setdefault(path, []).append(f"{path}:{line}")
+                opened.update([path] if match.group(1) and match.group(1)[0] in "<>" else [])
+            line += 1
+    return [spot for p in found if p in opened for spot in found[p]]
+
+
+def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float, log: Path,
+               base: str | None = None) -> Verdict:
+    """Refuse conflict markers the work adds since ``base`` (whatever the verify setting), then
+    run each command in turn (a shell line each); the first failure decides."""
+    markers = conflict_markers(cwd, base) if base else []
+    if markers:
+        shown = ", ".join(markers[:20]) + (" ..." if len(markers) > 20 else "")
+        return Verdict(False, f"the change adds merge-conflict markers (<<<<<<<, =======, >>>>>>>) at {shown}: "
+                              "resolve each conflict, keeping what both sides meant, and remove the markers")
     with open(log, "ab") as out:
         for cmd in commands:
             out.write(f"$ {cmd}\n".encode())

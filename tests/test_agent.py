@@ -205,3 +205,35 @@ def test_sigterm_aborts_a_long_command_and_frees_the_task(colony: Colony, tmp_pa
     status, task = colony.get("long")
     assert (status, task.skip_count) == ("pending", 0) and colony.current_claim("long") is None
     assert landed_ids(colony.repo) == []
+
+
+def test_conflict_markers_never_land_even_without_a_verify_command(colony: Colony, tmp_path: Path) -> None:
+    """As seen: with no verify command (the default), a resolver that left the markers in landed them."""
+    advance_main(colony.repo, "app.py", APP)
+    resolved = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
+    model = write_script(tmp_path / "script.yaml", [
+        {"match": "^slow-title$", "actions": [
+            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'hello ' + name.title()"}},
+            {"sleep": 3}, {"finish": "titled"}]},
+        {"match": "^fast-punct$", "actions": [
+            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'Hello, ' + name + '!'"}},
+            {"write": {"path": "README.md", "content": "Title\n=======\n"}},  # a setext heading is no marker
+            {"finish": "punctuated"}]},
+        {"match": "^conflict-", "actions": [{"finish": "looks fine to me"}],  # leaves the markers in
+         "on_verify_failure": [{"write": {"path": "app.py", "content": resolved}}, {"finish": "resolved"}]},
+    ])
+    colony.add(Task(id="slow-title", title="Title-case names", priority=85))
+    colony.add(Task(id="fast-punct", title="Punctuate greeting", priority=80))
+    a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
+    wait_for(lambda: colony.get("slow-title")[0] == "active", what="first claim")
+    b = start_agent(colony, "a2", model, tmp_path, "--until-empty")
+    assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
+    assert file_on_main(colony.repo, "app.py") == resolved
+    assert file_on_main(colony.repo, "README.md") == "Title\n=======\n"
+    commits = subprocess.run(["git", "rev-list", "--first-parent", "main"], cwd=colony.repo, capture_output=True,
+                             text=True).stdout.split()
+    for commit in commits:  # no first-parent commit ever carried a marker
+        grep = subprocess.run(["git", "grep", "-q", "-e", "^<<<<<<<", "-e", "^>>>>>>>", commit], cwd=colony.repo)
+        assert grep.returncode == 1, commit
+    transcripts = "".join(p.read_text() for p in (colony.home / "runs").glob("conflict-*/*/transcript.jsonl"))
+    assert "merge-conflict markers" in transcripts and "app.py:" in transcripts  # the model was told where
