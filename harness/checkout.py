@@ -93,6 +93,12 @@ class UserCheckout:
             done = user.call("read-tree", "-m", "-u", old, new, env=env)
         return None if done.returncode == 0 else _why(done.stderr, self.top)
 
+    def recover(self) -> None:
+        """Settle what a killed lander left, when no landing comes after it (the launcher's exit)."""
+        if self.top is not None and self.journal.exists():
+            with exclusive(self.git, "checkout"):
+                self.settle()
+
     def settle(self) -> None:
         """Finish or undo a landing whose lander stopped between taking the lock and dropping it
         (under the flock, so a journal here means that lander is gone or is us, done).
