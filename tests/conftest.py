@@ -38,6 +38,14 @@ def advance_main(repo: Path, name: str, text: str) -> str:
     return str(git.resolve("HEAD"))
 
 
+@pytest.fixture(autouse=True)
+def no_stigmergy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No STIGMERGY_* from whoever runs the suite: run as a colony's verify command (an agent's
+    STIGMERGY_HOME, STIGMERGY_AGENT...), these tests would write into that live colony."""
+    for var in [v for v in os.environ if v.startswith("STIGMERGY_")]:
+        monkeypatch.delenv(var)
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "target")
