@@ -41,7 +41,7 @@ def _print_json(obj: Any) -> None:
 # -- init ---------------------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
     colony = Colony.init(_repo(args), branch=args.branch)
-    print(f"colony ready in {colony.home}; work lands on branch {colony.landing_branch()!r}")
+    print(f"colony ready in {colony.home}; work lands on branch {colony.config.branch!r}")
     return 0
 
 

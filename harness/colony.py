@@ -129,7 +129,8 @@ class Colony:
         if branch is not None:
             fsutil.atomic_write(config, with_branch(config.read_text() if config.exists() else DEFAULT_CONFIG, branch))
         colony = cls(repo, home)
-        colony.landing_branch()  # an existing config may name a branch that is gone: say so now
+        if branch is None:
+            colony.landing_branch()  # the existing config may name a branch that is gone: say so now
         return colony
 
     @classmethod

@@ -58,6 +58,8 @@ def require_branch(repo: Path, name: str, source: str) -> str:
                               "pass --branch NAME with a branch of the repository")
     if git.call("show-ref", "--verify", "--quiet", f"refs/heads/{name}").returncode != 0:
         branches = git.run("for-each-ref", "--format=%(refname:short)", "--count=10", "refs/heads/").split()
+        if not branches:
+            require_commits(repo)  # no commit at all: the fix is a first commit, not a branch
         have = f"its branches: {', '.join(branches)}" if branches else "it has no branch yet"
         raise NoLandingBranch(
             f"landing branch {name!r} ({source}) does not exist in {repo} ({have}): pass --branch NAME "
