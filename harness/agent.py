@@ -67,6 +67,7 @@ class AgentOptions:
     limits: Limits = field(default_factory=Limits)
     api_base: str | None = None
     agent_cmd: str | None = None  # the command backend: an external agent CLI (or a preset name)
+    branch: str | None = None  # the landing branch; overrides the config's `branch:`
     max_idle_sleep: float = 30.0
 
 
@@ -105,7 +106,7 @@ class Agent:
         self.id = tasks.check_id(opts.agent, "agent id")
         self.role = load_role(opts.role, colony.home)
         self.prompts = Prompts(colony.home)
-        self.ws = Workspace(colony.repo, opts.workspaces, self.id)
+        self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
         self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
         if model is None and not spec and self.command is None:
@@ -302,14 +303,16 @@ class Agent:
         return check
 
     def env(self, task: Task) -> dict[str, str]:
-        """The environment of the model's commands and of verify: ours, minus secrets, plus who we are."""
-        env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
+        """The environment of the model's commands and of verify: ours, minus secrets and the
+        harness's own settings, plus who we are. No STIGMERGY_HOME: a target whose tests use this
+        package (ours do) would write into the live colony."""
+        env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k) and not k.startswith("STIGMERGY_")}
         env.update(STIGMERGY_AGENT=self.id, STIGMERGY_TASK=task.id, STIGMERGY_ROLE=self.role.name,
-                   STIGMERGY_REPO=str(self.colony.repo), STIGMERGY_HOME=str(self.colony.home))
+                   STIGMERGY_REPO=str(self.colony.repo))
         return env
 
     def repo_context(self) -> dict[str, str]:
-        log = self.ws.git.run("log", "--oneline", "-8", "refs/heads/main", check=False)
+        log = self.ws.git.run("log", "--oneline", "-8", f"refs/heads/{self.ws.main}", check=False)
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in self.ws.path.iterdir() if p.name != ".git")
         return {"log": log.strip(), "files": ", ".join(files[:60])}
 

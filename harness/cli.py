@@ -40,8 +40,8 @@ def _print_json(obj: Any) -> None:
 
 # -- init ---------------------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    colony = Colony.init(_repo(args))
-    print(f"colony ready in {colony.home}")
+    colony = Colony.init(_repo(args), branch=args.branch)
+    print(f"colony ready in {colony.home}; work lands on branch {colony.config.branch!r}")
     return 0
 
 
@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return swarm.run(swarm.Options(
         repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
         until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
-        verify=args.verify, agent_args=_agent_args(args)))
+        verify=args.verify, branch=args.branch, agent_args=_agent_args(args)))
 
 
 # Flags the launcher passes through to every `agent run` unchanged.
@@ -268,7 +268,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     opts = AgentOptions(
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
-        budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args),
+        budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args), branch=args.branch,
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd))
     return Agent(_colony(args), opts).run()
@@ -317,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stigmergy", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository").set_defaults(
-        func=cmd_init)
+    init = sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository")
+    init.add_argument("--branch", metavar="NAME", help="the branch work lands on (default: the current branch)")
+    init.set_defaults(func=cmd_init)
 
     launch = sub.add_parser("run", parents=[common], help="launch and supervise agent processes (the default command)")
     launch.add_argument("--agents", type=int, help="how many agents (default: the sum of --roles, else 4)")
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--until-empty", action="store_true", help="agents exit when no task is ready or active")
     launch.add_argument("--workspaces", metavar="DIR", help="root of agents' worktrees (default ./workspaces)")
     launch.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
+    launch.add_argument("--branch", metavar="NAME", help="the branch work lands on (overrides config.yaml)")
     _add_agent_flags(launch)
     launch.set_defaults(func=cmd_run)
 
@@ -404,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
     run.add_argument("--workspaces", help="root of agents' worktrees (default ./workspaces)")
     run.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
+    run.add_argument("--branch", metavar="NAME", help="the branch work lands on (overrides config.yaml)")
     run.add_argument("--until-empty", action="store_true", help="exit when no task is ready or active")
     _add_agent_flags(run)
     run.set_defaults(func=cmd_agent_run)

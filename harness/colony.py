@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import fsutil, tasks
-from harness.config import DEFAULT_CONFIG, Config
+from harness import fsutil, target, tasks
+from harness.config import DEFAULT_CONFIG, Config, with_branch
 from harness.errors import InvalidTask, NotARepository, NotOwner, UnknownTask
 from harness.pool import Pool, meta_of
 from harness.tasks import Task
@@ -73,12 +73,32 @@ def find_home(repo: Path) -> Path:
 
 
 def git_toplevel(path: Path) -> Path:
-    """The repository root, without running git: look for .git upwards (a file in worktrees)."""
+    """The repository root, without running git: look for .git upwards. In a linked worktree (an
+    agent's: its .git is a file) that is the main checkout, where the colony lives, so the task CLI
+    works from inside an agent's worktree with nothing in the environment to point at it."""
     path = path.resolve()
     for p in (path, *path.parents):
-        if (p / ".git").exists():
+        dotgit = p / ".git"
+        if dotgit.is_file():
+            return _main_checkout(p, dotgit) or p
+        if dotgit.exists():
             return p
-    raise NotARepository(f"{path} is not inside a git repository; run `git init` there first or pass --repo")
+    raise target.not_a_repository(path)
+
+
+def _main_checkout(top: Path, dotgit: Path) -> Path | None:
+    """The main checkout of the linked worktree at `top`: its .git file names its admin folder, whose
+    `commondir` names the repository's .git. None for anything else with a .git file (a submodule,
+    a `--separate-git-dir` checkout, a worktree of a bare repository): that is its own root."""
+    try:
+        text = dotgit.read_text()
+        admin = (top / text.removeprefix("gitdir:").strip()).resolve()
+        common = (admin / (admin / "commondir").read_text().strip()).resolve()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("gitdir:") or common.name != ".git" or not common.is_dir():
+        return None
+    return common.parent
 
 
 class Colony:
@@ -91,15 +111,27 @@ class Colony:
 
     # -- opening --------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, repo: Path) -> Colony:
+    def init(cls, repo: Path, branch: str | None = None) -> Colony:
+        """Create the colony (idempotent). A new config.yaml records the landing branch: `branch`,
+        or the one checked out now; an existing one keeps its own unless `branch` is given."""
         repo = git_toplevel(repo)
         home = find_home(repo)
+        config = home / "config.yaml"
+        target.require_commits(repo)  # before anything is created: the fix is a commit, then init again
+        if branch is not None:
+            target.require_branch(repo, branch, "--branch")
+        elif not config.exists():
+            branch = target.require_branch(repo, target.current_branch(repo), "the current branch")
         for sub in [*(f"tasks/{s}" for s in (*STATUSES, "quarantine")), "locks", "agents", "notes", "runs"]:
             (home / sub).mkdir(parents=True, exist_ok=True)
-        for name, text in ((".gitignore", GITIGNORE), ("config.yaml", DEFAULT_CONFIG)):
-            if not (home / name).exists():
-                fsutil.atomic_write(home / name, text)
-        return cls(repo, home)
+        if not (home / ".gitignore").exists():
+            fsutil.atomic_write(home / ".gitignore", GITIGNORE)
+        if branch is not None:
+            fsutil.atomic_write(config, with_branch(config.read_text() if config.exists() else DEFAULT_CONFIG, branch))
+        colony = cls(repo, home)
+        if branch is None:
+            colony.landing_branch()  # the existing config may name a branch that is gone: say so now
+        return colony
 
     @classmethod
     def open(cls, repo: Path) -> Colony:
@@ -108,6 +140,12 @@ class Colony:
         if not (home / "tasks").is_dir():
             raise NotARepository(f"{repo} has no colony yet ({home} is missing): run `stigmergy init --repo {repo}`")
         return cls(repo, home)
+
+    def landing_branch(self, given: str | None = None) -> str:
+        """The branch work lands on (`given`, i.e. --branch, over config.yaml's `branch:`), checked
+        to exist: the launcher and `agent run` call this before any agent starts or claims."""
+        source = "--branch" if given else f"`branch:` in {self.home / 'config.yaml'}, main when absent"
+        return target.require_branch(self.repo, given or self.config.branch, source)
 
     # -- paths ----------------------------------------------------------------------------------------
     @property

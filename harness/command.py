@@ -2,9 +2,10 @@
 
 The CLI runs in the agent's worktree with the rendered prompt both in a file (`{prompt_file}` in
 the command line) and on stdin, under a timeout that kills its whole process group, with the
-environment passed through (it needs its own API key) plus STIGMERGY_* so it can use the task CLI
-and `stigmergy agent heartbeat` from inside. Its output is saved in the run folder. Afterwards the
-harness commits whatever the CLI changed (or takes what it committed), verifies and lands as usual.
+environment passed through (it needs its own API key) plus STIGMERGY_AGENT/TASK/ROLE/REPO; the task
+CLI and `stigmergy agent heartbeat` find the colony from inside the worktree (see git_toplevel).
+Its output is saved in the run folder. Afterwards the harness commits whatever the CLI changed (or
+takes what it committed), verifies and lands as usual.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from harness.errors import UsageError
 DEFAULT_CONFIG = """\
 # stigmergy-harness colony configuration. Every key is optional; these are the defaults.
 # This file may be committed; the rest of .stigmergy/ is runtime state and stays out of git.
+
+# The branch agents land work on: init writes the branch checked out at the time (or
+# `init --branch NAME`); --branch on the launcher and on `agent run` overrides it. Absent means main.
+branch: main
 
 # Model for agents that are not given --model: anthropic/<model>, openai/<model>,
 # litellm/<provider>/<model> or scripted:<path>.
@@ -56,6 +61,7 @@ overlap_penalty: 20
 
 @dataclass
 class Config:
+    branch: str = "main"
     model: str | None = None
     api_base: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -97,5 +103,15 @@ class Config:
                 )
             if not ok:
                 raise UsageError(f"{path}: setting '{key}' has a bad value {value!r}; see the comments in the default config")
+        if not data.get("branch", "main").strip():
+            raise UsageError(f"{path}: setting 'branch' is empty; name the branch agents land on, e.g. `branch: main`")
         values: dict[str, Any] = dict(data)
         return cls(**values)
+
+
+def with_branch(text: str, branch: str) -> str:
+    """config.yaml's text with its `branch:` line set to `branch` (added when it has none), the
+    rest and its comments kept: `init --branch` rewrites one setting, not the user's file."""
+    line = yaml.safe_dump({"branch": branch}, default_flow_style=False).strip()  # quoted when it must be
+    new, n = re.subn(r"^branch:.*$", lambda _: line, text, count=1, flags=re.M)
+    return new if n else text.rstrip("\n") + f"\n{line}\n"

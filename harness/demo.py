@@ -132,9 +132,9 @@ def prepare(directory: Path) -> tuple[Colony, Path, int]:
 
 
 def summarize(colony: Colony, seconds: float, launcher_status: int) -> Summary:
-    git = Git(colony.repo)
+    git, branch = Git(colony.repo), colony.config.branch
     known = colony.listing("all")
-    log = git.run("log", "--first-parent", "--format=%B%x00", "main")
+    log = git.run("log", "--first-parent", "--format=%B%x00", branch)
     landed: list[str] = []
     resolved: list[str] = []
     for message in log.split("\0"):
@@ -146,7 +146,7 @@ def summarize(colony: Colony, seconds: float, launcher_status: int) -> Summary:
         tasks=[t.id for _, t in known], statuses={t.id: st for st, t in known}, landed=landed, resolved=resolved,
         conflicts=[t.id for _, t in known if t.kind == "merge_conflict"],
         discovered=[t.id for _, t in known if t.discovered_from and t.kind != "merge_conflict"],
-        commits=int(git.run("rev-list", "--count", "main").strip()), dirty=status.splitlines(),
+        commits=int(git.run("rev-list", "--count", branch).strip()), dirty=status.splitlines(),
         seconds=seconds, launcher_status=launcher_status)
     not_done = sorted(t for t, st in s.statuses.items() if st != "done")
     if not_done:

@@ -2,7 +2,9 @@
 
     HarnessError                 base; ``exit_code`` is what the CLI exits with
     ├── UsageError               bad input or usage (exit 2): the message names the problem and the fix
-    │   ├── NotARepository       --repo is not a git repository, or has no .stigmergy/
+    │   ├── NotARepository       --repo is not a git repository (or a bare one), or has no .stigmergy/
+    │   ├── NoLandingBranch      the landing branch is missing, or the repository has none to offer
+    │   │                        (no commit yet, a detached HEAD at init)
     │   ├── InvalidTask          a task file or field failed validation (names file and field)
     │   ├── InvalidId            an id that is not a safe file name
     │   ├── UnknownTask          no task with that id
@@ -35,6 +37,10 @@ class UsageError(HarnessError):
 
 
 class NotARepository(UsageError):
+    pass
+
+
+class NoLandingBranch(UsageError):
     pass
 
 

@@ -70,6 +70,7 @@ class Options:
     until_empty: bool = False
     workspaces: Path | None = None
     verify: str | None = None
+    branch: str | None = None  # the landing branch, over config.yaml's `branch:`
     agent_args: Sequence[str] = ()  # more `agent run` flags, passed to every agent as they are
     # The command before the agent's own flags; tests of the launcher's supervision may stand in
     # a smaller program. Default: this interpreter running `python -m harness agent run`.
@@ -159,6 +160,8 @@ class Swarm:
             argv += ["--workspaces", str(Path(o.workspaces).resolve())]
         if o.verify:
             argv += ["--verify", o.verify]
+        if o.branch:
+            argv += ["--branch", o.branch]
         if o.until_empty:
             argv.append("--until-empty")
         argv += o.agent_args
@@ -307,4 +310,5 @@ def run(options: Options, out: TextIO | None = None) -> int:
     if options.max_hours is not None and options.max_hours <= 0:
         raise UsageError(f"--max-hours must be positive, got {options.max_hours}")
     colony = Colony.open(Path(options.repo))
+    colony.landing_branch(options.branch)  # once, here: not N agents failing every task on a missing branch
     return Swarm(colony, options, out).run()

@@ -17,11 +17,11 @@ from harness.git import Git, Identity
 USER = Identity("user", "user@example.com")  # the person whose repository the colony works on
 
 
-def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
-    """A real repository on branch main with one commit holding `files`."""
+def make_repo(path: Path, files: dict[str, str] | None = None, branch: str = "main") -> Path:
+    """A real repository on `branch` with one commit holding `files`."""
     path.mkdir(parents=True, exist_ok=True)
     git = Git(path)
-    git.run("init", "-q", "-b", "main")
+    git.run("init", "-q", "-b", branch)
     for name, text in (files or {"README.md": "target\n"}).items():
         (path / name).write_text(text)
     git.run("add", "-A")
@@ -36,6 +36,14 @@ def advance_main(repo: Path, name: str, text: str) -> str:
     git.run("add", name)
     git.run("commit", "-qm", f"user adds {name}", env=USER.env())
     return str(git.resolve("HEAD"))
+
+
+@pytest.fixture(autouse=True)
+def no_stigmergy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No STIGMERGY_* from whoever runs the suite: run as a colony's verify command (an agent's
+    STIGMERGY_HOME, STIGMERGY_AGENT...), these tests would write into that live colony."""
+    for var in [v for v in os.environ if v.startswith("STIGMERGY_")]:
+        monkeypatch.delenv(var)
 
 
 @pytest.fixture
@@ -56,9 +64,10 @@ def set_config(colony: Colony, **values: object) -> Colony:
     return Colony.open(colony.repo)
 
 
-def cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None, check: bool = False, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
@@ -73,9 +82,9 @@ def no_user_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def landed_ids(repo: Path) -> list[str]:
-    """The Task-Id trailers on main's first-parent line, newest first."""
-    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main"],
+def landed_ids(repo: Path, branch: str = "main") -> list[str]:
+    """The Task-Id trailers on `branch`'s first-parent line, newest first."""
+    out = subprocess.run(["git", "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", branch],
                          cwd=repo, capture_output=True, text=True, check=True).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
