@@ -93,6 +93,21 @@ class UserCheckout:
             done = user.call("read-tree", "-m", "-u", old, new, env=env)
         return None if done.returncode == 0 else _why(done.stderr, self.top)
 
+    def describe(self) -> str | None:
+        """For the launcher: what landings will do to a dirty checkout of the landing branch, or None."""
+        if self.top is None:
+            return None
+        user = self.git.at(self.top)
+        if user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() != f"refs/heads/{self.branch}":
+            return None
+        changed = [ln for ln in user.run("status", "--porcelain", "--", ":(exclude).stigmergy").splitlines() if ln]
+        if not changed:
+            return None
+        return (f"your checkout {self.top} has {self.branch} checked out with {len(changed)} uncommitted change(s): "
+                "each landing updates its files around them; a landing that touches a file you changed (or an "
+                "untracked file it would create) waits until you commit, stash or remove it, and "
+                "`stigmergy status` says which")
+
     def recover(self) -> None:
         """Settle what a killed lander left, when no landing comes after it (the launcher's exit)."""
         if self.top is not None and self.journal.exists():
@@ -149,22 +164,6 @@ def main_worktree(git: Git) -> Path | None:
         first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
     fields = dict((line.split(" ", 1) + [""])[:2] for line in first.splitlines())
     return None if "bare" in fields else Path(fields["worktree"])
-
-
-def describe(git: Git, branch: str) -> str | None:
-    """For the launcher: what landings will do to a dirty checkout of the landing branch, or None."""
-    top = main_worktree(git)
-    if top is None:
-        return None
-    user = git.at(top)
-    if user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() != f"refs/heads/{branch}":
-        return None
-    changed = [ln for ln in user.run("status", "--porcelain", "--", ":(exclude).stigmergy").splitlines() if ln]
-    if not changed:
-        return None
-    return (f"your checkout {top} has {branch} checked out with {len(changed)} uncommitted change(s): each landing "
-            f"updates its files around them; a landing that touches a file you changed (or an untracked file it "
-            f"would create) waits until you commit, stash or remove it, and `stigmergy status` says which")
 
 
 def _read(path: Path) -> str | None:

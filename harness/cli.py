@@ -48,6 +48,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 # -- launcher, stop, demo -----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import swarm
+    from harness.checkout import UserCheckout
+    from harness.git import Git
     from harness.models.registry import check_spec
 
     model = args.model or _colony(args).config.model
@@ -57,10 +59,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5, or scripted:PATH), set `model:` "
                          "in .stigmergy/config.yaml, or use --backend command --agent-cmd CMD")
 
-    return swarm.run(swarm.Options(
-        repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
-        until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
-        verify=args.verify, branch=args.branch, agent_args=_agent_args(args)))
+    colony = _colony(args)
+    checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch))
+    dirty = checkout.describe()
+    if dirty:
+        print(f"stigmergy: {dirty}", file=sys.stderr, flush=True)
+    try:
+        return swarm.run(swarm.Options(
+            repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
+            until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
+            verify=args.verify, branch=args.branch, agent_args=_agent_args(args)))
+    finally:
+        checkout.recover()  # a lander killed while it held the user's index.lock must not leave it behind
 
 
 # Flags the launcher passes through to every `agent run` unchanged.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import USER, make_repo
-from harness.checkout import JOURNAL, Blocked, UserCheckout, describe
+from harness.checkout import JOURNAL, Blocked, UserCheckout
 from harness.git import Git
 from harness.integrate import Fence, Landed, land
 from harness.workspace import Workspace
@@ -138,11 +138,16 @@ def test_a_checkout_on_another_branch_is_not_touched(target: Path) -> None:
 
 
 def test_describe_tells_the_launcher_what_will_happen(target: Path) -> None:
-    git = Git(target)
-    assert describe(git, "main") is None
+    from harness.colony import Colony
+    Colony.init(target)
+    assert UserCheckout(Git(target), "main").describe() is None
     (target / "notes.txt").write_text("edit\n")
-    text = describe(git, "main")
+    text = UserCheckout(Git(target), "main").describe()
     assert text is not None and "1 uncommitted change" in text and "waits" in text
+    proc = subprocess.run([sys.executable, "-m", "harness", "--agents", "1", "--repo", str(target), "--model",
+                           "scripted:/nonexistent.yaml", "--max-hours", "0.0003"], capture_output=True, text=True,
+                          timeout=60, cwd=target.parent)
+    assert "1 uncommitted change" in proc.stderr  # the launcher says so at start
 
 
 KILLED = textwrap.dedent("""
