@@ -164,6 +164,29 @@ def test_a_relaunched_launcher_adopts_live_agents_and_never_doubles_an_id(
     assert not agent_processes(colony.repo)
 
 
+def test_adopted_agents_are_restarted_when_they_crash_and_stopped_with_the_colony(
+        colony: Colony, launcher: Launcher) -> None:
+    launcher.start([], "--agents", "2")
+    pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
+    assert launcher.proc is not None
+    launcher.proc.kill()
+    launcher.wait(10)
+    launcher.start([], "--agents", "2")
+    wait_for(lambda: len(events(colony, "agent_adopt")) == 2, 30, "both agents adopted")
+    assert sorted(e["pid"] for e in events(colony, "agent_adopt")) == sorted(pids)
+    os.kill(pids[0], signal.SIGKILL)  # an adopted agent crashes: no goodbye heartbeat
+    fresh = launcher.agent_pid("coder-01", not_=pids[0])
+    assert [r["delay"] for r in events(colony, "agent_restart", agent="coder-01")] == [1.0]
+    assert agent_processes(colony.repo) == {"coder-01": [fresh], "coder-02": [pids[1]]}
+    launcher.proc.send_signal(signal.SIGTERM)  # reaches the adopted coder-02 as well as its own child
+    code, out = launcher.wait(30)
+    assert code == 0, out
+    assert not any(alive(p) for p in (*pids, fresh))
+    exits = {(e["agent"], e["pid"]): e["code"] for e in events(colony, "agent_exit", by="launcher")}
+    assert exits == {("coder-01", pids[0]): None, ("coder-01", fresh): 0, ("coder-02", pids[1]): 0}
+    assert "died without its goodbye heartbeat" in out
+
+
 # -- a closed terminal, and a deadline that needs no launcher -----------------------------------------
 def test_sighup_with_the_terminal_gone_leaves_the_launcher_supervising(colony: Colony, launcher: Launcher) -> None:
     ids = ["t1", "t2", "t3", "t4"]
