@@ -223,6 +223,15 @@ class Swarm:
         self._say(f"{agent.spec.id} is still running ({found.describe()}): adopted, not started again")
         return True
 
+    def _warn_strays(self) -> None:
+        """Live agents of an earlier launch that this one does not plan (a smaller --agents)."""
+        planned = {a.spec.id for a in self.agents}
+        for lock in sorted((self.colony.home / "agents").glob("*/lock")):
+            found = holder(lock) if lock.parent.name not in planned else None
+            if found is not None:
+                self._say(f"{lock.parent.name} is still running ({found.describe()}) but is not one of this "
+                          f"launch's agents: it carries on unsupervised (`kill {found.pid}` stops it)")
+
     def _still_held(self, agent: _Agent) -> bool:
         return agent.adopted is not None and holder(agent_lock(self.colony.home, agent.spec.id)) == agent.adopted
 
@@ -284,6 +293,7 @@ class Swarm:
             for agent in self.agents:
                 if not self._adopt(agent):
                     self._start(agent)
+            self._warn_strays()
             self.colony.event("launch", None, launcher=os.getpid(), until_empty=self.opts.until_empty,
                               max_hours=self.opts.max_hours, model=self.opts.model,
                               agents={a.spec.id: {"role": a.spec.role, "pid": self._pid(a),

@@ -187,6 +187,22 @@ def test_adopted_agents_are_restarted_when_they_crash_and_stopped_with_the_colon
     assert "died without its goodbye heartbeat" in out
 
 
+def test_a_relaunch_with_fewer_agents_names_the_ones_it_leaves_unsupervised(
+        colony: Colony, launcher: Launcher) -> None:
+    launcher.start([], "--agents", "2")
+    pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
+    assert launcher.proc is not None
+    launcher.proc.kill()
+    launcher.wait(10)
+    launcher.start([], "--agents", "1")
+    wait_for(lambda: "unsupervised" in launcher_log(colony), 30, "the launcher to name coder-02")
+    assert f"coder-02 is still running (pid {pids[1]} on " in launcher_log(colony)
+    launcher.proc.send_signal(signal.SIGTERM)
+    code, out = launcher.wait(30)
+    assert code == 0, out
+    assert not alive(pids[0]) and alive(pids[1])  # only its own (adopted) agent was stopped
+
+
 # -- a closed terminal, and a deadline that needs no launcher -----------------------------------------
 def test_sighup_with_the_terminal_gone_leaves_the_launcher_supervising(colony: Colony, launcher: Launcher) -> None:
     ids = ["t1", "t2", "t3", "t4"]
