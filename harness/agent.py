@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import integrate, tasks
+from harness import deadline, integrate, tasks
 from harness.colony import Claim, Colony
-from harness.command import CommandBackend
-from harness.errors import HarnessError, NotOwner, UsageError
 from harness.checkout import Blocked
+from harness.command import CommandBackend
+from harness.errors import AlreadyRunning, HarnessError, NotOwner, UsageError
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
+from harness.pidlock import PidLock, agent_lock
 from harness.prompts import Prompts
 from harness.roles import load_role
 from harness.tasks import Task
@@ -120,6 +121,7 @@ class Agent:
         self.current: str | None = None
         self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
+        self.deadline = deadline.Watch(colony.home)
 
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
@@ -129,6 +131,7 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> int:
+        lock = self._hold_id()  # first of all: before we touch the worktree or claim anything
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         beating = threading.Event()
@@ -159,6 +162,7 @@ class Agent:
             # A last beat that says so: status stops counting us, and any claim we still hold is free.
             self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
             self.colony.event("agent_exit", agent=self.id)
+            lock.release()  # after the goodbye beat: whoever sees the id free also sees "exited"
         return 0
 
     def attempt(self, claim: Claim, task: Task) -> None:
@@ -337,7 +341,20 @@ class Agent:
                 self.say(f"reaped stale claim on {tid}")
 
     def stopping(self) -> bool:
+        if not self.signalled and self.deadline.passed() and deadline.lay_stop(self.colony.stop_path):
+            # Ours to enforce, launcher or not: the plain STOP lets every agent finish its task.
+            self.say(f"the colony's deadline (--max-hours) has passed: laid {self.colony.stop_path}")
+            self.colony.event("deadline_passed", agent=self.id)
         return self.signalled or self.colony.stop_requested()
+
+    def _hold_id(self) -> PidLock:
+        """One live process per agent id: two in one worktree would commit each other's files."""
+        lock = PidLock(agent_lock(self.colony.home, self.id))
+        holder = lock.acquire()
+        if holder is not None:
+            raise AlreadyRunning(f"agent {self.id} is already running ({holder.describe()}): "
+                                 "stop it or choose another --id")
+        return lock
 
     def must_abort(self) -> bool:
         """Checked before every model call: abort now, not after the task (SIGTERM, STOP now, budget)."""

@@ -8,7 +8,9 @@
     │   ├── InvalidTask          a task file or field failed validation (names file and field)
     │   ├── InvalidId            an id that is not a safe file name
     │   ├── UnknownTask          no task with that id
-    │   └── NotOwner             release/done/fail by an agent that does not hold the claim
+    │   ├── NotOwner             release/done/fail by an agent that does not hold the claim
+    │   └── AlreadyRunning       a live process already holds this agent id, or this colony's
+    │                            launcher: the message names it (pid, host, since when)
     ├── NothingToClaim           no ready task (exit 3)
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
     ├── ToolError                a tool call the model made cannot be carried out; answered to
@@ -57,6 +59,10 @@ class UnknownTask(UsageError):
 
 
 class NotOwner(UsageError):
+    pass
+
+
+class AlreadyRunning(UsageError):
     pass
 
 

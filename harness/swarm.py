@@ -5,6 +5,7 @@
 It never reads, assigns or orders tasks: each agent is a plain ``python -m harness agent run``
 process that finds its own work in the colony. Kill the launcher (even with SIGKILL) and the
 agents carry on, because each runs in its own session with its output in a file, not a pipe.
+One launcher per colony (``launcher.lock``, an flock: a second one exits 2 naming the first).
 What the launcher adds is supervision:
 
 - roles: ``--roles coder=12,merger=2`` with ``--agents 16`` gives 12 coders, 2 mergers and 2 more
@@ -15,16 +16,24 @@ What the launcher adds is supervision:
   2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
   means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
   exit 2 means it refused its arguments (bad --model, config), which no restart can fix.
+- adoption: an agent id whose lock (``agents/<id>/lock``) a live process still holds, say one
+  a SIGKILLed launcher left running, is not started again beside it but supervised by polling
+  the lock: it gets the stop signals (only while the lock still names it, through a pidfd, so a
+  recycled pid is never signalled), and when it goes it ended cleanly if its last heartbeat says
+  ``exited``, else it crashed and is restarted with the usual back-off.
 - stopping: the first SIGINT/SIGTERM sends SIGTERM to every agent (they abort the current step,
   release their claim and exit 0), a second one sends SIGKILL. ``.stigmergy/STOP`` appearing, or
-  ``--max-hours`` passing (the launcher then creates STOP itself: the stop pheromone every agent
-  reads) ends restarts and waits for the agents to leave. With ``--until-empty`` (passed on to the
-  agents) it ends when every agent has exited 0. A STOP left over from an earlier stop is removed
-  at launch, or the new agents would leave at once.
+  ``--max-hours`` passing (written to ``deadline.json``, which every agent honours by itself, so
+  it holds with no launcher; the first to see it pass lays STOP) ends restarts and waits for the
+  agents to leave. With ``--until-empty`` (passed on to the agents) it ends when every agent has
+  exited 0. A STOP or deadline left over from an earlier run is removed at launch, or the new
+  agents would leave at once.
+- SIGHUP (a closed terminal) is not a stop: the launcher carries on, writing to its log only.
 
-Output: one line per lifecycle change on stderr; each agent's stdout and stderr are appended to
-``<home>/agents/<id>/agent.log``; events ``launch``, ``agent_exit`` and ``agent_restart`` go to the
-colony's event log. Idle cost is one ``waitpid`` per agent every ``poll`` seconds.
+Output: one line per lifecycle change on stderr and in ``<home>/launcher.log``; each agent's
+stdout and stderr are appended to ``<home>/agents/<id>/agent.log``; events ``launch``,
+``agent_exit``, ``agent_restart`` and ``agent_adopt`` go to the colony's event log. Idle cost is
+one ``waitpid`` per agent (one flock probe per adopted agent) every ``poll`` seconds.
 """
 
 from __future__ import annotations
@@ -42,9 +51,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import fsutil
+from harness import deadline, fsutil
 from harness.colony import Colony
-from harness.errors import UsageError
+from harness.errors import AlreadyRunning, UsageError
+from harness.launchlog import LauncherLog
+from harness.pidlock import Holder, PidLock, agent_lock, holder, launcher_lock
 
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
@@ -138,15 +149,19 @@ class _Agent:
     restart_at: float | None = None
     restarts: int = 0
     exit_code: int | None = None  # the last exit, once it is not going to run again
+    # An agent an earlier launcher started that still holds its id: supervised, not started again.
+    adopted: Holder | None = None
+    pidfd: int | None = None  # the adopted process itself, for signals no recycled pid can receive
 
 
 class Swarm:
     def __init__(self, colony: Colony, options: Options, out: TextIO | None = None) -> None:
         self.colony = colony
         self.opts = options
-        self.out = out if out is not None else sys.stderr
+        self.log = LauncherLog(colony.home / "launcher.log", out if out is not None else sys.stderr, colony.repo)
         self.agents = [self._agent(spec) for spec in plan(options.agents, options.roles)]
         self.signals = 0
+        self.hangups = 0
         self.stop_reason: str | None = None
 
     # -- what one agent runs --------------------------------------------------------------------------
@@ -182,42 +197,137 @@ class Swarm:
         agent.restart_at = None
 
     def _say(self, text: str) -> None:
-        print(f"stigmergy: {text}", file=self.out, flush=True)
+        self.log.say(text)
+
+    # -- agents an earlier launcher left running ------------------------------------------------------
+    def _adopt(self, agent: _Agent) -> bool:
+        """Supervise the live process holding this agent's id, if there is one, instead of starting
+        a second one beside it in the same worktree."""
+        lock = agent_lock(self.colony.home, agent.spec.id)
+        found = holder(lock)
+        if found is None or not found.pid:
+            return False
+        pidfd: int | None = None
+        if found.host == self.colony.host:
+            try:
+                pidfd = os.pidfd_open(found.pid)
+            except ProcessLookupError:
+                return False  # held, but not by the process it names: nothing we could supervise
+            except OSError:
+                pass  # a kernel without pidfds: the lock check alone guards our signals
+        if holder(lock) != found:  # it went away meanwhile: the pidfd may name a recycled pid
+            if pidfd is not None:
+                os.close(pidfd)
+            return False
+        agent.adopted, agent.pidfd, agent.proc, agent.restart_at = found, pidfd, None, None
+        agent.started = time.monotonic() - max(0.0, time.time() - found.started)
+        self.colony.event("agent_adopt", None, agent=agent.spec.id, pid=found.pid, host=found.host,
+                          since=found.started)
+        self._say(f"{agent.spec.id} is still running ({found.describe()}): adopted, not started again")
+        return True
+
+    def _warn_strays(self) -> None:
+        """Live agents of an earlier launch that this one does not plan (a smaller --agents)."""
+        planned = {a.spec.id for a in self.agents}
+        for lock in sorted((self.colony.home / "agents").glob("*/lock")):
+            found = holder(lock) if lock.parent.name not in planned else None
+            if found is not None:
+                self._say(f"{lock.parent.name} is still running ({found.describe()}) but is not one of this "
+                          f"launch's agents: it carries on unsupervised (`kill {found.pid}` stops it)")
+
+    def _still_held(self, agent: _Agent) -> bool:
+        return agent.adopted is not None and holder(agent_lock(self.colony.home, agent.spec.id)) == agent.adopted
+
+    def _check_adopted(self, agent: _Agent, now: float) -> None:
+        """An adopted agent is gone once its lock is free; its last heartbeat says how it went."""
+        gone = agent.adopted
+        if gone is None or self._still_held(agent):
+            return
+        agent.adopted = None
+        if agent.pidfd is not None:
+            os.close(agent.pidfd)
+            agent.pidfd = None
+        beat = self.colony.last_beat(agent.spec.id) or {}
+        clean = beat.get("state") == "exited" and beat.get("pid") == gone.pid
+        ran = now - agent.started
+        self.colony.event("agent_exit", None, agent=agent.spec.id, pid=gone.pid, code=0 if clean else None,
+                          ran_s=round(ran, 1), by="launcher", adopted=True)
+        if clean or self.stop_reason is not None:
+            agent.exit_code = 0 if clean else None
+            self._say(f"{agent.spec.id} exited (adopted pid {gone.pid}" + ("" if clean else
+                      ", without its goodbye heartbeat") + ")")
+            return
+        agent.delay = self._back_off(agent, ran)
+        agent.restart_at = now + agent.delay
+        self._say(f"{agent.spec.id} (adopted pid {gone.pid}) died without its goodbye heartbeat after "
+                  f"{ran:.1f}s; restarting in {agent.delay:g}s")
+
+    def _signal_adopted(self, agent: _Agent, sig: signal.Signals) -> None:
+        # Not our child: its pid may have been reused since. Signal only while the lock still names
+        # it, through the pidfd taken at adoption (which never names another process).
+        if agent.adopted is None or agent.adopted.host != self.colony.host or not self._still_held(agent):
+            return
+        try:
+            if agent.pidfd is not None:
+                signal.pidfd_send_signal(agent.pidfd, sig)
+            else:
+                os.kill(agent.adopted.pid, sig)
+        except ProcessLookupError:
+            pass
 
     # -- the supervision loop -------------------------------------------------------------------------
     def run(self) -> int:
+        lock = PidLock(launcher_lock(self.colony.home))  # before anything: a second launcher touches nothing
+        running = lock.acquire()
+        if running is not None:
+            raise AlreadyRunning(f"a launcher is already running on this colony ({running.describe()}): stop it "
+                                 f"(Ctrl-C, SIGTERM, or `stigmergy stop --repo {self.colony.repo}`) or wait for it")
         if self.colony.stop_path.exists():
             self.colony.stop_path.unlink(missing_ok=True)
             self._say(f"removed {self.colony.stop_path} left from an earlier stop")
-        deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours is not None else None
+        if deadline.clear(self.colony.home):
+            self._say(f"removed {deadline.deadline_path(self.colony.home)} left from an earlier run")
+        until = None
+        if self.opts.max_hours is not None:  # in the environment: the agents hold it without us
+            until = time.time() + self.opts.max_hours * 3600
+            deadline.write(self.colony.home, until, os.getpid())
         restore = self._install_signals()
         try:
             for agent in self.agents:
-                self._start(agent)
+                if not self._adopt(agent):
+                    self._start(agent)
+            self._warn_strays()
             self.colony.event("launch", None, launcher=os.getpid(), until_empty=self.opts.until_empty,
                               max_hours=self.opts.max_hours, model=self.opts.model,
-                              agents={a.spec.id: {"role": a.spec.role, "pid": self._pid(a)} for a in self.agents})
+                              agents={a.spec.id: {"role": a.spec.role, "pid": self._pid(a),
+                                                  "adopted": a.adopted is not None} for a in self.agents})
             self._say(f"started {len(self.agents)} agent(s): " + ", ".join(a.spec.id for a in self.agents)
                       + f"; logs in {self.colony.home / 'agents'}")
             handled = 0
             while True:
+                if self.hangups and self.log.terminal is not None:
+                    self.log.terminal_gone("SIGHUP")
                 if self.signals > handled:
                     handled = self.signals
                     self._on_signal(handled)
                 if self.stop_reason is None:
-                    if self.colony.stop_path.exists():
+                    # The deadline first: an agent may have laid STOP for it already.
+                    if until is not None and time.time() >= until:
+                        laid = deadline.lay_stop(self.colony.stop_path)
+                        self._stopping(f"--max-hours {self.opts.max_hours} passed: "
+                                       f"{'created' if laid else 'found'} {self.colony.stop_path}")
+                    elif self.colony.stop_path.exists():
                         self._stopping("STOP file found; agents finish and exit")
-                    elif deadline is not None and time.monotonic() >= deadline:
-                        request_stop(self.colony)
-                        self._stopping(f"--max-hours {self.opts.max_hours} passed: created {self.colony.stop_path}")
                 self._reap_exits()
                 if self.stop_reason is None:
                     self._restart_due()
-                if not any(a.proc or a.restart_at is not None for a in self.agents):
+                if not any(a.proc or a.adopted or a.restart_at is not None for a in self.agents):
                     break
                 time.sleep(self.opts.poll)
         finally:
             restore()
+            deadline.clear(self.colony.home, launcher=os.getpid())  # nobody is left to hold to it
+            lock.release()
         refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
         if refused:
             self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
@@ -226,11 +336,13 @@ class Swarm:
         return 0
 
     def _pid(self, agent: _Agent) -> int | None:
-        return agent.proc.pid if agent.proc else None
+        return agent.proc.pid if agent.proc else agent.adopted.pid if agent.adopted else None
 
     def _reap_exits(self) -> None:
         now = time.monotonic()
         for agent in self.agents:
+            if agent.adopted is not None:
+                self._check_adopted(agent, now)
             if agent.proc is None:
                 continue
             code = agent.proc.poll()
@@ -241,18 +353,22 @@ class Swarm:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
             self.colony.event("agent_exit", None, agent=agent.spec.id, pid=pid, code=code, ran_s=round(ran, 1),
                               by="launcher")
+            if code == USAGE_EXIT and self._adopt(agent):
+                continue  # it found its id held by a live agent a dead launcher had started
             if code == 0 or code == USAGE_EXIT or self.stop_reason is not None:
                 agent.exit_code = code
                 self._say(f"{agent.spec.id} exited ({how})")
                 continue
-            # A crash: back off exponentially, but an agent that had been healthy for a while
-            # starts over at the shortest delay (this crash is news, not a crash loop).
-            if agent.delay == 0 or ran >= self.opts.healthy_after:
-                agent.delay = self.opts.backoff_start
-            else:
-                agent.delay = min(agent.delay * 2, self.opts.backoff_cap)
+            agent.delay = self._back_off(agent, ran)
             agent.restart_at = now + agent.delay
             self._say(f"{agent.spec.id} died ({how}) after {ran:.1f}s; restarting in {agent.delay:g}s")
+
+    def _back_off(self, agent: _Agent, ran: float) -> float:
+        """A crash: back off exponentially, but an agent that had been healthy for a while starts
+        over at the shortest delay (this crash is news, not a crash loop)."""
+        if agent.delay == 0 or ran >= self.opts.healthy_after:
+            return self.opts.backoff_start
+        return min(agent.delay * 2, self.opts.backoff_cap)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -267,7 +383,7 @@ class Swarm:
         self.stop_reason = reason
         for agent in self.agents:
             agent.restart_at = None  # no restarts once stopping: the colony is winding down
-        running = sum(1 for a in self.agents if a.proc)
+        running = sum(1 for a in self.agents if a.proc or a.adopted)
         self._say(f"{reason}; waiting for {running} agent(s)")
 
     def _on_signal(self, count: int) -> None:
@@ -283,6 +399,7 @@ class Swarm:
 
     def _signal_all(self, sig: signal.Signals) -> None:
         for agent in self.agents:
+            self._signal_adopted(agent, sig)
             if agent.proc and agent.proc.poll() is None:
                 try:
                     os.kill(agent.proc.pid, sig)  # the agent itself: its own children are its business
@@ -297,7 +414,12 @@ class Swarm:
         def count(signum: int, frame: FrameType | None) -> None:
             self.signals += 1
 
+        def hangup(signum: int, frame: FrameType | None) -> None:
+            self.hangups += 1  # a closed terminal: not a stop (the default would end us silently)
+
         old = {sig: signal.signal(sig, count) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it is ignored already
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
 
         def restore() -> None:
             for sig, handler in old.items():

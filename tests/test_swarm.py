@@ -68,8 +68,9 @@ class Launcher:
         self.agents: set[int] = set()
 
     def start(self, entries: list[dict], *args: str) -> subprocess.Popen[str]:
-        script = self.tmp / "script.yaml"
-        script.write_text(yaml.safe_dump(entries, sort_keys=False))
+        script, text = self.tmp / "script.yaml", yaml.safe_dump(entries, sort_keys=False)
+        if not script.exists() or script.read_text() != text:  # running agents may be reading it
+            script.write_text(text)
         # No "run": the CLI inserts it when the first argument is an option.
         # Its own session and process group, like a shell job: os.killpg stands in for Ctrl-C.
         self.proc = subprocess.Popen(
