@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import deadline, integrate, tasks
-from harness.colony import Claim, Colony
 from harness.checkout import Blocked
+from harness.colony import Claim, Colony
 from harness.command import CommandBackend
 from harness.errors import AlreadyRunning, HarnessError, NotOwner, UsageError
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict
