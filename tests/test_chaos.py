@@ -125,11 +125,11 @@ def test_a_night_of_launcher_kills_agent_kills_sighup_and_user_commits(colony: C
         elif move == "agent":
             beats = [json.loads(p.read_text()) for p in colony.home.glob("agents/*/heartbeat.json")]
             working = [b for b in beats if b.get("task") and b.get("state") != "exited"]
-            try:
-                os.kill(int(rng.choice(working)["pid"]), signal.SIGKILL) if working else None
-            except ProcessLookupError:
-                continue
             if not working:
+                continue
+            try:
+                os.kill(int(rng.choice(working)["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
                 continue
         elif move == "hup":
             launcher.send_signal(signal.SIGHUP)
