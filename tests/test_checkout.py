@@ -226,6 +226,10 @@ def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Pa
             if n == 8:  # by now t19's landing may be waiting on the untracked file: move it aside
                 wait_for(lambda: any(e["event"] == "landing_blocked" and e.get("task") == "t19"
                                      for e in colony.events()) or proc.poll() is not None, 60, "t19 to wait")
+                if proc.poll() is None:  # and status tells the user what it waits for
+                    shown = subprocess.run([sys.executable, "-m", "harness", "status", "--repo", str(target)],
+                                           capture_output=True, text=True).stdout
+                    assert "waiting to land" in shown and "t19.txt" in shown, shown
                 (target / "t19.txt").rename(target / "t19.txt.mine")
         out = proc.communicate(timeout=120)[0]
     finally:
