@@ -42,13 +42,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import fsutil
+from harness import faults, fsutil, gate, report
 from harness.colony import Colony
 from harness.errors import UsageError
 
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
 USAGE_EXIT = 2  # an agent's "bad arguments" exit: restarting cannot help
+FAULT_EXIT = 2  # the colony stopped on a configuration fault (.stigmergy/FAULT): fix it, relaunch
 _ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,40}\Z")  # leaves room for "-NN" in a 64-char id
 
 
@@ -186,6 +187,7 @@ class Swarm:
         if self.colony.stop_path.exists():
             self.colony.stop_path.unlink(missing_ok=True)
             self._say(f"removed {self.colony.stop_path} left from an earlier stop")
+        self._clear_faults()
         deadline = time.monotonic() + self.opts.max_hours * 3600 if self.opts.max_hours is not None else None
         restore = self._install_signals()
         try:
@@ -202,7 +204,9 @@ class Swarm:
                     handled = self.signals
                     self._on_signal(handled)
                 if self.stop_reason is None:
-                    if self.colony.stop_path.exists():
+                    if self.colony.fault_path.exists():
+                        self._stopping("configuration fault (FAULT): agents release their claims and exit")
+                    elif self.colony.stop_path.exists():
                         self._stopping("STOP file found; agents finish and exit")
                     elif deadline is not None and time.monotonic() >= deadline:
                         request_stop(self.colony)
@@ -215,12 +219,31 @@ class Swarm:
                 time.sleep(self.opts.poll)
         finally:
             restore()
+        self._summary()
+        fault = faults.read(self.colony.home)
+        if fault is not None:
+            self._say(f"the colony stopped on a configuration fault: {fault.get('message')}")
+            return FAULT_EXIT
         refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
         if refused:
             self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
             return USAGE_EXIT
         self._say("all agents have exited")
         return 0
+
+    def _clear_faults(self) -> None:
+        """A FAULT from an earlier run would stop the new colony at once, and a red verdict would
+        keep it waiting on an environment the user may have fixed: both are checked afresh."""
+        old = faults.clear(self.colony.home)
+        if old is not None:
+            self._say(f"removed {self.colony.fault_path} left from an earlier run ({old.get('kind')})")
+        gate.forget_red(self.colony.home)
+
+    def _summary(self) -> None:
+        try:
+            self._say(report.summary_line(report.build(self.colony)))
+        except (OSError, ValueError) as e:  # the account is a courtesy: it must not change the exit
+            self._say(f"no summary: {e}")
 
     def _pid(self, agent: _Agent) -> int | None:
         return agent.proc.pid if agent.proc else None

@@ -25,8 +25,19 @@ def excerpt(output: str, limit: int = 3000) -> str:
     return text if len(text) <= limit else text[: limit // 3] + "\n...\n" + text[-2 * limit // 3:]
 
 
+# A shell's "could not execute" (126) and "command not found" (127): the command itself is
+# broken, whatever the tree; on unmodified main that is a configuration fault (see gate.py).
+NOT_RUNNABLE = frozenset({126, 127})
+
+
 def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float, log: Path) -> Verdict:
     """Run each command in turn (a shell line each); the first failure decides."""
+    return run_checked(commands, cwd, env, timeout, log)[0]
+
+
+def run_checked(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float,
+                log: Path) -> tuple[Verdict, int | None]:
+    """``run_verify`` and the deciding exit code: 0 when all passed, None on a timeout."""
     with open(log, "ab") as out:
         for cmd in commands:
             out.write(f"$ {cmd}\n".encode())
@@ -47,5 +58,5 @@ def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: 
                     text = f.read().decode(errors="replace")
                 why = f"timed out after {timeout:g}s" if code is None else f"exit code {code}"
                 out.write(f"[verify failed: {why}]\n".encode())
-                return Verdict(False, f"`{cmd}` failed ({why}):\n{excerpt(text)}")
-    return Verdict(True)
+                return Verdict(False, f"`{cmd}` failed ({why}):\n{excerpt(text)}"), code
+    return Verdict(True), 0
