@@ -385,9 +385,11 @@ class Agent:
                 self.gate.end_check(tree)
         return self.gate.decide(tree, verdict, self.id)
 
-    def blame(self, task: Task, base: str) -> None:
+    def blame(self, task: Task, base: str | None) -> None:
         """A candidate failed verify. Its base known green: the task's failure (return). Known red,
         or not known (checked on the next pick, before anything is claimed): not the task's."""
+        if base is None or self.gate.command is None:
+            return
         tree = self.ws.git.run("rev-parse", f"{base}^{{tree}}").strip()
         green = self.gate.known_green(tree)
         if green or task.id == self.gate.red_task(tree):

@@ -187,7 +187,7 @@ class Gate:
         return Hold(f"main is red ({tid}): {why}", red=status != "active")
 
     def file_red(self, tree: str, v: dict[str, Any], agent: str) -> str:
-        tid = self.red_task(tree)
+        tid = red_task_id(tree, str(self.command))
         if self.colony.locate(tid) is not None:
             return tid
         body = (f"The repo-wide verify command fails on main itself (tree {tree[:12]}), before any task's "

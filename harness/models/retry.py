@@ -175,7 +175,7 @@ class CoolDown:
         ``cap``), never earlier than an existing cool-down. Returns the seconds held from now."""
         with self._locked() as current:
             n = int(current["outages"]) + 1
-            hold = min(cap, base * 2 ** min(n - 1, 30))
+            hold = float(min(cap, base * 2.0 ** min(n - 1, 30)))
             self._write(max(current["until"], self._clock() + hold), n)
             return hold
 
