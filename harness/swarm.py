@@ -21,6 +21,10 @@ What the launcher adds is supervision:
   reads) ends restarts and waits for the agents to leave. With ``--until-empty`` (passed on to the
   agents) it ends when every agent has exited 0. A STOP left over from an earlier stop is removed
   at launch, or the new agents would leave at once.
+- faults: ``.stigmergy/FAULT`` (a configuration fault an agent met: see faults.py) stops restarts
+  like STOP; once the agents are gone the launcher prints its message and exits 2. A FAULT from an
+  earlier run is removed at launch, and red verdicts of main are dropped so main is checked again.
+- summary: when the agents are gone, one line of what landed, failed and is left, and the spend.
 
 Output: one line per lifecycle change on stderr; each agent's stdout and stderr are appended to
 ``<home>/agents/<id>/agent.log``; events ``launch``, ``agent_exit`` and ``agent_restart`` go to the
