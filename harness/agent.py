@@ -80,11 +80,19 @@ class AgentOptions:
 class Metered:
     """A Model that writes every call's tokens and cost to this agent's ledger as it happens."""
 
-    def __init__(self, model: Model, ledger: Ledger, agent: str, task: str) -> None:
+    def __init__(self, model: Model, ledger: Ledger, agent: str, task: str, cooldown: CoolDown | None = None,
+                 abort: Callable[[], bool] = lambda: False) -> None:
         self.model, self.ledger, self.agent, self.task = model, ledger, agent, task
+        self.cooldown, self.abort = cooldown, abort
         self.name = model.name
 
     def complete(self, request: Request) -> Reply:
+        # A colony cool-down (an outage, a 429) is waited out here, where a stop is heard at once,
+        # rather than inside the provider's retries, which may sleep for minutes.
+        while self.cooldown is not None and self.cooldown.remaining() > 0:
+            if self.abort():
+                raise ModelTransient("the agent stopped while the colony was cooling down")
+            time.sleep(0.2)
         reply = self.model.complete(request)
         self.ledger.record(agent=self.agent, task=self.task, model=self.name, usage=reply.usage,
                            cost_usd=reply.cost_usd)
@@ -239,7 +247,8 @@ class Agent:
                                                     next(rounds)))
         assert self.model is not None
         outcome = run_attempt(
-            Metered(self.model, self.ledger, self.id, task.id), system, prompt,
+            Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
+                    lambda: self.stopping() or self.must_abort()), system, prompt,
             Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             budget_check=self.must_abort, secrets=self.secrets)

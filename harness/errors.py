@@ -23,7 +23,8 @@
         ├── ModelTransient       408/409/5xx/529, connection error, timeout, torn body: retried,
         │   │                    raised only once the retries are spent; then an outage: the
         │   │                    task is released uncounted and the colony cools down
-        │   └── ModelRateLimited 429: carries ``retry_after``; extends the colony cool-down
+        │   ├── ModelRateLimited 429: carries ``retry_after``; extends the colony cool-down
+        │   └── ModelCoolingDown not sent: the colony cools down after an outage (not retried)
         ├── BudgetExceeded       the colony's or the attempt's cost cap was reached
         └── NoScriptMatch        the scripted model has no entry for this task: release it with a note
 
@@ -120,6 +121,10 @@ class ModelTransient(ModelError):
 
 class ModelRateLimited(ModelTransient):
     pass
+
+
+class ModelCoolingDown(ModelTransient):
+    """Not sent: the colony is cooling down after an outage another agent met."""
 
 
 class BudgetExceeded(ModelError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli, landed_ids, set_config, wait_for
+from conftest import advance_main, cli, landed_ids, set_config, wait_for
 from harness.colony import Colony
 from harness.models.fake_server import FakeServer
 from harness.tasks import Task
@@ -100,6 +100,30 @@ def test_a_red_main_costs_one_attempt_then_the_colony_waits_and_no_task_fails(
     assert any(n["kind"] == "obsolete" for n in colony.notes(reds[0].id))
     assert attempts(colony).count(f"{reds[0].id}/001") == 1 and len(attempts(colony)) == 11
     assert "10 landed" in again.stderr and "0 failed" in again.stderr
+
+
+def test_main_turning_red_under_a_task_is_not_held_against_it(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, verify="test ! -f broken.txt")
+    ids = add_tasks(colony, 1)
+    path = tmp_path / "script.yaml"
+    path.write_text(yaml.safe_dump([{"match": "^t0$", "actions": [
+        {"write": {"path": "t0.txt", "content": "t0\n"}}, {"sleep": 2}, {"finish": "done"}]}]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "--repo", str(colony.repo), "--model", f"scripted:{path}", "--agents", "1",
+         "--workspaces", str(tmp_path / "ws"), "--until-empty"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        wait_for(lambda: any(e["event"] == "claim" for e in colony.events()), 30, "the claim")
+        advance_main(colony.repo, "broken.txt", "a human breaks main\n")  # while the task works
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    # Its work passed on the old main; merged onto the new one it fails, and the new main is to blame.
+    release = next(e for e in colony.events() if e["event"] == "release" and e["task"] == "t0")
+    assert release["skip_count"] == 0 and "not known to pass verify" in release["note"]
+    assert_nothing_counted(colony, ids)
+    assert [t.id for _, t in colony.listing("all") if t.id.startswith("main-red-")]  # and main's fix is asked for
 
 
 # -- configuration faults stop the colony -------------------------------------------------------------

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from harness import fsutil
-from harness.errors import (ModelAuthError, ModelBadRequest, ModelError, ModelNotFound, ModelRateLimited,
-                            ModelTransient)
+from harness.errors import (ModelAuthError, ModelBadRequest, ModelCoolingDown, ModelError, ModelNotFound,
+                            ModelRateLimited, ModelTransient)
 from harness.models.base import Model, Reply, Request
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -238,12 +238,14 @@ class RetryingModel:
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.policy.attempts)),
             wait=self._wait,
-            retry=retry_if_exception_type(ModelTransient),
+            retry=retry_if_exception(lambda e: isinstance(e, ModelTransient) and not isinstance(e, ModelCoolingDown)),
             sleep=self._sleep,
             reraise=True,  # callers see our ModelTransient, never tenacity's RetryError
         )
         try:
             reply = retrying(self._attempt, request)
+        except ModelCoolingDown:
+            raise  # someone else's outage: already counted once
         except ModelTransient:
             # Every retry spent: an outage, not this task's fault. The whole colony holds off,
             # longer with each consecutive outage, instead of each agent burning its tasks.
@@ -256,8 +258,13 @@ class RetryingModel:
 
     def _attempt(self, request: Request) -> Reply:
         if self.cooldown is not None:
-            self.cooldown.wait()
             self._outages_seen = self.cooldown.outages() > 0  # only then does success write the file
+            if self._outages_seen and self.cooldown.remaining() > 0:
+                # An outage was declared (by us or another agent): give up this call now instead of
+                # sleeping through a cool-down of minutes where nobody can stop us.
+                raise ModelCoolingDown(f"{self.name}: not sent, the colony is cooling down after an outage "
+                                       f"({self.cooldown.remaining():.0f}s left)")
+            self.cooldown.wait()
         try:
             return self.inner.complete(request)
         except ModelRateLimited as exc:
