@@ -1,7 +1,8 @@
 """One agent: an independent process that senses the environment, claims, works, verifies, lands.
 
     while not stopped:
-        sense: heartbeat (a thread), reap stale claims, read STOP and the budget
+        sense: heartbeat (a thread), reap stale claims, read STOP, FAULT and the budget
+        gate: wait out a colony cool-down; is main green? (gate.py; while it is red, only its fix)
         pick and claim the best ready task for my role (back off when none)
         prepare: reset my worktree to the tip of main (or main + the conflicting work)
         work: render the prompt and run the model's tool loop
@@ -10,7 +11,9 @@
         finish: done, or back to pending with a note (skip_count + 1), claim released
 
 Stopping is data: a step that cannot go on raises `GiveUp(note)`, and the claim is released with
-that note for the next claimant. Nothing here talks to another agent.
+that note for the next claimant. What is not the task's fault never counts against it: a red main
+or an endpoint outage raises `Blameless(note)` (released uncounted), and a configuration fault
+(`ColonyFault`) lays FAULT, which stops the colony. Nothing here talks to another agent.
 """
 
 from __future__ import annotations
@@ -26,21 +29,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, integrate, tasks
+from harness import deadline, faults, integrate, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
-from harness.errors import AlreadyRunning, HarnessError, NotOwner, UsageError
-from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict
+from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
+from harness.gate import Decision, Fix, Gate, Go, Hold
+from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict, VerifyFailed
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
+from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
 from harness.prompts import Prompts
 from harness.roles import load_role
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
 from harness.tools import Toolbox
-from harness.verify import run_verify
+from harness.verify import run_checked, run_verify
 from harness.workspace import Workspace
 
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
@@ -54,6 +59,10 @@ class GiveUp(Exception):
 
 class Stop(Exception):
     """The agent was told to stop (SIGTERM, STOP now, budget) in the middle of a step."""
+
+
+class Blameless(Exception):
+    """This attempt cannot go on, and not by the task's fault (red main, outage): released uncounted."""
 
 
 @dataclass
@@ -75,11 +84,19 @@ class AgentOptions:
 class Metered:
     """A Model that writes every call's tokens and cost to this agent's ledger as it happens."""
 
-    def __init__(self, model: Model, ledger: Ledger, agent: str, task: str) -> None:
+    def __init__(self, model: Model, ledger: Ledger, agent: str, task: str, cooldown: CoolDown | None = None,
+                 abort: Callable[[], bool] = lambda: False) -> None:
         self.model, self.ledger, self.agent, self.task = model, ledger, agent, task
+        self.cooldown, self.abort = cooldown, abort
         self.name = model.name
 
     def complete(self, request: Request) -> Reply:
+        # A colony cool-down (an outage, a 429) is waited out here, where a stop is heard at once,
+        # rather than inside the provider's retries, which may sleep for minutes.
+        while self.cooldown is not None and self.cooldown.remaining() > 0:
+            if self.abort():
+                raise ModelTransient("the agent stopped while the colony was cooling down")
+            time.sleep(0.2)
         reply = self.model.complete(request)
         self.ledger.record(agent=self.agent, task=self.task, model=self.name, usage=reply.usage,
                            cost_usd=reply.cost_usd)
@@ -113,6 +130,9 @@ class Agent:
         if model is None and not spec and self.command is None:
             raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5), set `model:` in "
                              "config.yaml, or use --backend command --agent-cmd CMD")
+        self.cooldown = CoolDown(colony.home / "cooldown.json")
+        self.gate = Gate(colony, self.ws.git, self.ws.main, self.repo_verify(), self.cfg.red_main_attempts)
+        self.hold: Hold | None = None  # why the last pick claimed nothing, when main was the reason
         self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
@@ -125,8 +145,7 @@ class Agent:
 
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
-        from harness.models.retry import CoolDown
-        return load_model(spec, api_base=self.opts.api_base or self.cfg.api_base, cooldown=CoolDown(self.colony.home / "cooldown.json"),
+        return load_model(spec, api_base=self.opts.api_base or self.cfg.api_base, cooldown=self.cooldown,
                           **self.cfg.model_options)
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -144,9 +163,9 @@ class Agent:
                 if self.over_budget():
                     self.say(f"colony budget of ${self.budget} reached: claiming nothing more")
                     break
-                got = self.colony.claim(self.id, self.role.name, pid=os.getpid())
+                got = self.claim_next()
                 if got is None:
-                    if self.opts.until_empty and self.colony.idle():
+                    if self.opts.until_empty and self.nothing_left():
                         break
                     self.nap(idle)
                     idle = min(idle * 2, self.opts.max_idle_sleep)
@@ -163,7 +182,7 @@ class Agent:
             self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
             self.colony.event("agent_exit", agent=self.id)
             lock.release()  # after the goodbye beat: whoever sees the id free also sees "exited"
-        return 0
+        return ColonyFault.exit_code if self.colony.fault_path.exists() else 0
 
     def attempt(self, claim: Claim, task: Task) -> None:
         self.current = task.id
@@ -182,6 +201,10 @@ class Agent:
             self.release(claim, str(e), task)
         except Stop:
             self.release(claim, "the agent was stopped before it finished; nothing landed", skip=False)
+        except (Blameless, ColonyFault) as e:
+            if isinstance(e, ColonyFault):
+                self.fault(e)
+            self.release(claim, f"not counted against the task: {e}", skip=False)
         except HarnessError as e:
             self.release(claim, f"{type(e).__name__}: {e}", task)
         except Exception as e:  # a bug must not kill the night: log it, free the task, go on
@@ -213,6 +236,7 @@ class Agent:
             verdict = check(self.ws.path)
             if verdict.ok:
                 return commit
+            self.blame(task, start)  # a red main is not this task's failure: find out before blaming it
             if round_ > rounds:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
@@ -231,7 +255,8 @@ class Agent:
                                                     next(rounds)))
         assert self.model is not None
         outcome = run_attempt(
-            Metered(self.model, self.ledger, self.id, task.id), system, prompt,
+            Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
+                    lambda: self.stopping() or self.must_abort()), system, prompt,
             Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             budget_check=self.must_abort, secrets=self.secrets)
@@ -253,6 +278,8 @@ class Agent:
         elif isinstance(result, Blocked):
             raise Stop()  # stopped while the user's checkout held the landing back
         else:
+            if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
+                self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
 
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> None:
@@ -260,6 +287,8 @@ class Agent:
         if task.resolves:  # the original's work is on main too: it counts as done first
             self.colony.settle(task.resolves, by=self.id, via=task.id)
         self.colony.done(task.id, self.id, claim.token, commit=result.commit)
+        if isinstance(result, Landed):  # its exact tree passed verify: main's new verdict, for free
+            self.gate.record(self.ws.git.run("rev-parse", f"{result.commit}^{{tree}}").strip(), True, self.id)
         self.say(f"landed {task.id} as {result.commit[:10]}")
 
     def wait_to_land(self, reason: str) -> bool:
@@ -292,13 +321,20 @@ class Agent:
         # Finished work is verified and landed even past the budget: landing costs no model call.
         if not outcome.finished and self.must_abort():
             raise Stop()
+        if isinstance(outcome.error, ColonyFault):
+            raise outcome.error
+        if isinstance(outcome.error, ModelTransient):
+            raise Blameless(f"the model endpoint is unreachable or failing (every retry spent), so the colony "
+                            f"cools down: {outcome.error}")
         if not outcome.finished:
             why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
             raise GiveUp(f"the model did not finish ({why}). Last summary: {outcome.summary or '(none)'}")
 
+    def repo_verify(self) -> str:
+        return self.opts.verify if self.opts.verify is not None else self.cfg.verify
+
     def verify_commands(self, task: Task) -> list[str]:
-        repo_wide = self.opts.verify if self.opts.verify is not None else self.cfg.verify
-        return [c for c in (repo_wide, task.verify) if c and c.strip()]
+        return [c for c in (self.repo_verify(), task.verify) if c and c.strip()]
 
     def verify(self, task: Task, env: dict[str, str], run: Path) -> Check:
         def check(worktree: Path) -> Verdict:
@@ -334,6 +370,73 @@ class Agent:
         except NotOwner:
             self.say(f"{claim.task_id} is no longer mine (reaped or taken over); nothing to release")
 
+    # -- faults that are not the task's ------------------------------------------------------------
+    def claim_next(self) -> tuple[Claim, Task] | None:
+        """Claim what the colony's state allows: nothing while it cools down after an outage or
+        main is being checked, only main's fix while main is red, else the best ready task."""
+        self.hold = None
+        if self.cooldown.remaining() > 0:
+            return None
+        try:
+            decision = self.gatekeep()
+        except ColonyFault as e:
+            self.fault(e)
+            return None
+        if isinstance(decision, Hold):
+            self.hold = decision
+            return None
+        if isinstance(decision, Fix):
+            got = self.colony.try_claim(decision.task, self.id, pid=os.getpid())
+            return got if isinstance(got, tuple) else None
+        return self.colony.claim(self.id, self.role.name, pid=os.getpid())
+
+    def gatekeep(self) -> Decision:
+        """Main's verdict, from the cache or (by exactly one agent per tree) a run on main itself."""
+        if self.gate.command is None:
+            return Go()
+        tree = self.gate.tree()
+        verdict = self.gate.verdict(tree)
+        if verdict is None:
+            if not self.gate.begin_check(tree, self.id):
+                return Hold("another agent is checking main")
+            marked = tree
+            try:
+                self.ws.prepare()  # no claim held, no model call: verify on main as it is
+                tree = self.ws.wt.run("rev-parse", "HEAD^{tree}").strip()  # main may have moved meanwhile
+                log = self.gate.dir / f"{self.gate.key(tree)}.log"
+                result, code = run_checked([self.gate.command], self.ws.path, self.env(Task(
+                    id="main-check", title="verify main")), self.cfg.verify_timeout, log)
+                self.say(f"main ({tree[:12]}) is {'green' if result.ok else 'red'} under `{self.gate.command}`")
+                verdict = self.gate.record(tree, result.ok, self.id, code, result.log, str(log))
+            except (HarnessError, OSError) as e:  # a git or disk hiccup: try again on the next pick
+                self.say(f"could not check main: {type(e).__name__}: {e}")
+                return Hold("main could not be checked")
+            finally:
+                self.gate.end_check(marked)
+        return self.gate.decide(tree, verdict, self.id)
+
+    def blame(self, task: Task, base: str | None) -> None:
+        """A candidate failed verify. Its base known green: the task's failure (return). Known red,
+        or not known (checked on the next pick, before anything is claimed): not the task's."""
+        if base is None or self.gate.command is None:
+            return
+        tree = self.ws.git.run("rev-parse", f"{base}^{{tree}}").strip()
+        green = self.gate.known_green(tree)
+        if green or task.id == self.gate.red_task(tree):
+            return
+        raise Blameless(f"main ({tree[:12]}) is {'red' if green is False else 'not known to pass verify'}: "
+                        "nothing of this attempt is held against the task")
+
+    def fault(self, e: ColonyFault) -> None:
+        laid = faults.record(self.colony.home, e, self.id, self.secrets)
+        self.say(f"configuration fault, the colony stops: {laid['message']}")
+
+    def nothing_left(self) -> bool:
+        """For --until-empty: no task is ready or active, or main is red and its fix attempts are spent."""
+        if self.hold is not None and self.hold.red and not any(self.colony.task_dir("active").glob("*.yaml")):
+            return True
+        return self.colony.idle()
+
     def sense(self) -> None:
         if time.monotonic() - self._reaped_at > self.cfg.lease_ttl / 4:
             self._reaped_at = time.monotonic()
@@ -358,7 +461,7 @@ class Agent:
 
     def must_abort(self) -> bool:
         """Checked before every model call: abort now, not after the task (SIGTERM, STOP now, budget)."""
-        if self.signalled or self.over_budget():
+        if self.signalled or self.over_budget() or self.colony.fault_path.exists():
             return True
         try:
             return self.colony.stop_path.read_text().strip() == "now"

@@ -234,6 +234,19 @@ def cmd_task_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task_retry(args: argparse.Namespace) -> int:
+    colony = _colony(args)
+    if bool(args.ids) == bool(args.failed):
+        raise UsageError("task retry: name the failed task ids, or pass --failed for all of them (not both)")
+    ids = args.ids or [t.id for _, t in colony.listing("failed")]
+    for tid in ids:
+        colony.retry(tid, by=args.agent)
+        print(f"re-opened {tid}")
+    if not ids:
+        print("no failed tasks")
+    return 0
+
+
 def cmd_task_claim(args: argparse.Namespace) -> int:
     colony = _colony(args)
     got = colony.claim(args.agent, args.role, pid=args.pid)
@@ -391,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = task.add_parser("import", parents=[common], help="add tasks from a YAML list or markdown checklist")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_task_import)
+
+    retry = task.add_parser("retry", parents=[common], help="re-open failed tasks: pending, skip_count 0, notes kept")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    retry.add_argument("--failed", action="store_true", help="every failed task")
+    retry.add_argument("--agent", default="human", help=argparse.SUPPRESS)
+    retry.set_defaults(func=cmd_task_retry)
 
     claim = task.add_parser("claim", parents=[common], help="claim the best ready task (exit 3: none ready)")
     claim.add_argument("--agent", required=True)

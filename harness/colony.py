@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import fsutil, target, tasks
+from harness import faults, fsutil, target, tasks
 from harness.config import DEFAULT_CONFIG, Config, with_branch
 from harness.errors import InvalidTask, NotARepository, NotOwner, UnknownTask
 from harness.pool import Pool, meta_of
@@ -155,6 +155,10 @@ class Colony:
     @property
     def stop_path(self) -> Path:
         return self.home / "STOP"
+
+    @property
+    def fault_path(self) -> Path:
+        return faults.path(self.home)
 
     def task_dir(self, status: str) -> Path:
         return self.home / "tasks" / status
@@ -462,6 +466,25 @@ class Colony:
         if task is not None and task.resolves:
             self._undefer(task.resolves, task_id, agent)
 
+    def retry(self, task_id: str, by: str) -> Task:
+        """A failed task back to pending with skip_count 0 (a person decided it deserves another
+        go); its notes stay, so the next claimant sees what was tried."""
+        path = self.task_dir("failed") / f"{tasks.check_id(task_id)}.yaml"
+        task = self.read_task(path)
+        if task is None:
+            where = self.locate(task_id)
+            raise UnknownTask(f"task {task_id!r} is not failed" + (f" (it is {where[0]})" if where else
+                              " (no such task)") + "; `stigmergy task list --status failed` shows the failed ones")
+        task.skip_count = 0
+        fsutil.atomic_write(path, task.to_yaml())
+        try:
+            os.rename(path, self.task_dir("pending") / f"{task_id}.yaml")
+        except FileNotFoundError:
+            raise UnknownTask(f"task {task_id!r} was moved while retrying it; look at `task show {task_id}`") from None
+        self.add_note(task_id, by, "re-opened by `task retry` after it failed", kind="retry")
+        self.event("retry", task_id, agent=by, meta=meta_of(task))
+        return task
+
     def _undefer(self, task_id: str, gave_up: str, agent: str) -> None:
         """A conflict resolution failed: its original must not wait for it forever. It goes back to
         work from the current main (its first attempt stays under refs/stigmergy/conflicts/)."""
@@ -558,7 +581,8 @@ class Colony:
 
     # -- stopping -------------------------------------------------------------------------------------
     def stop_requested(self) -> bool:
-        return self.stop_path.exists()
+        # A configuration fault (FAULT, see faults.py) stops everyone just as STOP does.
+        return self.stop_path.exists() or self.fault_path.exists()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -39,6 +39,7 @@ verify: ""
 verify_timeout: 1800      # seconds
 verify_rounds: 3          # feed a failing verify back to the model this many times, then release
 max_attempts: 5           # a task released this many times is marked failed (with its notes)
+red_main_attempts: 1      # while main itself fails verify, attempts at its fix before the colony waits
 
 # Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
 # (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
@@ -69,6 +70,7 @@ class Config:
     verify_timeout: float = 1800
     verify_rounds: int = 3
     max_attempts: int = 5
+    red_main_attempts: int = 1
     lease_ttl: float = 120
     heartbeat_interval: float = 5
     budget_usd: float | None = None

@@ -12,14 +12,23 @@
     │   └── AlreadyRunning       a live process already holds this agent id, or this colony's
     │                            launcher: the message names it (pid, host, since when)
     ├── NothingToClaim           no ready task (exit 3)
+    ├── ColonyFault              a configuration fault no task can fix (exit 2): the first agent to
+    │   │                        see one writes .stigmergy/FAULT and the whole colony stops
+    │   ├── VerifyNotRunnable    the repo-wide verify command exits 126/127 on unmodified main
+    │   └── ModelConfigError     the endpoint refuses us whatever we send (also a ModelError)
+    │       ├── ModelAuthError   401/403: the API key is wrong or may not use this model
+    │       └── ModelNotFound    404: unknown model name or wrong endpoint URL
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
     ├── ToolError                a tool call the model made cannot be carried out; answered to
     │                            the model as a tool error, never escapes the tool loop
     └── ModelError               the model endpoint failed for good (after retries)
-        ├── ModelAuthError       400/401/403: retrying cannot help; the attempt ends with a note
+        ├── ModelConfigError     (above) 401/403/404: stops the colony, counts against no task
+        ├── ModelBadRequest      400/422: this request's fault; the attempt ends with a note (counted)
         ├── ModelTransient       408/409/5xx/529, connection error, timeout, torn body: retried,
-        │   │                    raised only once the retries are spent
-        │   └── ModelRateLimited 429: carries ``retry_after``; extends the colony cool-down
+        │   │                    raised only once the retries are spent; then an outage: the
+        │   │                    task is released uncounted and the colony cools down
+        │   ├── ModelRateLimited 429: carries ``retry_after``; extends the colony cool-down
+        │   └── ModelCoolingDown not sent: the colony cools down after an outage (not retried)
         ├── BudgetExceeded       the colony's or the attempt's cost cap was reached
         └── NoScriptMatch        the scripted model has no entry for this task: release it with a note
 
@@ -82,11 +91,35 @@ class ToolError(HarnessError):
     pass
 
 
+class ColonyFault(HarnessError):
+    """Not the task's fault and not fixable by retrying: the message names the fix."""
+
+    exit_code = 2
+    kind = "config"
+
+
+class VerifyNotRunnable(ColonyFault):
+    kind = "verify_not_runnable"
+
+
 class ModelError(HarnessError):
     pass
 
 
-class ModelAuthError(ModelError):
+class ModelConfigError(ModelError, ColonyFault):
+    exit_code = 2
+    kind = "model_config"
+
+
+class ModelAuthError(ModelConfigError):
+    kind = "model_auth"
+
+
+class ModelNotFound(ModelConfigError):
+    kind = "model_not_found"
+
+
+class ModelBadRequest(ModelError):
     pass
 
 
@@ -100,6 +133,10 @@ class ModelTransient(ModelError):
 
 class ModelRateLimited(ModelTransient):
     pass
+
+
+class ModelCoolingDown(ModelTransient):
+    """Not sent: the colony is cooling down after an outage another agent met."""
 
 
 class BudgetExceeded(ModelError):

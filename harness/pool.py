@@ -145,7 +145,7 @@ class Pool:
 
     def apply(self, ev: dict[str, Any]) -> None:
         tid, kind = ev["task"], ev.get("event")
-        if kind in ("add", "defer", "undefer") and isinstance(ev.get("meta"), dict):
+        if kind in ("add", "defer", "undefer", "retry") and isinstance(ev.get("meta"), dict):
             self._set_pending(Entry.from_meta(tid, ev["meta"]))
         elif kind == "claim":
             self.forget(tid, "active")

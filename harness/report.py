@@ -75,13 +75,23 @@ def build(colony: Colony) -> dict[str, Any]:
             "cost_usd": sum(by_agent.values())}
 
 
+def summary_line(r: dict[str, Any]) -> str:
+    """One line: what landed, what was done without a change, failed, is left; the spend."""
+    tasks = r["tasks"]
+    landed = sum(1 for t in tasks if t["status"] == "done" and (t["commit"] or t["via"]))
+    unchanged = sum(1 for t in tasks if t["status"] == "done") - landed
+    failed = sum(1 for t in tasks if t["status"] == "failed")
+    waiting = sum(1 for t in tasks if t["status"] in ("pending", "active"))
+    return (f"{landed} landed, {unchanged} done without change, {failed} failed, {waiting} still pending or "
+            f"active; ${r['cost_usd']:.4f} spent")
+
+
 def render(r: dict[str, Any]) -> str:
     tasks = r["tasks"]
     landed = [t for t in tasks if t["status"] == "done" and (t["commit"] or t["via"])]
     failed = [t for t in tasks if t["status"] == "failed"]
     waiting = [t for t in tasks if t["status"] in ("pending", "active")]
-    out = [f"{len(landed)} landed, {len(failed)} failed, {len(waiting)} still pending or active; "
-           f"${r['cost_usd']:.4f} spent"]
+    out = [summary_line(r)]
     if landed:
         out.append("\nlanded:")
         for t in sorted(landed, key=lambda t: t["finished"] or 0):

@@ -7,7 +7,10 @@ import json
 import time
 from typing import Any
 
+from harness import faults, gate
 from harness.colony import STATUSES, Colony
+from harness.errors import GitError
+from harness.git import Git
 from harness.fsutil import read_lines
 
 
@@ -42,8 +45,23 @@ def snapshot(colony: Colony) -> dict[str, Any]:
         "landed": sum(1 for e in events if e.get("event") == "done" and e.get("commit")),
         "conflicts": sum(1 for e in events if e.get("event") == "defer"),
         "reaped": sum(1 for e in events if e.get("event") == "reap"),
-        "stop_requested": colony.stop_requested(),
+        "stop_requested": colony.stop_path.exists(),
+        "fault": faults.read(colony.home),
+        "main": _main(colony),
     }
+
+
+def _main(colony: Colony) -> dict[str, Any] | None:
+    """Main's last recorded verdict, if it is still about main's tip."""
+    state = gate.main_state(colony)
+    if state is None:
+        return None
+    try:
+        tip = Git(colony.repo).run("rev-parse", f"refs/heads/{colony.config.branch}^{{tree}}").strip()
+    except GitError:
+        return None
+    return {"ok": bool(state.get("ok")), "since": state.get("ts"), "task": state.get("task"),
+            "command": state.get("command"), "current": state.get("tree") == tip}
 
 
 def render(s: dict[str, Any]) -> str:
@@ -56,6 +74,13 @@ def render(s: dict[str, Any]) -> str:
         + f"; tokens in {int(sp['input_tokens'])}, out {int(sp['output_tokens'])}, "
           f"cache read {int(sp['cache_read_tokens'])}, cache write {int(sp['cache_write_tokens'])}",
     ]
+    main = s.get("main")
+    if main and main["current"] and not main["ok"]:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(main["since"] or 0)))
+        lines.append(f"MAIN IS RED since {since}: `{main['command']}` fails on main; only {main['task']} is "
+                     "worked on until main is green")
+    if s.get("fault"):
+        lines.append(f"FAULT (the colony stopped): {s['fault'].get('message', '')}")
     alive = [a for a in s["agents"] if a["alive"]]
     lines.append(f"agents: {len(alive)} alive of {len(s['agents'])} seen" + (" — STOP requested" if s[
         "stop_requested"] else ""))

@@ -29,6 +29,10 @@ What the launcher adds is supervision:
   exited 0. A STOP or deadline left over from an earlier run is removed at launch, or the new
   agents would leave at once.
 - SIGHUP (a closed terminal) is not a stop: the launcher carries on, writing to its log only.
+- faults: ``.stigmergy/FAULT`` (a configuration fault an agent met: see faults.py) stops restarts
+  like STOP; once the agents are gone the launcher prints its message and exits 2. A FAULT from an
+  earlier run is removed at launch, and red verdicts of main are dropped so main is checked again.
+- summary: when the agents are gone, one line of what landed, failed and is left, and the spend.
 
 Output: one line per lifecycle change on stderr and in ``<home>/launcher.log``; each agent's
 stdout and stderr are appended to ``<home>/agents/<id>/agent.log``; events ``launch``,
@@ -51,7 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import deadline, fsutil
+from harness import deadline, faults, fsutil, gate, report
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, UsageError
 from harness.launchlog import LauncherLog
@@ -60,6 +64,7 @@ from harness.pidlock import Holder, PidLock, agent_lock, holder, launcher_lock
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
 USAGE_EXIT = 2  # an agent's "bad arguments" exit: restarting cannot help
+FAULT_EXIT = 2  # the colony stopped on a configuration fault (.stigmergy/FAULT): fix it, relaunch
 _ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,40}\Z")  # leaves room for "-NN" in a 64-char id
 
 
@@ -287,6 +292,7 @@ class Swarm:
             self._say(f"removed {self.colony.stop_path} left from an earlier stop")
         if deadline.clear(self.colony.home):
             self._say(f"removed {deadline.deadline_path(self.colony.home)} left from an earlier run")
+        self._clear_faults()
         until = None
         if self.opts.max_hours is not None:  # in the environment: the agents hold it without us
             until = time.time() + self.opts.max_hours * 3600
@@ -311,8 +317,10 @@ class Swarm:
                     handled = self.signals
                     self._on_signal(handled)
                 if self.stop_reason is None:
-                    # The deadline first: an agent may have laid STOP for it already.
-                    if until is not None and time.time() >= until:
+                    if self.colony.fault_path.exists():
+                        self._stopping("configuration fault (FAULT): agents release their claims and exit")
+                    # The deadline before STOP: an agent may have laid STOP for it already.
+                    elif until is not None and time.time() >= until:
                         laid = deadline.lay_stop(self.colony.stop_path)
                         self._stopping(f"--max-hours {self.opts.max_hours} passed: "
                                        f"{'created' if laid else 'found'} {self.colony.stop_path}")
@@ -328,12 +336,31 @@ class Swarm:
             restore()
             deadline.clear(self.colony.home, launcher=os.getpid())  # nobody is left to hold to it
             lock.release()
+        self._summary()
+        fault = faults.read(self.colony.home)
+        if fault is not None:
+            self._say(f"the colony stopped on a configuration fault: {fault.get('message')}")
+            return FAULT_EXIT
         refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
         if refused:
             self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
             return USAGE_EXIT
         self._say("all agents have exited")
         return 0
+
+    def _clear_faults(self) -> None:
+        """A FAULT from an earlier run would stop the new colony at once, and a red verdict would
+        keep it waiting on an environment the user may have fixed: both are checked afresh."""
+        old = faults.clear(self.colony.home)
+        if old is not None:
+            self._say(f"removed {self.colony.fault_path} left from an earlier run ({old.get('kind')})")
+        gate.forget_red(self.colony.home)
+
+    def _summary(self) -> None:
+        try:
+            self._say(report.summary_line(report.build(self.colony)))
+        except (OSError, ValueError) as e:  # the account is a courtesy: it must not change the exit
+            self._say(f"no summary: {e}")
 
     def _pid(self, agent: _Agent) -> int | None:
         return agent.proc.pid if agent.proc else agent.adopted.pid if agent.adopted else None

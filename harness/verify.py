@@ -48,6 +48,11 @@ def conflict_markers(worktree: Path, base: str) -> list[str]:
     return [spot for p in found if p in opened for spot in found[p]]
 
 
+# A shell's "could not execute" (126) and "command not found" (127): the command itself is
+# broken, whatever the tree; on unmodified main that is a configuration fault (see gate.py).
+NOT_RUNNABLE = frozenset({126, 127})
+
+
 def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float, log: Path,
                base: str | None = None) -> Verdict:
     """Refuse conflict markers the work adds since ``base`` (whatever the verify setting), then
@@ -57,6 +62,12 @@ def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: 
         shown = ", ".join(markers[:20]) + (" ..." if len(markers) > 20 else "")
         return Verdict(False, f"the change adds merge-conflict markers (<<<<<<<, =======, >>>>>>>) at {shown}: "
                               "resolve each conflict, keeping what both sides meant, and remove the markers")
+    return run_checked(commands, cwd, env, timeout, log)[0]
+
+
+def run_checked(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float,
+                log: Path) -> tuple[Verdict, int | None]:
+    """``run_verify`` and the deciding exit code: 0 when all passed, None on a timeout."""
     with open(log, "ab") as out:
         for cmd in commands:
             out.write(f"$ {cmd}\n".encode())
@@ -77,5 +88,5 @@ def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: 
                     text = f.read().decode(errors="replace")
                 why = f"timed out after {timeout:g}s" if code is None else f"exit code {code}"
                 out.write(f"[verify failed: {why}]\n".encode())
-                return Verdict(False, f"`{cmd}` failed ({why}):\n{excerpt(text)}")
-    return Verdict(True)
+                return Verdict(False, f"`{cmd}` failed ({why}):\n{excerpt(text)}"), code
+    return Verdict(True), 0

@@ -122,7 +122,8 @@ def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
         edit("str_replace", "greet.py", old_str="'hi '", new_str="'hello '"),
         done("greet added"),
     ]}])
-    colony.add(Task(id="greet-task", title="Add greet()"))
+    # The task's own verify, not the repo-wide one: main is green, only this task's work passes it.
+    colony.add(Task(id="greet-task", title="Add greet()", verify=verify))
     if provider == "anthropic-stream":
         colony = set_config(colony, model_options={"stream": True})
     if provider.startswith("anthropic"):
@@ -132,7 +133,7 @@ def test_each_provider_runs_a_tool_loop_that_passes_verify_and_lands(
     else:  # the base URL from config.yaml this time
         colony = set_config(colony, api_base=srv.openai_base_url)
         model, env, extra = "litellm/openai/gpt-test", agent_env(OPENAI_API_KEY=KEY), []
-    a = start(colony, "a1", model, tmp_path, env, "--verify", verify, *extra)
+    a = start(colony, "a1", model, tmp_path, env, *extra)
     finish(a, tmp=tmp_path)
 
     assert landed_ids(colony.repo) == ["greet-task"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import ModelAuthError, ModelError, ModelRateLimited, ModelTransient
+from harness.errors import ModelAuthError, ModelBadRequest, ModelError, ModelNotFound, ModelRateLimited, ModelTransient
 from harness.meter import Ledger
 from harness.models.base import Model, Reply, Request, ToolSpec
 from harness.models.fake_server import FakeServer
@@ -291,11 +291,12 @@ def test_torn_response_and_timeout_are_retried(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("status", [400, 401, 403])
-def test_auth_and_bad_request_errors_are_not_retried(kind: str, status: int) -> None:
+@pytest.mark.parametrize(("status", "error"), [(400, ModelBadRequest), (401, ModelAuthError),
+                                               (403, ModelAuthError), (404, ModelNotFound)])
+def test_auth_and_bad_request_errors_are_not_retried(kind: str, status: int, error: type[ModelError]) -> None:
     script = [{"match": "x", "replies": [{"status": status, "times": 99}, {"text": "never"}]}]
     with FakeServer(script, api_key=KEY) as srv:
-        with pytest.raises(ModelAuthError) as info:
+        with pytest.raises(error) as info:
             ask(make_model(kind, srv), "x")
         assert len(srv.requests) == 1
     assert str(status) in str(info.value)

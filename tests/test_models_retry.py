@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ModelAuthError, ModelError, ModelRateLimited, ModelTransient
+from harness.errors import (ColonyFault, ModelAuthError, ModelBadRequest, ModelError, ModelNotFound,
+                            ModelRateLimited, ModelTransient)
+from harness.errors import UsageError
 from harness.models.base import Reply, Request
 from harness.models.retry import CoolDown, RetryingModel, RetryPolicy, error_for_status, parse_retry_after
 
@@ -87,16 +89,21 @@ def test_parse_retry_after_http_date() -> None:
         (503, ModelTransient),
         (504, ModelTransient),
         (529, ModelTransient),
-        (400, ModelAuthError),
+        (400, ModelBadRequest),
         (401, ModelAuthError),
         (403, ModelAuthError),
-        (404, ModelError),
-        (422, ModelError),
+        (404, ModelNotFound),
+        (422, ModelBadRequest),
+        (418, ModelError),
     ],
 )
 def test_error_for_status(status: int, kind: type[ModelError]) -> None:
     err = error_for_status(status, "detail", {"retry-after": "7"})
     assert type(err) is kind
+    # Only what no request can fix stops the colony, and its message names the fix.
+    assert isinstance(err, ColonyFault) == (status in (401, 403, 404))
+    if isinstance(err, ColonyFault):
+        assert "fix:" in str(err) and ("API key" in str(err) or "model name" in str(err))
     if isinstance(err, ModelTransient):
         assert err.status == status and err.retry_after == 7.0
 
@@ -232,3 +239,25 @@ def test_a_429_on_the_last_attempt_still_cools_the_colony(tmp_path: Path) -> Non
     with pytest.raises(ModelRateLimited):
         RetryingModel(inner, policy=RetryPolicy(attempts=1), cooldown=cd, sleep=clock.sleep).complete(REQ)
     assert cd.until() == pytest.approx(1030.0)
+
+
+def test_an_outage_cools_the_colony_longer_each_time_until_a_call_succeeds(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cd = CoolDown(tmp_path / "cd.json", clock=clock.time, sleep=clock.sleep)
+    policy = RetryPolicy(attempts=2, base_wait=0.01, outage_cooldown=10.0, max_outage_cooldown=25.0)
+    holds = []
+    for _ in range(3):
+        down = Flaky(*[ModelTransient("connection refused")] * 2)
+        with pytest.raises(ModelTransient):
+            RetryingModel(down, policy=policy, cooldown=cd, sleep=clock.sleep).complete(REQ)
+        holds.append(round(cd.until() - clock.time(), 3))
+        clock.sleep(cd.remaining())
+    assert holds == [10.0, 20.0, 25.0] and cd.outages() == 3  # doubling, capped
+    RetryingModel(Flaky(), policy=policy, cooldown=cd, sleep=clock.sleep).complete(REQ)
+    assert cd.outages() == 0  # a success starts the doubling over
+
+
+def test_retry_policy_from_model_options_refuses_unknown_keys() -> None:
+    assert RetryPolicy.from_options({"attempts": 2, "base_wait": 0.1}) == RetryPolicy(attempts=2, base_wait=0.1)
+    with pytest.raises(UsageError, match="unknown key.*atempts"):
+        RetryPolicy.from_options({"atempts": 2})

@@ -28,6 +28,8 @@ request's own messages.
 
 Every request is recorded (path, headers without credentials, JSON body, time) for tests to
 assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
+With ``models`` set, a request for any other model gets 404 (``not_found_error``), as a real API
+answers a misspelt model name.
 """
 
 from __future__ import annotations
@@ -369,9 +371,11 @@ class _HTTPServer(ThreadingHTTPServer):
 class FakeServer:
     """The fake API on 127.0.0.1. ``start()`` returns the base URL (append ``/v1`` for OpenAI)."""
 
-    def __init__(self, script: list[Any] | str | Path, *, api_key: str | None = None, port: int = 0) -> None:
+    def __init__(self, script: list[Any] | str | Path, *, api_key: str | None = None, port: int = 0,
+                 models: list[str] | None = None) -> None:
         self._entries = load_script(script)
         self._api_key = api_key  # when set, any other key gets 401
+        self._models = models  # when set, any other model gets 404
         self._port = port
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str, int, int], int] = {}
@@ -521,6 +525,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             self._error(api, 400, "fake server: body must be a JSON object with a 'messages' list")
+            return
+        if self.fake._models is not None and body.get("model") not in self.fake._models:
+            self._error(api, 404, f"model: {body.get('model')} (fake server: not one of {self.fake._models})")
             return
         kind, fault, reply, turn, error = self.fake._resolve(body["messages"])
         if kind == "error":

@@ -45,16 +45,19 @@ def load_model(
     api_base: str | None = None,
     api_key: str | None = None,
     cooldown: CoolDown | None = None,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy | dict[str, Any] | None = None,
     **opts: Any,
 ) -> Model:
     """Build the model named by ``spec``.
 
     Network providers come wrapped in ``RetryingModel`` (``retry`` policy, optional shared
-    ``cooldown``). ``opts`` go to the provider: ``price={"input":..,"output":..}``,
+    ``cooldown``; ``model_options: {retry: {attempts: 3, base_wait: 0.5, ...}}`` arrives here as a
+    dict of RetryPolicy fields). ``opts`` go to the provider: ``price={"input":..,"output":..}``,
     ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai).
     """
     check_spec(spec)
+    if isinstance(retry, dict):
+        retry = RetryPolicy.from_options(retry)
     if spec.startswith("scripted:"):
         from harness.models.scripted import ScriptedModel
 

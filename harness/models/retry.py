@@ -1,14 +1,17 @@
 """Retries for model calls, and the colony-wide cool-down a 429 imposes.
 
 Providers make exactly one HTTP attempt and map what went wrong to ``ModelTransient`` (retry),
-``ModelAuthError`` (do not) or ``ModelError`` (do not); ``RetryingModel`` wraps any provider and
-retries the transient ones with tenacity. A 429 seen by one agent extends a shared ``CoolDown``
-file that every agent waits out before sending, so the whole colony backs off together instead
-of each agent hammering the endpoint on its own schedule.
+``ModelConfigError`` (do not: the colony stops) or ``ModelBadRequest``/``ModelError`` (do not);
+``RetryingModel`` wraps any provider and retries the transient ones with tenacity. A 429 seen by
+one agent extends a shared ``CoolDown`` file that every agent waits out before sending, so the
+whole colony backs off together instead of each agent hammering the endpoint on its own
+schedule. Transient faults that outlast the retries are an outage: the cool-down is extended
+too, doubling with each consecutive outage (capped), until a call succeeds again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import fcntl
 import json
@@ -16,18 +19,24 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from harness import fsutil
-from harness.errors import ModelAuthError, ModelError, ModelRateLimited, ModelTransient
+from harness.errors import (ModelAuthError, ModelBadRequest, ModelCoolingDown, ModelError, ModelNotFound,
+                            ModelRateLimited, ModelTransient)
 from harness.models.base import Model, Reply, Request
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-AUTH_STATUSES = frozenset({400, 401, 403})
+AUTH_STATUSES = frozenset({401, 403})
+BAD_REQUEST_STATUSES = frozenset({400, 413, 422})
+AUTH_FIX = ("fix: check the API key (ANTHROPIC_API_KEY / OPENAI_API_KEY) and that it may use this model, "
+            "then relaunch")
+NOT_FOUND_FIX = ("fix: check the model name (--model or `model:` in .stigmergy/config.yaml) and the endpoint "
+                 "(--api-base, `api_base:`, ANTHROPIC_BASE_URL / OPENAI_BASE_URL), then relaunch")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,28 @@ class RetryPolicy:
     default_cooldown: float = 5.0
     # Cap on how far one 429 may push the colony cool-down (guards against absurd headers).
     max_cooldown: float = 600.0
+    # An outage (transient faults outlasting every retry) cools the colony down this long,
+    # doubled per consecutive outage up to max_outage_cooldown.
+    outage_cooldown: float = 15.0
+    max_outage_cooldown: float = 300.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object]) -> RetryPolicy:
+        """``model_options: {retry: {attempts: 3, base_wait: 0.5}}``: unknown keys refused by name."""
+        from harness.errors import UsageError
+
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(options) - known)
+        if bad:
+            raise UsageError(f"model_options.retry: unknown key(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        values: dict[str, float] = {}
+        for key, value in options.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise UsageError(f"model_options.retry.{key}: must be a non-negative number, got {value!r}")
+            values[key] = value
+        if "attempts" in values:
+            values["attempts"] = int(values["attempts"])
+        return cls(**values)  # type: ignore[arg-type]
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
@@ -81,7 +112,11 @@ def error_for_status(status: int, detail: str, headers: Mapping[str, str] | None
     if status in RETRY_STATUSES or status >= 500:
         return ModelTransient(detail, status=status, retry_after=parse_retry_after(headers))
     if status in AUTH_STATUSES:
-        return ModelAuthError(detail)
+        return ModelAuthError(f"{detail}; {AUTH_FIX}")
+    if status == 404:
+        return ModelNotFound(f"{detail}; {NOT_FOUND_FIX}")
+    if status in BAD_REQUEST_STATUSES:
+        return ModelBadRequest(detail)
     return ModelError(detail)
 
 
@@ -109,33 +144,60 @@ class CoolDown:
     def __repr__(self) -> str:
         return f"CoolDown({str(self.path)!r})"
 
-    def until(self) -> float:
-        """The epoch before which nobody should send; 0 when there is no (readable) file."""
+    def _read(self) -> dict[str, float]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            value = float(data["until"])
-        except (OSError, ValueError, KeyError, TypeError):
+            value, outages = float(data["until"]), int(data.get("outages", 0))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Missing or torn file means "no cool-down": a broken file must not stall the colony.
-            return 0.0
-        return value if math.isfinite(value) else 0.0
+            return {"until": 0.0, "outages": 0}
+        return {"until": value if math.isfinite(value) else 0.0, "outages": max(0, outages)}
+
+    def until(self) -> float:
+        """The epoch before which nobody should send; 0 when there is no (readable) file."""
+        return self._read()["until"]
+
+    def outages(self) -> int:
+        """Consecutive outages so far (0 once any call succeeded after the last one)."""
+        return int(self._read()["outages"])
 
     def extend(self, seconds: float) -> float:
         """Make ``until`` at least now + ``seconds``; never moves it earlier. Returns ``until``."""
         target = self._clock() + max(0.0, seconds)
+        with self._locked() as current:
+            if target <= current["until"]:
+                return current["until"]
+            self._write(target, int(current["outages"]))
+            return target
+
+    def outage(self, base: float, cap: float) -> float:
+        """One more consecutive outage: hold the colony for base * 2^(n-1) seconds (at most
+        ``cap``), never earlier than an existing cool-down. Returns the seconds held from now."""
+        with self._locked() as current:
+            n = int(current["outages"]) + 1
+            hold = float(min(cap, base * 2.0 ** min(n - 1, 30)))
+            self._write(max(current["until"], self._clock() + hold), n)
+            return hold
+
+    def recovered(self) -> None:
+        """A call went through: the next outage starts the doubling over."""
+        with self._locked() as current:
+            if current["outages"]:
+                self._write(current["until"], 0)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, float]]:
+        # Serialised by an flock on a side file so concurrent writers never move `until` backwards.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            current = self.until()
-            if target <= current:
-                return current
-            self._write(target)
-            return target
+            yield self._read()
         finally:
             os.close(lock_fd)  # closing releases the flock
 
-    def _write(self, until: float) -> None:
-        fsutil.write_json(self.path, {"until": until})
+    def _write(self, until: float, outages: int = 0) -> None:
+        fsutil.write_json(self.path, {"until": until, **({"outages": outages} if outages else {})})
 
     def remaining(self) -> float:
         return max(0.0, self.until() - self._clock())
@@ -167,6 +229,7 @@ class RetryingModel:
         self.cooldown = cooldown
         self._sleep = sleep
         self._backoff = wait_random_exponential(multiplier=self.policy.base_wait, max=self.policy.max_wait)
+        self._outages_seen = False
 
     def __repr__(self) -> str:
         return f"RetryingModel({self.inner!r}, policy={self.policy!r}, cooldown={self.cooldown!r})"
@@ -175,14 +238,32 @@ class RetryingModel:
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.policy.attempts)),
             wait=self._wait,
-            retry=retry_if_exception_type(ModelTransient),
+            retry=retry_if_exception(lambda e: isinstance(e, ModelTransient) and not isinstance(e, ModelCoolingDown)),
             sleep=self._sleep,
             reraise=True,  # callers see our ModelTransient, never tenacity's RetryError
         )
-        return retrying(self._attempt, request)
+        try:
+            reply = retrying(self._attempt, request)
+        except ModelCoolingDown:
+            raise  # someone else's outage: already counted once
+        except ModelTransient:
+            # Every retry spent: an outage, not this task's fault. The whole colony holds off,
+            # longer with each consecutive outage, instead of each agent burning its tasks.
+            if self.cooldown is not None:
+                self.cooldown.outage(self.policy.outage_cooldown, self.policy.max_outage_cooldown)
+            raise
+        if self.cooldown is not None and self._outages_seen:
+            self.cooldown.recovered()
+        return reply
 
     def _attempt(self, request: Request) -> Reply:
         if self.cooldown is not None:
+            self._outages_seen = self.cooldown.outages() > 0  # only then does success write the file
+            if self._outages_seen and self.cooldown.remaining() > 0:
+                # An outage was declared (by us or another agent): give up this call now instead of
+                # sleeping through a cool-down of minutes where nobody can stop us.
+                raise ModelCoolingDown(f"{self.name}: not sent, the colony is cooling down after an outage "
+                                       f"({self.cooldown.remaining():.0f}s left)")
             self.cooldown.wait()
         try:
             return self.inner.complete(request)
