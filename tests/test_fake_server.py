@@ -80,9 +80,9 @@ def test_reply_index_is_the_number_of_assistant_turns() -> None:
         assert [text(anthropic_body("alpha task", n)) for n in (2, 0, 1, 2)] == ["a2", "a0", "a1", "a2"]
         assert text(anthropic_body("the beta task")) == "b0"
         status, _, raw = post(url, anthropic_body("alpha task", 3))
-        assert status == 404 and "has 3 turns" in json.loads(raw)["error"]["message"]
+        assert status == 400 and "has 3 turns" in json.loads(raw)["error"]["message"]
         status, _, raw = post(url, anthropic_body("gamma"))
-        assert status == 404 and "no script entry matches" in json.loads(raw)["error"]["message"]
+        assert status == 400 and "no script entry matches" in json.loads(raw)["error"]["message"]
 
 
 def test_faults_are_consumed_per_conversation_and_turn() -> None:

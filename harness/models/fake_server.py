@@ -29,7 +29,8 @@ request's own messages.
 Every request is recorded (path, headers without credentials, JSON body, time) for tests to
 assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
 With ``models`` set, a request for any other model gets 404 (``not_found_error``), as a real API
-answers a misspelt model name.
+answers a misspelt model name. A conversation the script has no entry (or no more turns) for gets
+400 (``invalid_request_error``): the request's fault, so a rehearsal releases that task with a note.
 """
 
 from __future__ import annotations
@@ -530,8 +531,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(api, 404, f"model: {body.get('model')} (fake server: not one of {self.fake._models})")
             return
         kind, fault, reply, turn, error = self.fake._resolve(body["messages"])
-        if kind == "error":
-            self._error(api, 404, error)
+        if kind == "error":  # a gap in the script is the request's fault (400), not a missing model (404)
+            self._error(api, 400, error)
         elif kind == "fault":
             assert fault is not None
             self._fault(api, fault, reply, body, turn)
