@@ -306,7 +306,7 @@ class Colony:
             except FileNotFoundError:
                 return False
         pid = owner.get("pid")
-        if pid and owner.get("host") == self.host and not _pid_alive(int(pid)):
+        if pid and owner.get("host") == self.host and not pid_alive(int(pid)):
             return True
         agent = str(owner.get("agent"))
         if beats is None or agent not in beats:
@@ -585,7 +585,7 @@ class Colony:
         return self.stop_path.exists() or self.fault_path.exists()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import fsutil, tasks
-from harness.colony import Colony, _pid_alive
-from harness.errors import InvalidTask, VerifyNotRunnable
+from harness.colony import Colony, pid_alive
+from harness.errors import GitError, InvalidTask, VerifyNotRunnable
 from harness.git import Git
 from harness.tasks import Task
 from harness.verify import NOT_RUNNABLE
@@ -162,7 +162,7 @@ class Gate:
             return False
         if not isinstance(owner, dict):
             return age > 10  # torn while being written: give its writer a moment
-        if owner.get("host") == self.colony.host and not _pid_alive(int(owner.get("pid") or 0)):
+        if owner.get("host") == self.colony.host and not pid_alive(int(owner.get("pid") or 0)):
             return True
         return age > self.colony.config.verify_timeout + 60
 
@@ -226,6 +226,19 @@ def main_state(colony: Colony) -> dict[str, Any] | None:
     """The latest verdict recorded for main's tip (status shows it); None before any check."""
     found = fsutil.read_json(colony.home / "verdicts" / "main.json")
     return found if isinstance(found, dict) else None
+
+
+def main_now(colony: Colony) -> dict[str, Any] | None:
+    """Main's last recorded verdict, told whether it is still about main's tip (``current``)."""
+    state = main_state(colony)
+    if state is None:
+        return None
+    try:
+        tip = Git(colony.repo).run("rev-parse", f"refs/heads/{colony.config.branch}^{{tree}}").strip()
+    except GitError:
+        return None
+    return {"ok": bool(state.get("ok")), "since": state.get("ts"), "task": state.get("task"),
+            "command": state.get("command"), "current": state.get("tree") == tip}
 
 
 def forget_red(home: Path) -> int:

@@ -9,8 +9,6 @@ from typing import Any
 
 from harness import faults, gate
 from harness.colony import STATUSES, Colony
-from harness.errors import GitError
-from harness.git import Git
 from harness.fsutil import read_lines
 
 
@@ -47,21 +45,8 @@ def snapshot(colony: Colony) -> dict[str, Any]:
         "reaped": sum(1 for e in events if e.get("event") == "reap"),
         "stop_requested": colony.stop_path.exists(),
         "fault": faults.read(colony.home),
-        "main": _main(colony),
+        "main": gate.main_now(colony),
     }
-
-
-def _main(colony: Colony) -> dict[str, Any] | None:
-    """Main's last recorded verdict, if it is still about main's tip."""
-    state = gate.main_state(colony)
-    if state is None:
-        return None
-    try:
-        tip = Git(colony.repo).run("rev-parse", f"refs/heads/{colony.config.branch}^{{tree}}").strip()
-    except GitError:
-        return None
-    return {"ok": bool(state.get("ok")), "since": state.get("ts"), "task": state.get("task"),
-            "command": state.get("command"), "current": state.get("tree") == tip}
 
 
 def render(s: dict[str, Any]) -> str:

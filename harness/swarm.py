@@ -341,6 +341,11 @@ class Swarm:
         if fault is not None:
             self._say(f"the colony stopped on a configuration fault: {fault.get('message')}")
             return FAULT_EXIT
+        main = gate.main_now(self.colony)
+        if main and main["current"] and not main["ok"]:  # e.g. --until-empty with main's fix attempts spent
+            self._say(f"main is red: `{main['command']}` fails on unmodified main ({main['task']} holds the "
+                      "output); fix main or the verify command, then launch again")
+            return FAULT_EXIT
         refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
         if refused:
             self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")

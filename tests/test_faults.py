@@ -79,7 +79,8 @@ def test_a_red_main_costs_one_attempt_then_the_colony_waits_and_no_task_fails(
     path = script(tmp_path, ids, fixer)
     red = "echo MAIN-IS-BROKEN-HERE; false"
     done = launch(colony, tmp_path, f"scripted:{path}", "--until-empty", "--verify", red)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2, done.stderr  # the colony ended on a red main: the launcher says so
+    assert "main is red" in done.stderr and "fix main or the verify command" in done.stderr
 
     reds = [t for _, t in colony.listing("all") if t.id.startswith("main-red-")]
     assert len(reds) == 1 and reds[0].kind == "verify_failure" and reds[0].priority == 95
@@ -118,7 +119,7 @@ def test_main_turning_red_under_a_task_is_not_held_against_it(colony: Colony, tm
         out, _ = proc.communicate(timeout=40)
     finally:
         proc.kill()
-    assert proc.returncode == 0, out
+    assert proc.returncode == 2 and "main is red" in out, out
     # Its work passed on the old main; merged onto the new one it fails, and the new main is to blame.
     release = next(e for e in colony.events() if e["event"] == "release" and e["task"] == "t0")
     assert release["skip_count"] == 0 and "not known to pass verify" in release["note"]
