@@ -7,9 +7,11 @@ descriptor, so concurrent writers never interleave inside a line.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,16 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             out.append(obj)
     return out
+
+
+def flock_within(fd: int, patience: float, poll: float = 0.02) -> bool:
+    """Take an exclusive flock on ``fd``, trying for ``patience`` seconds; False if it stayed busy."""
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(poll)

@@ -29,6 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import fsutil
 from harness.checkout import Blocked, UserCheckout
 from harness.errors import GitError
 from harness.git import ZERO_OID, Git, exclusive, redact
@@ -259,16 +260,9 @@ def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fe
 def landing_queue(git: Git, patience: float = 300.0) -> Iterator[None]:
     """The colony-wide landing queue: an flock, given up after `patience` seconds of waiting."""
     with (git.common_dir() / "stigmergy-landing.lock").open("a") as fh:
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    yield  # a stopped or stuck holder must not wedge the colony
-                    return
-                time.sleep(0.02)
+        if not fsutil.flock_within(fh.fileno(), patience):
+            yield  # a stopped or stuck holder must not wedge the colony
+            return
         try:
             yield
         finally:

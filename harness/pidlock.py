@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness import fsutil
+
 
 def agent_lock(home: Path, agent: str) -> Path:
     return home / "agents" / agent / "lock"
@@ -52,18 +54,11 @@ class PidLock:
         for `patience` seconds before it counts as held by someone else."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        give_up = time.monotonic() + patience
-        while True:
+        if not fsutil.flock_within(fd, patience, poll=0.05):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= give_up:
-                    try:
-                        return _read(fd)
-                    finally:
-                        os.close(fd)
-                time.sleep(0.05)
+                return _read(fd)
+            finally:
+                os.close(fd)
         me = json.dumps(asdict(Holder(os.getpid(), socket.gethostname(), time.time()))).encode()
         os.pwrite(fd, me, 0)
         os.ftruncate(fd, len(me))

@@ -30,19 +30,21 @@ def start_agent(colony: Colony, agent: str, model: str, tmp: Path, *extra: str) 
                             stdout=log, stderr=log)
 
 
-def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: Path) -> None:
+RESOLVED = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
+
+
+def race_to_conflict(colony: Colony, tmp_path: Path, resolver: dict, *punct_extra: dict) -> None:
+    """Two agents edit the same line of app.py; the slower one's landing conflicts and `resolver`
+    (a script entry for the conflict task) resolves it. Returns when both agents have exited."""
     advance_main(colony.repo, "app.py", APP)
-    resolved = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
     model = write_script(tmp_path / "script.yaml", [
         {"match": "^slow-title$", "actions": [
             {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'hello ' + name.title()"}},
             {"sleep": 3}, {"finish": "titled"}]},
         {"match": "^fast-punct$", "actions": [
             {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'Hello, ' + name + '!'"}},
-            {"finish": "punctuated"}]},
-        {"match": "^conflict-", "actions": [
-            {"bash": "grep -c '<<<<<<<' app.py"},
-            {"write": {"path": "app.py", "content": resolved}}, {"finish": "kept both"}]},
+            *punct_extra, {"finish": "punctuated"}]},
+        {"match": "^conflict-", **resolver},
     ])
     colony.add(Task(id="slow-title", title="Title-case names", priority=85))  # a1 takes it first
     colony.add(Task(id="fast-punct", title="Punctuate greeting", priority=80))
@@ -50,6 +52,12 @@ def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: P
     wait_for(lambda: colony.get("slow-title")[0] == "active", what="first claim")
     b = start_agent(colony, "a2", model, tmp_path, "--until-empty")
     assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
+
+
+def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: Path) -> None:
+    race_to_conflict(colony, tmp_path, {"actions": [
+        {"bash": "grep -c '<<<<<<<' app.py"}, {"write": {"path": "app.py", "content": RESOLVED}},
+        {"finish": "kept both"}]})
     conflicts = [t for st, t in colony.listing("all") if t.kind == "merge_conflict"]
     assert len(conflicts) == 1 and conflicts[0].priority == 95
     c = conflicts[0]
@@ -59,7 +67,7 @@ def test_conflict_becomes_a_task_and_both_sides_land(colony: Colony, tmp_path: P
     ids = landed_ids(colony.repo)
     assert c.resolves == "slow-title"
     assert sorted(ids) == sorted([c.id, "fast-punct"])  # the original lands through its conflict task
-    assert file_on_main(colony.repo, "app.py") == resolved
+    assert file_on_main(colony.repo, "app.py") == RESOLVED
     body = subprocess.run(["git", "log", "-1", "--format=%B", "main"], cwd=colony.repo, capture_output=True,
                           text=True).stdout
     assert f"Resolves: {c.resolves}" in body
@@ -209,26 +217,11 @@ def test_sigterm_aborts_a_long_command_and_frees_the_task(colony: Colony, tmp_pa
 
 def test_conflict_markers_never_land_even_without_a_verify_command(colony: Colony, tmp_path: Path) -> None:
     """As seen: with no verify command (the default), a resolver that left the markers in landed them."""
-    advance_main(colony.repo, "app.py", APP)
-    resolved = "def greet(name):\n    return 'Hello, ' + name.title() + '!'\n"
-    model = write_script(tmp_path / "script.yaml", [
-        {"match": "^slow-title$", "actions": [
-            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'hello ' + name.title()"}},
-            {"sleep": 3}, {"finish": "titled"}]},
-        {"match": "^fast-punct$", "actions": [
-            {"replace": {"path": "app.py", "old": "'hello ' + name", "new": "'Hello, ' + name + '!'"}},
-            {"write": {"path": "README.md", "content": "Title\n=======\n"}},  # a setext heading is no marker
-            {"finish": "punctuated"}]},
-        {"match": "^conflict-", "actions": [{"finish": "looks fine to me"}],  # leaves the markers in
-         "on_verify_failure": [{"write": {"path": "app.py", "content": resolved}}, {"finish": "resolved"}]},
-    ])
-    colony.add(Task(id="slow-title", title="Title-case names", priority=85))
-    colony.add(Task(id="fast-punct", title="Punctuate greeting", priority=80))
-    a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
-    wait_for(lambda: colony.get("slow-title")[0] == "active", what="first claim")
-    b = start_agent(colony, "a2", model, tmp_path, "--until-empty")
-    assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
-    assert file_on_main(colony.repo, "app.py") == resolved
+    race_to_conflict(colony, tmp_path, {
+        "actions": [{"finish": "looks fine to me"}],  # leaves the markers in
+        "on_verify_failure": [{"write": {"path": "app.py", "content": RESOLVED}}, {"finish": "resolved"}]},
+        {"write": {"path": "README.md", "content": "Title\n=======\n"}})  # a setext heading is no marker
+    assert file_on_main(colony.repo, "app.py") == RESOLVED
     assert file_on_main(colony.repo, "README.md") == "Title\n=======\n"
     commits = subprocess.run(["git", "rev-list", "--first-parent", "main"], cwd=colony.repo, capture_output=True,
                              text=True).stdout.split()

@@ -25,6 +25,20 @@ TASKS = int(os.environ.get("CHAOS_TASKS", "24"))
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "20"))
 
 
+def assert_each_task_landed_once(colony: Colony) -> None:
+    """Every task is on main exactly once: by its own commit, or by the (chain of) conflict task(s)
+    that resolved it; and every task is done."""
+    resolves = {t.id: t.resolves for _, t in colony.listing("all") if t.resolves}
+
+    def root(task_id: str) -> str:
+        while task_id in resolves:
+            task_id = resolves[task_id]  # type: ignore[assignment]
+        return task_id
+    on_main = sorted(root(i) for i in landed_ids(colony.repo))
+    assert on_main == sorted(t.id for _, t in colony.listing("all") if t.kind == "task"), "lost or landed twice"
+    assert {st for st, _ in colony.listing("all")} == {"done"}
+
+
 def test_random_sigkills_lose_nothing_and_land_nothing_twice(colony: Colony, tmp_path: Path) -> None:
     colony = set_config(colony, lease_ttl=2, heartbeat_interval=0.3, max_attempts=50,
                         verify="! grep -rq '^<<<<<<<' --exclude-dir=.git .")
@@ -56,17 +70,7 @@ def test_random_sigkills_lose_nothing_and_land_nothing_twice(colony: Colony, tmp
                 pass
     assert launcher.wait(timeout=300) == 0, launcher.stderr.read() if launcher.stderr else ""
     assert kills >= 3, "the chaos never struck: lengthen CHAOS_SECONDS"
-    # Every task is on main exactly once: by its own commit, or by the (chain of) conflict task(s)
-    # that resolved it.
-    resolves = {t.id: t.resolves for _, t in colony.listing("all") if t.resolves}
-
-    def root(task_id: str) -> str:
-        while task_id in resolves:
-            task_id = resolves[task_id]  # type: ignore[assignment]
-        return task_id
-    on_main = sorted(root(i) for i in landed_ids(colony.repo))
-    assert on_main == sorted(t.id for _, t in colony.listing("all") if t.kind == "task"), "lost or landed twice"
-    assert {st for st, _ in colony.listing("all")} == {"done"}
+    assert_each_task_landed_once(colony)
     assert all(colony.current_claim(t.id) is None for _, t in colony.listing("all"))
     tree = subprocess.run(["git", "ls-tree", "--name-only", "main"], cwd=colony.repo, capture_output=True,
                           text=True).stdout.split()
@@ -145,15 +149,7 @@ def test_a_night_of_launcher_kills_agent_kills_sighup_and_user_commits(colony: C
     assert launcher.wait(timeout=300) == 0, (tmp_path / "launchers.log").read_text()
     assert not doubled, f"agent ids ran twice at once: {sorted(set(doubled))}"
     assert min(struck.values()) >= 1, f"the chaos never struck everywhere: {struck}; lengthen NIGHT_SECONDS"
-    resolves = {t.id: t.resolves for _, t in colony.listing("all") if t.resolves}
-
-    def root(task_id: str) -> str:
-        while task_id in resolves:
-            task_id = resolves[task_id]  # type: ignore[assignment]
-        return task_id
-    on_main = sorted(root(i) for i in landed_ids(colony.repo))
-    assert on_main == sorted(t.id for _, t in colony.listing("all") if t.kind == "task"), "lost or landed twice"
-    assert {st for st, _ in colony.listing("all")} == {"done"}
+    assert_each_task_landed_once(colony)
     show = lambda path: subprocess.run(["git", "show", f"main:{path}"], cwd=colony.repo, capture_output=True,
                                        text=True).stdout  # noqa: E731
     assert all(show(f"out-t{i:03d}.txt") == f"t{i:03d}\n" for i in range(NIGHT_TASKS))
