@@ -7,7 +7,8 @@
         prepare: reset my worktree to the tip of main (or main + the conflicting work)
         work: render the prompt and run the model's tool loop
         verify: run the verify command; on failure feed the excerpt back, a bounded number of rounds
-        land: one fenced commit on main; a conflict becomes a merge_conflict task
+        land: one fenced commit on main, the user's checkout moved with it (or the landing waits
+              while it would overwrite their changes); a conflict becomes a merge_conflict task
         finish: done, or back to pending with a note (skip_count + 1), claim released
 
 Stopping is data: a step that cannot go on raises `GiveUp(note)`, and the claim is released with
