@@ -10,7 +10,9 @@ the colony gives the same safety itself. Every landing runs :meth:`UserCheckout.
 2. when the checkout has the landing branch checked out, two-way merge its index and files from
    OLD to NEW in a copy of the index (``read-tree -m -u``, what ``git checkout`` does): local edits,
    staged changes and untracked files elsewhere are kept; one in a path the landing changes makes
-   it refuse before it writes anything, and the landing waits (:class:`Blocked`, with the reason);
+   it refuse before it writes anything, and the landing waits (:class:`Blocked`, with the reason).
+   So does a merge, cherry-pick or revert the user has begun on the branch, or a rebase of it:
+   its last step expects the branch where it was;
 3. run the ref transaction (the landing itself);
 4. install the new index by rename, as git does, and drop the lock.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +58,10 @@ class UserCheckout:
 
     def move(self, old: str, new: str, transact: Callable[[], Completed]) -> Completed | Blocked:
         """Run ``transact`` (moves the branch from ``old`` to ``new``) with the checkout following it."""
-        if self.top is None:
+        top = self.top
+        if top is None:
             return transact()  # bare: there is no checkout to keep consistent
-        user = self.git.at(self.top)
+        user = self.git.at(top)
         with exclusive(self.git, "checkout"):
             self.settle()  # a lander killed half-way before us
             token = f"stigmergy {os.getpid()} {secrets.token_hex(8)}\n"
@@ -72,6 +76,13 @@ class UserCheckout:
                 fsutil.write_json(self.journal, {"token": token, "from": old, "to": new, "pid": os.getpid(),
                                                  "host": socket.gethostname()}, fsync=False)
                 follow = user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() == f"refs/heads/{self.branch}"
+                busy = self._in_progress(follow)
+                if busy:
+                    return Blocked(f"waiting to land: your checkout {self.top} is in the middle of a {busy} on "
+                                   f"{self.branch}: finish it (or abort it) and the landing goes on")
+                running = _git_running_in(top)
+                if running:
+                    return Blocked(f"waiting to land: a git command is running in your checkout: {running}")
                 if follow:
                     refused = self._merge_files(user, old, new)
                     if refused:
@@ -79,9 +90,26 @@ class UserCheckout:
                 done = transact()
                 if follow and done.returncode == 0:
                     os.replace(self.tmp, self.index)
+                    # A git command that began meanwhile may hold the old index in memory: keep the
+                    # lock until it ends, so it cannot write that back over the new one.
+                    _wait_while(lambda: _git_running_in(top) is not None)
                 return done
             finally:
                 self.settle()
+
+    def _in_progress(self, follow: bool) -> str | None:
+        """A merge, cherry-pick or revert on the branch, or a rebase of it, that the user has begun:
+        moving the branch now would fail its last step (its ref update expects the old tip)."""
+        if follow:
+            for marker, what in (("MERGE_HEAD", "merge"), ("CHERRY_PICK_HEAD", "cherry-pick"),
+                                 ("REVERT_HEAD", "revert")):
+                if (self.common / marker).exists():
+                    return what
+        for folder in ("rebase-merge", "rebase-apply"):
+            head = _read(self.common / folder / "head-name")
+            if head is not None and head.strip() == f"refs/heads/{self.branch}":
+                return "rebase"
+        return None
 
     def _merge_files(self, user: Git, old: str, new: str) -> str | None:
         """Index copy and files from ``old`` to ``new``; None when done, else why git refused."""
@@ -164,6 +192,36 @@ def main_worktree(git: Git) -> Path | None:
         first = git.run("worktree", "list", "--porcelain").split("\n\n", 1)[0]
     fields = dict((line.split(" ", 1) + [""])[:2] for line in first.splitlines())
     return None if "bare" in fields else Path(fields["worktree"])
+
+
+def _git_running_in(top: Path) -> str | None:
+    """A git command of the user's running in their checkout (not one of the colony's: those carry
+    STIGMERGY_GIT, and the model's commands and verify carry STIGMERGY_AGENT). Git reads the index
+    before it locks it and writes back what it read: a landing in between would be undone."""
+    root = str(top)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(entry.path, "comm").read_text().strip() != "git":
+                continue
+            cwd = os.readlink(f"{entry.path}/cwd")
+            if cwd != root and not cwd.startswith(root + "/"):
+                continue
+            env = b"\0" + Path(entry.path, "environ").read_bytes()
+            if b"\0STIGMERGY_GIT=" in env or b"\0STIGMERGY_AGENT=" in env:
+                continue
+            argv = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone, or not ours to read
+            continue
+        return f"`{argv.strip()[:80]}` (pid {entry.name})"
+    return None
+
+
+def _wait_while(busy: Callable[[], bool], patience: float = 10.0) -> None:
+    give_up = time.monotonic() + patience
+    while busy() and time.monotonic() < give_up:
+        time.sleep(0.01)
 
 
 def _read(path: Path) -> str | None:

@@ -41,6 +41,7 @@ _CLEAN_ENV = {
     "GIT_OPTIONAL_LOCKS": "0",  # `git status` in the user's checkout must not grab index.lock
     "LC_ALL": "C",  # stderr is parsed (lock contention): keep it in English
     "LANGUAGE": "C",
+    "STIGMERGY_GIT": "1",  # a landing waits for git commands in the user's checkout, but not for ours
 }
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 

@@ -59,7 +59,7 @@ from harness import deadline, faults, fsutil, gate, report
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, UsageError
 from harness.launchlog import LauncherLog
-from harness.pidlock import Holder, PidLock, agent_lock, holder, launcher_lock
+from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder, launcher_lock
 
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
@@ -205,6 +205,15 @@ class Swarm:
         self.log.say(text)
 
     # -- agents an earlier launcher left running ------------------------------------------------------
+    def _let_start(self, agent: _Agent, patience: float = 15.0) -> None:
+        """An earlier launcher killed just after starting this agent leaves a process that has not
+        taken its lock yet: wait for it to take it (then it is adopted) or to go, never start a twin."""
+        lock, give_up = agent_lock(self.colony.home, agent.spec.id), time.monotonic() + patience
+        while holder(lock) is None and time.monotonic() < give_up:
+            if agent.spec.id not in agent_processes(self.colony.repo):
+                return
+            time.sleep(0.05)
+
     def _adopt(self, agent: _Agent) -> bool:
         """Supervise the live process holding this agent's id, if there is one, instead of starting
         a second one beside it in the same worktree."""
@@ -299,7 +308,10 @@ class Swarm:
             deadline.write(self.colony.home, until, os.getpid())
         restore = self._install_signals()
         try:
+            starting = agent_processes(self.colony.repo)
             for agent in self.agents:
+                if agent.spec.id in starting:
+                    self._let_start(agent)
                 if not self._adopt(agent):
                     self._start(agent)
             self._warn_strays()

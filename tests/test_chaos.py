@@ -93,7 +93,7 @@ def test_a_night_of_launcher_kills_agent_kills_sighup_and_user_commits(colony: C
     lands exactly once, no agent id ever runs twice, and nothing the user did is lost.
     Long version: NIGHT_TASKS=120 NIGHT_SECONDS=300 pytest tests/test_chaos.py -k night"""
     from test_checkout import patient_user
-    from test_supervision import agent_processes
+    from harness.pidlock import agent_processes
 
     colony = set_config(colony, lease_ttl=3, heartbeat_interval=0.3, max_attempts=50)
     script = tmp_path / "script.yaml"

@@ -48,33 +48,54 @@ def status(repo: Path) -> str:
     return Git(repo).run("status", "--porcelain")
 
 
+def as_user(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the person at the terminal runs it: plain, not through the colony's wrapper."""
+    return subprocess.run(["git", *args], cwd=repo, env={**os.environ, **USER.env()}, capture_output=True, text=True)
+
+
 def user_git(repo: Path, *args: str) -> str:
-    return Git(repo).run(*args, env=USER.env())
+    done = as_user(repo, *args)
+    assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
+    return done.stdout
 
 
 def patient_user(repo: Path, *args: str) -> None:
     """A person at the terminal: when git is busy (a landing holds the index for some milliseconds,
     as any concurrent git command may; `git stash` then fails without a word) they run it again."""
     for _ in range(100):
-        done = Git(repo).call(*args, env=USER.env())
+        done = as_user(repo, *args)
         if done.returncode == 0:
             return
         time.sleep(0.05)
     raise AssertionError(f"git {' '.join(args)} kept failing: {done.stdout}{done.stderr}")
 
 
+def pull(repo: Path) -> None:
+    """`git pull` (a merge), as a careful person runs it beside the colony: git merge reads the
+    index before it locks it, so a landing holds the lock until a merge that began under it ends,
+    and that merge fails loudly ("Unable to write index") instead of writing an index without the
+    landed work; they abort it and pull again, as after any failed merge."""
+    for _ in range(100):
+        done = as_user(repo, "pull", "-q", "--no-rebase", "--no-edit", "origin", "main")
+        if done.returncode == 0:
+            return
+        if (repo / ".git" / "MERGE_HEAD").exists():
+            patient_user(repo, "merge", "--abort")
+        time.sleep(0.05)
+    raise AssertionError(f"git pull kept failing: {done.stderr}")
+
+
 def pop_stash(repo: Path) -> None:
     """`git stash pop`, as a careful person runs it beside another git process: `stash apply` takes
     the index lock more than once, so a landing in between can fail it after the files are back; the
     stash then still holds what the files hold, and is dropped."""
-    git = Git(repo)
     for _ in range(100):
-        if git.call("stash", "pop", env=USER.env()).returncode == 0:
+        if as_user(repo, "stash", "pop").returncode == 0:
             return
-        if git.call("diff", "--quiet", "stash@{0}").returncode == 0:  # applied after all
-            git.run("stash", "drop")
+        if as_user(repo, "diff", "--quiet", "stash@{0}").returncode == 0:  # applied after all
+            user_git(repo, "stash", "drop")
             return
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise AssertionError("git stash pop kept failing")
 
 
@@ -145,6 +166,22 @@ def test_a_git_command_holding_the_index_holds_the_landing(target: Path) -> None
     assert isinstance(land_files(lander(target), {"f.txt": "f\n"}, task="t-2"), Landed)
 
 
+def test_a_git_command_running_in_the_checkout_holds_the_landing(target: Path) -> None:
+    """Git reads the index before it locks it (a merge, a pull): a landing in between would be
+    written back over. So a landing waits while a git command of the user's runs there."""
+    busy = subprocess.Popen(["git", "-c", "alias.nap=!sleep 2", "nap"], cwd=target,
+                            env={**os.environ, **USER.env()})
+    try:
+        time.sleep(0.3)
+        blocked = land_files(lander(target), {"f.txt": "f\n"})
+        assert isinstance(blocked, Blocked) and "a git command is running" in blocked.reason
+        assert f"pid {busy.pid}" in blocked.reason
+    finally:
+        busy.wait()
+    assert isinstance(land_files(lander(target), {"f.txt": "f\n"}, task="t-2"), Landed)
+    assert (target / "f.txt").exists() and status(target) == ""
+
+
 def test_a_checkout_on_another_branch_is_not_touched(target: Path) -> None:
     user_git(target, "checkout", "-q", "-b", "mine")
     assert isinstance(land_files(lander(target), {"feature.txt": "feature\n"}), Landed)
@@ -210,7 +247,7 @@ def test_a_lander_killed_half_way_is_finished_or_undone_by_the_next(target: Path
 
 def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Path, tmp_path: Path) -> None:
     """Issue scenario: agents land while a scripted user edits, adds untracked files, commits with
-    -am and stashes in the checkout. Every task's file ends on main's tip and every user change is kept."""
+    -am, stashes and pulls in the checkout. Every task's file ends on main's tip and every user change is kept."""
     import yaml
     from conftest import landed_ids, set_config, wait_for
     from harness.colony import Colony
@@ -223,6 +260,12 @@ def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Pa
     script.write_text(yaml.safe_dump([{"match": "^t", "actions": [
         {"sleep": 0.2}, {"bash": 'echo "$STIGMERGY_TASK" > "$STIGMERGY_TASK.txt"'}, {"finish": "ok"}]}]))
     (target / "t19.txt").write_text("the user's own t19\n")  # untracked, and an agent will create it too
+    # A colleague pushes to the user's remote, and the user pulls (a merge on main) during the run.
+    origin, colleague = tmp_path / "origin.git", tmp_path / "colleague"
+    Git(tmp_path).run("clone", "-q", "--bare", str(target), str(origin))
+    Git(tmp_path).run("clone", "-q", str(origin), str(colleague))
+    user_git(target, "remote", "add", "origin", str(origin))
+    pulled: list[str] = []
     proc = subprocess.Popen([sys.executable, "-m", "harness", "--agents", "3", "--repo", str(target), "--model",
                              f"scripted:{script}", "--workspaces", str(tmp_path / "ws"), "--until-empty"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -239,6 +282,14 @@ def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Pa
             if n % 3 == 1:  # a fresh edit is there to stash
                 patient_user(target, "stash")
                 pop_stash(target)
+            if n % 3 == 2:
+                name = f"pulled-{n}.txt"
+                (colleague / name).write_text(f"from a colleague {n}\n")
+                user_git(colleague, "add", name)
+                user_git(colleague, "commit", "-qm", f"colleague {n}")
+                user_git(colleague, "push", "-q", "origin", "HEAD:main")
+                pull(target)
+                pulled.append(name)
             if n == 8:  # by now t19's landing may be waiting on the untracked file: move it aside
                 wait_for(lambda: any(e["event"] == "landing_blocked" and e.get("task") == "t19"
                                      for e in colony.events()) or proc.poll() is not None, 60, "t19 to wait")
@@ -258,6 +309,7 @@ def test_a_colony_lands_20_tasks_while_the_user_works_in_the_checkout(target: Pa
         assert tip.run("show", f"main:{i}.txt") == f"{i}\n"
     for k in range(3, n + 1, 3):
         assert tip.run("show", f"main:mine-{k}.txt") == f"committed by the user {k}\n"
+    assert pulled and all(tip.run("show", f"main:{name}").startswith("from a colleague") for name in pulled)
     assert (target / "notes.txt").read_text() == f"notes, edit {n}\n"
     assert all((target / f"scratch-{k}.txt").exists() for k in range(1, n + 1))
     assert (target / "t19.txt.mine").read_text() == "the user's own t19\n"

@@ -14,31 +14,10 @@ from pathlib import Path
 
 from conftest import cli, landed_ids, wait_for
 from harness.colony import Colony
+from harness.pidlock import agent_processes
 from test_swarm import Launcher, add_tasks, alive, beat, colony, events, launcher, slow, write_task
 
 __all__ = ["colony", "launcher"]  # the fixtures, shared with test_swarm
-
-
-def agent_processes(repo: Path) -> dict[str, list[int]]:
-    """Live `... agent run --id X --repo <repo>` processes of this colony, by id, from /proc.
-
-    A child the agent has forked but not yet exec'd (a model command starting) still shows the
-    agent's command line: it is the agent's own, not a second agent, so it is left out."""
-    candidates: dict[int, tuple[str, int]] = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0")]
-            ppid = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        runs = any(argv[i:i + 2] == ["agent", "run"] for i in range(len(argv)))
-        if runs and "--id" in argv and str(repo) in argv and alive(int(cmdline.parent.name)):
-            candidates[int(cmdline.parent.name)] = (argv[argv.index("--id") + 1], ppid)
-    found: dict[str, list[int]] = {}
-    for pid, (agent, ppid) in sorted(candidates.items()):
-        if ppid not in candidates:
-            found.setdefault(agent, []).append(pid)
-    return found
 
 
 def changed_files(repo: Path, commit: str) -> list[str]:
