@@ -195,9 +195,10 @@ def main_worktree(git: Git) -> Path | None:
 
 
 def _git_running_in(top: Path) -> str | None:
-    """A git command of the user's running in their checkout (not one of the colony's: those carry
-    STIGMERGY_GIT, and the model's commands and verify carry STIGMERGY_AGENT). Git reads the index
-    before it locks it and writes back what it read: a landing in between would be undone."""
+    """A git command of the user's running in their checkout that may write its index (not one of
+    the colony's: those carry STIGMERGY_GIT, and the model's commands and verify STIGMERGY_AGENT).
+    Git often reads the index before it locks it and writes back what it read (merge, and so pull;
+    stash; status refreshing it): a landing in between would be written over and undone."""
     root = str(top)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -211,11 +212,31 @@ def _git_running_in(top: Path) -> str | None:
             env = b"\0" + Path(entry.path, "environ").read_bytes()
             if b"\0STIGMERGY_GIT=" in env or b"\0STIGMERGY_AGENT=" in env:
                 continue
-            argv = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:  # gone, or not ours to read
             continue
-        return f"`{argv.strip()[:80]}` (pid {entry.name})"
+        if _subcommand(argv) not in _NEVER_WRITE_INDEX:
+            return f"`{' '.join(argv).strip()[:80]}` (pid {entry.name})"
     return None
+
+
+# Git commands that never write the index: a `git log` left open in a pager must not hold landings.
+_NEVER_WRITE_INDEX = frozenset({
+    "log", "show", "diff", "blame", "annotate", "shortlog", "whatchanged", "grep", "help", "reflog",
+    "cat-file", "ls-tree", "ls-files", "rev-parse", "rev-list", "for-each-ref", "show-ref", "describe",
+    "version", "var", "config", "remote", "fetch", "ls-remote", "cherry", "range-diff", "format-patch"})
+_TAKES_VALUE = frozenset({"-c", "-C", "--git-dir", "--work-tree", "--namespace", "--exec-path", "--config-env"})
+
+
+def _subcommand(argv: list[str]) -> str:
+    """`git [global options] SUBCOMMAND ...` -> SUBCOMMAND ("" when there is none)."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in _TAKES_VALUE:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return ""
 
 
 def _wait_while(busy: Callable[[], bool], patience: float = 10.0) -> None:

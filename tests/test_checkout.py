@@ -180,6 +180,12 @@ def test_a_git_command_running_in_the_checkout_holds_the_landing(target: Path) -
         busy.wait()
     assert isinstance(land_files(lander(target), {"f.txt": "f\n"}, task="t-2"), Landed)
     assert (target / "f.txt").exists() and status(target) == ""
+    reader = subprocess.Popen(["git", "-c", "core.pager=sleep 2", "-p", "log"], cwd=target)  # a log left open
+    try:
+        time.sleep(0.3)
+        assert isinstance(land_files(lander(target), {"g.txt": "g\n"}, task="t-3"), Landed)
+    finally:
+        reader.wait()
 
 
 def test_a_checkout_on_another_branch_is_not_touched(target: Path) -> None:
