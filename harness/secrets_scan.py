@@ -125,13 +125,13 @@ def forms(secrets: Mapping[str, str]) -> list[Form]:
         add(raw.hex().upper().encode(), name, "hex")
         add(urllib.parse.quote(value, safe="").encode(), name, "url-encoded")
         add(urllib.parse.quote_plus(value, safe="").encode(), name, "url-encoded")
-        add(raw[::-1], name, "reversed")
+        add(value[::-1].encode(), name, "reversed")
     return list(found.values())
 
 
 def literals(secrets: Mapping[str, str]) -> list[str]:
     """Every written form of the secrets, for redacting what `report` itself prints."""
-    return [f.needle.decode("ascii", "replace") for f in forms(secrets)]
+    return [f.needle.decode("utf-8", "replace") for f in forms(secrets)]
 
 
 def _classes(token: bytes) -> int:
@@ -146,7 +146,7 @@ def _search(data: bytes | mmap.mmap, needles: list[Form]) -> list[Span]:
     for form in needles:
         at = data.find(form.needle)
         while at != -1:
-            spans.append((at, at + len(form.needle), form, form.needle.decode("ascii", "replace")))
+            spans.append((at, at + len(form.needle), form, form.needle.decode("utf-8", "replace")))
             at = data.find(form.needle, at + 1)
     for kind, prefixes, pattern, need in KEY_SHAPES:
         for prefix in prefixes:
@@ -155,7 +155,7 @@ def _search(data: bytes | mmap.mmap, needles: list[Form]) -> list[Span]:
                 # A key starts a word: `task-...` holds `sk-` and is no key.
                 m = pattern.match(data, at) if at == 0 or data[at - 1] not in _WORD else None
                 if m is not None and _classes(m.group()) >= need:
-                    spans.append((m.start(), m.end(), None, f"{kind}\0{m.group().decode('ascii', 'replace')}"))
+                    spans.append((m.start(), m.end(), None, f"{kind}\0{m.group().decode('utf-8', 'replace')}"))
                 at = data.find(prefix, at + 1)
     return _untangle(spans)
 
