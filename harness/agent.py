@@ -20,7 +20,6 @@ or an endpoint outage raises `Blameless(note)` (released uncounted), and a confi
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
 from harness.prompts import Prompts
+from harness.redact import SECRET_NAME, secret_env
 from harness.roles import load_role
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
@@ -50,7 +50,6 @@ from harness.verify import run_checked, run_verify
 from harness.workspace import Workspace
 
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
-SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
 LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks again
 
 
@@ -137,7 +136,7 @@ class Agent:
         self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
-        self.secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
+        self.secrets = list(secret_env(os.environ).values())
         self.signalled = False
         self.current: str | None = None
         self.waiting: str | None = None  # why the current landing waits (shown by status)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -10,6 +11,16 @@ REDACTED = "[REDACTED]"
 # Shorter strings are too likely to be ordinary words or numbers: redacting them would
 # mangle transcripts without protecting anything worth protecting.
 MIN_SECRET_LENGTH = 8
+
+# An environment variable whose name matches holds a secret: hidden from the model's commands,
+# redacted from what is written down, looked for by the secrets scan of `report`.
+SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
+
+
+def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Name -> value of the variables in ``environ`` whose name looks secret and whose value is
+    long enough to be worth redacting (``MIN_SECRET_LENGTH``)."""
+    return {k: v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

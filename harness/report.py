@@ -1,14 +1,18 @@
 """The morning account: what each task went through, what landed, what failed and why, and what
-it cost — rebuilt from the event log, the notes and the ledgers alone."""
+it cost — rebuilt from the event log, the notes and the ledgers alone; then the secrets scan of
+everything the run wrote down (secrets_scan.py)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness import secrets_scan
 from harness.colony import Colony
 from harness.fsutil import read_lines
+from harness.redact import redact_data, secret_env
 
 
 @dataclass
@@ -75,6 +79,16 @@ def build(colony: Colony) -> dict[str, Any]:
             "cost_usd": sum(by_agent.values())}
 
 
+def account(colony: Colony, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``build`` plus the secrets scan for the secrets of ``environ`` (the report's environment).
+    The account itself is redacted of every written form of them: a failed task's last note is
+    shown, and it may be where the key leaked."""
+    secrets = secret_env(environ)
+    scan = secrets_scan.scan(colony, secrets)
+    built: dict[str, Any] = redact_data(build(colony), secrets_scan.literals(secrets))
+    return built | {"secrets_scan": scan.as_dict()}
+
+
 def summary_line(r: dict[str, Any]) -> str:
     """One line: what landed, what was done without a change, failed, is left; the spend."""
     tasks = r["tasks"]
@@ -108,4 +122,6 @@ def render(r: dict[str, Any]) -> str:
         out.append("\ncost by agent: " + ", ".join(f"{a} ${c:.4f}" for a, c in sorted(r["cost_by_agent"].items())))
         out.append("cost by model: " + ", ".join(f"{m} ${c:.4f}" for m, c in sorted(r["cost_by_model"].items())))
         out.append("tokens: " + ", ".join(f"{k.replace('_tokens', '')} {v}" for k, v in r["tokens"].items()))
+    if "secrets_scan" in r:
+        out.append("\n" + secrets_scan.render(r["secrets_scan"]))
     return "\n".join(out)

@@ -20,7 +20,7 @@ from harness.meter import cost_usd, price_for
 from harness.models.base import Reply, Request
 from harness.models.openai_provider import reply_from_completion, to_openai_messages, to_openai_tools
 from harness.models.retry import error_for_status
-from harness.redact import redact
+from harness.redact import redact, secret_env
 
 
 def _import_litellm() -> ModuleType:
@@ -53,9 +53,7 @@ class LiteLLMModel:
         self._timeout = timeout
         self._price_override = price
         # litellm reads provider keys from the environment itself; any of them could be echoed.
-        self._secrets = tuple(
-            [api_key or ""] + [v for k, v in os.environ.items() if k.upper().endswith(("_API_KEY", "_TOKEN")) and v]
-        )
+        self._secrets = (api_key or "", *secret_env(os.environ).values())
         self._litellm = _import_litellm()
 
     def __repr__(self) -> str:
