@@ -443,7 +443,8 @@ class Agent:
                 tree = self.ws.wt.run("rev-parse", "HEAD^{tree}").strip()  # main may have moved meanwhile
                 log = self.gate.dir / f"{self.gate.key(tree)}.log"
                 result, code = run_checked([self.gate.command], self.ws.path, self.env(Task(
-                    id="main-check", title="verify main")), self.cfg.verify_timeout, log, self.sandbox)
+                    id="main-check", title="verify main")), self.cfg.verify_timeout, log,
+                    self.sandbox)
                 self.say(f"main ({tree[:12]}) is {'green' if result.ok else 'red'} under `{self.gate.command}`")
                 verdict = self.gate.record(tree, result.ok, self.id, code, result.log, str(log))
             except (HarnessError, OSError) as e:  # a git or disk hiccup: try again on the next pick

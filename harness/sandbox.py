@@ -161,12 +161,14 @@ class Sandbox:
                "--unshare-pid", "--die-with-parent", "--new-session"]
         if not self.network:
             out.append("--unshare-net")
-        for path in self.hide:
-            out += ["--tmpfs", str(path)]
-        # Shallow before deep: a worktree inside a writable colony folder is bound over it, not under it.
-        binds = [(p, "--ro-bind") for p in self.read] + [(p, "--bind") for p in self.write]
-        for path, how in sorted(binds, key=lambda b: len(b[0].parts)):
-            out += [how, str(path), str(path)]
+        # Shallow before deep, and at one depth a tmpfs before a bind: a bind shows what is under it
+        # (the worktree inside the hidden worktrees folder), and a hidden folder inside a bound one
+        # (the worktrees inside a writable .stigmergy/, the colony inside a sandbox_read home) stays hidden.
+        ops = [(len(p.parts), 0, "--tmpfs", p) for p in self.hide]
+        ops += [(len(p.parts), 1, "--ro-bind", p) for p in self.read]
+        ops += [(len(p.parts), 1, "--bind", p) for p in self.write]
+        for _, _, how, path in sorted(ops, key=lambda op: op[:2]):
+            out += [how, str(path)] if how == "--tmpfs" else [how, str(path), str(path)]
         for path in self.locked:
             out += ["--ro-bind-try", str(path), str(path)]
         return [*out, "--chdir", str(cwd), "--", *argv]

@@ -245,6 +245,23 @@ def test_sandbox_network_false_leaves_only_loopback(tmp_path: Path) -> None:
     assert interfaces(False) == ["lo"]
 
 
+@needs_bwrap
+def test_worktrees_inside_a_writable_colony_folder_stay_hidden(tmp_path: Path) -> None:
+    """The demo's layout (worktrees in .stigmergy/workspaces) with an agent CLI's writable colony."""
+    home = tmp_path / "target" / ".stigmergy"
+    (home / "tasks").mkdir(parents=True)
+    for agent in ("a1", "a2"):
+        (home / "workspaces" / agent).mkdir(parents=True)
+    (home / "workspaces" / "a2" / "theirs.txt").write_text("x")
+    box = Sandbox.for_agent(BWRAP, worktree=home / "workspaces" / "a1", workspaces=home / "workspaces",
+                            colony_home=home, git_dir=tmp_path / "target", colony_writable=True)
+    shown = subprocess.run(box.wrap(["sh", "-c", f"ls {home} {home / 'workspaces'}; touch {home}/tasks/new"],
+                                    home / "workspaces" / "a1"), capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "a2" not in shown.stdout.split() and "a1" in shown.stdout.split() and "tasks" in shown.stdout
+    assert (home / "tasks" / "new").exists()
+
+
 STAND_IN = """#!/bin/bash
 # A stand-in agent CLI: checks where it runs, what it sees, and uses the task CLI from inside.
 [ "$(cat /proc/1/comm)" = bwrap ] && echo sandboxed > where.txt || echo open > where.txt
