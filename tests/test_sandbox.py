@@ -328,3 +328,23 @@ def test_a_bad_sandbox_setting_is_refused(colony: Colony, tmp_path: Path) -> Non
     config.write_text(original + "sandbox: none\nsandbox_write: ~/.cache/pip\n")
     proc = agent_run(colony, tmp_path, "a1", script(tmp_path / "s.yaml", []))
     assert proc.returncode == 2 and "sandbox_write" in proc.stderr
+
+
+def test_the_agent_drops_its_key_before_it_starts_any_process(colony: Colony, tmp_path: Path) -> None:
+    """git's fsmonitor hook runs in the harness's own git calls (not sandboxed): it must not
+    inherit the key, which the agent dropped from its environment once its model was built."""
+    dump = tmp_path / "git-env.txt"
+    hook = tmp_path / "fsmonitor.sh"
+    hook.write_text(f"#!/bin/sh\nenv >> {dump}\nexit 1\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "config", "core.fsmonitor", str(hook)], cwd=colony.repo, check=True)
+    colony.add(Task(id="touch", title="Touch a file"))
+    model = script(tmp_path / "s.yaml", [{"match": "touch", "actions": [{"write": {"path": "t.txt", "content": "t"}},
+                                                                       {"finish": "done"}]}])
+    proc = agent_run(colony, tmp_path, "a1", model, "--sandbox", "none",
+                     env={"ANTHROPIC_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": "tok-abcdef-123456"})
+    assert proc.returncode == 0, proc.stderr
+    assert landed_ids(colony.repo) == ["touch"]
+    seen = dump.read_text()
+    assert "STIGMERGY_GIT" in seen or "PATH=" in seen  # the hook ran with the harness's environment
+    assert FAKE_KEY not in seen and "tok-abcdef-123456" not in seen
