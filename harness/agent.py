@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, faults, integrate, tasks
+from harness import deadline, faults, integrate, sandbox, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
@@ -43,6 +43,7 @@ from harness.pidlock import PidLock, agent_lock
 from harness.prompts import Prompts
 from harness.redact import SECRET_NAME, secret_env
 from harness.roles import load_role
+from harness.sandbox import Sandbox
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
 from harness.tools import Toolbox
@@ -79,6 +80,7 @@ class AgentOptions:
     agent_cmd: str | None = None  # the command backend: an external agent CLI (or a preset name)
     branch: str | None = None  # the landing branch; overrides the config's `branch:`
     max_idle_sleep: float = 30.0
+    sandbox: str | None = None  # auto | bwrap | none; overrides the config's `sandbox:`
 
 
 class Metered:
@@ -137,11 +139,44 @@ class Agent:
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
         self.secrets = list(secret_env(os.environ).values())
+        self._build_sandboxes()
         self.signalled = False
         self.current: str | None = None
         self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
         self.deadline = deadline.Watch(colony.home)
+
+    def _build_sandboxes(self) -> None:
+        """Probe once, here: every command of this agent then runs in the same sandbox. An agent CLI
+        gets its own: the colony folder writable (its task CLI), its config folders and its keys."""
+        mode = self.opts.sandbox or self.cfg.sandbox
+        exe = sandbox.resolve(mode, self.say)
+        git_dir = self.ws.git.common_dir()
+
+        def box(write: list[str], colony_writable: bool = False, read: list[str] | None = None) -> Sandbox:
+            return Sandbox.for_agent(exe, worktree=self.ws.path, workspaces=self.ws.root, colony_home=self.colony.home,
+                                     git_dir=git_dir, read=[*self.cfg.sandbox_read, *(read or [])], write=write,
+                                     network=self.cfg.sandbox_network, colony_writable=colony_writable)
+        self.sandbox = box(self.cfg.sandbox_write)
+        self.cli_sandbox = self.sandbox
+        self.cli_env: dict[str, str] = dict(os.environ)  # unsandboxed, an agent CLI inherits everything
+        if self.command is not None and exe is not None:
+            dirs, keys = self.command.needs(self.cfg.sandbox_cli_env)
+            self.cli_sandbox = box([*self.cfg.sandbox_write, *dirs], colony_writable=True,
+                                   read=self.command.program())
+            # Sandboxed, only the keys it is known (preset) or declared (sandbox_cli_env) to need.
+            self.cli_env = {k: v for k, v in os.environ.items() if k in keys or k == "STIGMERGY_HOME"}
+
+    def forget_keys(self) -> list[str]:
+        """Drop secret-looking variables from our own environment once the model client holds its
+        key, so no process we start (git included) inherits one. Not for litellm, which reads
+        provider keys from the environment at every call; an agent CLI's keys were copied at start."""
+        if self.model is not None and self.model.name.startswith("litellm/"):
+            return []
+        dropped = [k for k in os.environ if SECRET_NAME.search(k)]
+        for k in dropped:
+            del os.environ[k]
+        return dropped
 
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
@@ -248,16 +283,18 @@ class Agent:
                 prompt: str) -> tuple[Outcome, Callable[[Outcome, str], Outcome]]:
         """Start the work, and say how to continue it with verify feedback: our tool loop, or an agent CLI."""
         if self.command is not None:
-            command, cli_env = self.command, {**os.environ, **env}  # an agent CLI needs its own API key
+            # An agent CLI needs its own API key: all of our environment unsandboxed, its own keys sandboxed.
+            command, box = self.command, self.cli_sandbox
+            cli_env = {**self.cli_env, **env} if box.bwrap is None else {**env, **self.cli_env}
             rounds = iter(range(1, 1_000))
-            return (command.run(f"{system}\n{prompt}", self.ws.path, cli_env, run, 0),
+            return (command.run(f"{system}\n{prompt}", self.ws.path, cli_env, run, 0, box),
                     lambda _, feedback: command.run(f"{system}\n{prompt}\n{feedback}", self.ws.path, cli_env, run,
-                                                    next(rounds)))
+                                                    next(rounds), box))
         assert self.model is not None
         outcome = run_attempt(
             Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
                     lambda: self.stopping() or self.must_abort()), system, prompt,
-            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task)), self.opts.limits,
+            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task), sandbox=self.sandbox), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             budget_check=self.must_abort, secrets=self.secrets)
         return outcome, continue_attempt
@@ -339,7 +376,7 @@ class Agent:
     def verify(self, task: Task, env: dict[str, str], run: Path) -> Check:
         def check(worktree: Path) -> Verdict:
             return run_verify(self.verify_commands(task), worktree, env, self.cfg.verify_timeout, run / "verify.log",
-                              base=f"refs/heads/{self.ws.main}")
+                              base=f"refs/heads/{self.ws.main}", sandbox=self.sandbox)
         return check
 
     def env(self, task: Task) -> dict[str, str]:
@@ -405,7 +442,8 @@ class Agent:
                 tree = self.ws.wt.run("rev-parse", "HEAD^{tree}").strip()  # main may have moved meanwhile
                 log = self.gate.dir / f"{self.gate.key(tree)}.log"
                 result, code = run_checked([self.gate.command], self.ws.path, self.env(Task(
-                    id="main-check", title="verify main")), self.cfg.verify_timeout, log)
+                    id="main-check", title="verify main")), self.cfg.verify_timeout, log,
+                    self.sandbox)
                 self.say(f"main ({tree[:12]}) is {'green' if result.ok else 'red'} under `{self.gate.command}`")
                 verdict = self.gate.record(tree, result.ok, self.id, code, result.log, str(log))
             except (HarnessError, OSError) as e:  # a git or disk hiccup: try again on the next pick

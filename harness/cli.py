@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from harness import tasks
+from harness import sandbox, tasks
 from harness.colony import Colony
 from harness.errors import HarnessError, InvalidTask, NothingToClaim, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
@@ -60,6 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "in .stigmergy/config.yaml, or use --backend command --agent-cmd CMD")
 
     colony = _colony(args)
+    # Probed once here too: `bwrap` that cannot work stops the launch (exit 2), `auto` warns once.
+    sandbox.resolve(args.sandbox or colony.config.sandbox, lambda text: print(f"stigmergy: {text}", file=sys.stderr))
     checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch))
     dirty = checkout.describe()
     if dirty:
@@ -75,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # Flags the launcher passes through to every `agent run` unchanged.
 AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "max_steps", "max_tokens", "max_seconds",
-               "max_cost_usd")
+               "max_cost_usd", "sandbox")
 
 
 def _add_agent_flags(p: argparse.ArgumentParser) -> None:
@@ -89,6 +91,8 @@ def _add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="tokens per attempt (input + output + cache)")
     p.add_argument("--max-seconds", type=float, help="wall time per attempt")
     p.add_argument("--max-cost-usd", type=float, help="spend per attempt")
+    p.add_argument("--sandbox", choices=sandbox.MODES, help="run the model's commands, verify and an agent CLI "
+                   "in bubblewrap: auto (when it works here; the default), bwrap (required) or none")
 
 
 def _agent_args(args: argparse.Namespace) -> list[str]:
@@ -293,8 +297,10 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
         budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args), branch=args.branch,
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
-                      max_cost_usd=args.max_cost_usd))
-    return Agent(_colony(args), opts).run()
+                      max_cost_usd=args.max_cost_usd), sandbox=args.sandbox)
+    agent = Agent(_colony(args), opts)
+    agent.forget_keys()  # the model client holds its key now: no child of ours inherits one
+    return agent.run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.sandbox import PRESET_NEEDS, Sandbox
 from harness.toolloop import Outcome
 from harness.tools import run_command
 
@@ -34,15 +36,33 @@ class CommandBackend:
         if "{prompt_file}" not in template and not template.strip():
             raise UsageError("--agent-cmd is empty: give a command line or one of " + ", ".join(PRESETS))
         self.template, self.timeout, self.output_limit = template, timeout, output_limit
+        self.preset = command if command in PRESETS else None
 
-    def run(self, prompt: str, worktree: Path, env: Mapping[str, str], run_dir: Path, round_: int) -> Outcome:
+    def needs(self, extra_env: list[str]) -> tuple[list[str], set[str]]:
+        """What this CLI needs inside a sandbox: folders to write (its config) and variables to see
+        (its keys): the preset's, plus ``extra_env`` (config ``sandbox_cli_env``)."""
+        dirs, keys = PRESET_NEEDS.get(self.preset or "", ((), ()))
+        return list(dirs), {*keys, *extra_env}
+
+    def program(self) -> list[str]:
+        """The CLI's executable (and the folder a symlink to it points into), to be made visible
+        read-only in a sandbox that hides home and /tmp, where such programs often live."""
+        try:
+            first = shlex.split(self.template)[0]
+        except (ValueError, IndexError):
+            return []
+        found = shutil.which(first)
+        return [] if found is None else [found, str(Path(found).resolve().parent)]
+
+    def run(self, prompt: str, worktree: Path, env: Mapping[str, str], run_dir: Path, round_: int,
+            sandbox: Sandbox | None = None) -> Outcome:
         prompt_file = run_dir / f"prompt-{round_}.md"
         prompt_file.write_text(prompt)
         line = self.template.replace("{prompt_file}", shlex.quote(str(prompt_file)))
         full_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         # stdin carries the prompt too, for CLIs that read it there (`claude -p` without an argument).
         text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(str(prompt_file))}"], worktree,
-                                      full_env, self.timeout, self.output_limit)
+                                      full_env, self.timeout, self.output_limit, sandbox)
         (run_dir / f"agent-cli-{round_}.log").write_text(f"$ {line}\n{text}\n")
         ok = not timed_out and text.rstrip().endswith("[exit code 0]")
         tail = "\n".join(text.strip().splitlines()[-15:])

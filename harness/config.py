@@ -10,6 +10,9 @@ from typing import Any
 import yaml
 
 from harness.errors import UsageError
+from harness.sandbox import check_mode
+
+LIST_SETTINGS = ("sandbox_read", "sandbox_write", "sandbox_cli_env")  # lists of strings
 
 DEFAULT_CONFIG = """\
 # stigmergy-harness colony configuration. Every key is optional; these are the defaults.
@@ -57,6 +60,17 @@ skip_cap: 25
 aging_per_hour: 2
 role_bonus: 15
 overlap_penalty: 20
+
+# The model's commands (the bash tool), verify and an agent CLI run in a sandbox: auto (bubblewrap
+# when it works on this machine, else none with a warning), bwrap (refuse to start without it) or
+# none. --sandbox on the launcher and `agent run` overrides it. In bwrap mode only the agent's
+# worktree, a private /tmp and sandbox_write folders are writable; home is hidden but for
+# sandbox_read folders; git's data is read-only (the harness commits the work itself).
+sandbox: auto
+sandbox_read: []          # e.g. [~/.local/share/virtualenvs]: visible, read-only
+sandbox_write: []         # caches a build needs, e.g. [~/.cache/pip]: made if missing, writable
+sandbox_network: true     # false: commands get no network (--unshare-net)
+sandbox_cli_env: []       # extra environment variables an agent CLI may see (its presets' keys are known)
 """
 
 
@@ -79,6 +93,11 @@ class Config:
     aging_per_hour: float = 2
     role_bonus: int = 15
     overlap_penalty: int = 20
+    sandbox: str = "auto"
+    sandbox_read: list[str] = field(default_factory=list)
+    sandbox_write: list[str] = field(default_factory=list)
+    sandbox_network: bool = True
+    sandbox_cli_env: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -97,6 +116,10 @@ class Config:
             default = getattr(cls, key, None)
             if key == "model_options":
                 ok = isinstance(value, dict)
+            elif key in LIST_SETTINGS:
+                ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+            elif key == "sandbox_network":
+                ok = isinstance(value, bool)
             elif isinstance(default, str) or key in ("model", "api_base"):
                 ok = isinstance(value, str) or (value is None and key in ("model", "api_base"))
             else:  # numbers; budget_usd may be null
@@ -107,6 +130,11 @@ class Config:
                 raise UsageError(f"{path}: setting '{key}' has a bad value {value!r}; see the comments in the default config")
         if not data.get("branch", "main").strip():
             raise UsageError(f"{path}: setting 'branch' is empty; name the branch agents land on, e.g. `branch: main`")
+        if "sandbox" in data:
+            try:
+                check_mode(data["sandbox"])
+            except UsageError as e:
+                raise UsageError(f"{path}: {e}") from None
         values: dict[str, Any] = dict(data)
         return cls(**values)
 

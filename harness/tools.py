@@ -28,13 +28,14 @@ import signal
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from harness.errors import HarnessError, ToolError
 from harness.models.base import ToolCall, ToolSpec
+from harness.sandbox import Sandbox
 
 BASH = "bash"
 EDIT = "str_replace_based_edit_tool"
@@ -52,7 +53,10 @@ TOOL_SPECS: list[ToolSpec] = [
             "Run a shell command (bash -c) in the repository worktree and get its output "
             "(stdout and stderr merged, long output shortened) and exit code. Each call is a fresh "
             "shell: cd and exports do not carry over. Commands have a time limit; background "
-            "processes still running when the command returns are killed. No interactive input."
+            "processes still running when the command returns are killed. No interactive input. "
+            "It may run in a sandbox: then only the worktree and /tmp are writable and git's own data "
+            "is read-only (status, diff and log work): do not git add or commit, the harness commits "
+            "your changes itself."
         ),
         input_schema={
             "type": "object",
@@ -162,8 +166,11 @@ class Toolbox:
         sink: Environment,
         bash_timeout: float = DEFAULT_BASH_TIMEOUT,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        """``env_vars`` is the complete environment of bash commands (None: inherit ours)."""
+        """``env_vars`` is the complete environment of bash commands (None: inherit ours);
+        ``sandbox`` wraps each of them (None: run as they are)."""
+        self.sandbox = sandbox
         self.root = Path(worktree).resolve()
         self.env_vars = dict(env_vars) if env_vars is not None else None
         self.sink = sink
@@ -204,7 +211,8 @@ class Toolbox:
 
     def _bash(self, args: dict[str, Any]) -> ToolResult:
         text, timed_out = run_command(
-            [self._shell, "-c", args["command"]], self.root, self.env_vars, self.bash_timeout, self.output_limit
+            [self._shell, "-c", args["command"]], self.root, self.env_vars, self.bash_timeout, self.output_limit,
+            self.sandbox,
         )
         return ToolResult(text, is_error=timed_out)
 
@@ -334,33 +342,41 @@ class Toolbox:
 
 
 def run_command(
-    argv: list[str], cwd: Path, env: Mapping[str, str] | None, timeout: float, limit: int
+    argv: list[str], cwd: Path, env: Mapping[str, str] | None, timeout: float, limit: int,
+    sandbox: Sandbox | None = None,
 ) -> tuple[str, bool]:
-    """Run ``argv`` in a new session; return (clipped output + exit code line, timed_out)."""
+    """Run ``argv`` in a new session (in ``sandbox``); return (clipped output + exit code line, timed_out)."""
     # Output goes to a file, not a pipe: a background job holding the pipe open would
     # otherwise make us wait for it, and a file never blocks a chatty command.
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            code = proc.wait()
-            timed_out = True
-        leftovers = _kill_group(proc.pid)
+        code, leftovers = execute(argv, cwd, env, timeout, out, sandbox)
         out.seek(0)
         text = clip_lines(io.TextIOWrapper(out, encoding="utf-8", errors="replace", newline=""), limit)
     if text and not text.endswith("\n"):
         text += "\n"
-    if timed_out:
+    if code is None:
         text += f"[timed out after {timeout:g}s: the command and every process it started were killed]\n"
     elif leftovers:
         text += "[background processes still running when the command returned were killed]\n"
-    return f"{text}[exit code {code}]", timed_out
+    return f"{text}[exit code {code}]", code is None
+
+
+def execute(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None, timeout: float, out: IO[bytes],
+            sandbox: Sandbox | None = None) -> tuple[int | None, bool]:
+    """The one way the harness runs a command it does not trust (the model's bash calls, verify,
+    an agent CLI): in ``sandbox``, in a session of its own, stdout and stderr to ``out``; on a
+    timeout the whole process group is killed (bwrap's --die-with-parent then ends its pid
+    namespace). Returns (exit code, or None on a timeout; whether leftovers had to be killed)."""
+    wrapped = sandbox.wrap(argv, cwd) if sandbox is not None else list(argv)
+    proc = subprocess.Popen(wrapped, cwd=cwd, env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.wait()
+        code = None
+    return code, _kill_group(proc.pid) and code is not None
 
 
 def _kill_group(pgid: int) -> bool:

@@ -6,14 +6,14 @@ error-looking lines first (what to fix) and then the end of the output (where it
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Mapping
 
 from harness.git import Git
 from harness.integrate import Verdict
+from harness.sandbox import Sandbox
+from harness.tools import execute
 
 ERRORISH = re.compile(r"(?i:error|exception)|Traceback|FAILED|FAIL:|assert|panicked")
 # git's conflict markers, as added lines of a unified diff. A lone "=======" is also a setext
@@ -54,7 +54,7 @@ NOT_RUNNABLE = frozenset({126, 127})
 
 
 def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float, log: Path,
-               base: str | None = None) -> Verdict:
+               base: str | None = None, sandbox: Sandbox | None = None) -> Verdict:
     """Refuse conflict markers the work adds since ``base`` (whatever the verify setting), then
     run each command in turn (a shell line each); the first failure decides."""
     markers = conflict_markers(cwd, base) if base else []
@@ -62,25 +62,19 @@ def run_verify(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: 
         shown = ", ".join(markers[:20]) + (" ..." if len(markers) > 20 else "")
         return Verdict(False, f"the change adds merge-conflict markers (<<<<<<<, =======, >>>>>>>) at {shown}: "
                               "resolve each conflict, keeping what both sides meant, and remove the markers")
-    return run_checked(commands, cwd, env, timeout, log)[0]
+    return run_checked(commands, cwd, env, timeout, log, sandbox)[0]
 
 
 def run_checked(commands: list[str], cwd: Path, env: Mapping[str, str], timeout: float,
-                log: Path) -> tuple[Verdict, int | None]:
-    """``run_verify`` and the deciding exit code: 0 when all passed, None on a timeout."""
+                log: Path, sandbox: Sandbox | None = None) -> tuple[Verdict, int | None]:
+    """``run_verify`` and the deciding exit code: 0 when all passed, None on a timeout. Each
+    command runs like a bash call of the model (``tools.execute``: same sandbox, same killing)."""
     with open(log, "ab") as out:
         for cmd in commands:
             out.write(f"$ {cmd}\n".encode())
             out.flush()
             start = out.tell()
-            try:
-                proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-                code = None
+            code, _ = execute(["/bin/sh", "-c", cmd], cwd, env, timeout, out, sandbox)
             out.flush()
             if code != 0:
                 with open(log, "rb") as f:

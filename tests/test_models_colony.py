@@ -178,9 +178,10 @@ def test_429_retry_after_holds_every_agent_until_it_has_passed(
     colony.add(Task(id="limited", title="Rate limited", priority=90))  # a1 claims it first
     colony.add(Task(id="steady", title="Steady", priority=50))
     env = agent_env(OPENAI_API_KEY=KEY)
-    a = start(colony, "a1", "openai/gpt-test", tmp_path, env, "--api-base", srv.openai_base_url)
+    # Unsandboxed: the two agents' commands meet through a file outside their worktrees (bwrap hides it).
+    a = start(colony, "a1", "openai/gpt-test", tmp_path, env, "--api-base", srv.openai_base_url, "--sandbox", "none")
     wait_for(lambda: colony.get("limited")[0] == "active", timeout=60, what="a1 to claim")
-    b = start(colony, "a2", "openai/gpt-test", tmp_path, env, "--api-base", srv.openai_base_url)
+    b = start(colony, "a2", "openai/gpt-test", tmp_path, env, "--api-base", srv.openai_base_url, "--sandbox", "none")
     finish(a, b, tmp=tmp_path)
 
     assert sorted(landed_ids(colony.repo)) == ["limited", "steady"]

@@ -70,10 +70,11 @@ def test_a_killed_agent_frees_its_id_even_while_its_commands_live_on(
     add_tasks(colony, "t1")
     # The model's command outlives its agent (it runs in a session of its own): it must not have
     # inherited the agent's lock, or the restarted agent would find its own id taken. Only the
-    # first attempt sleeps; it leaves its pid outside the worktree.
+    # first attempt sleeps; it leaves its pid outside the worktree. Unsandboxed: in bwrap a command
+    # dies with its agent (--die-with-parent) and cannot write outside its worktree.
     marker = tmp_path / "orphan.pid"
     launcher.start([write_task("t1", {"bash": f"[ -e {marker} ] || {{ echo $$ > {marker}; exec sleep 8; }}"})],
-                   "--agents", "1", "--until-empty")
+                   "--agents", "1", "--until-empty", "--sandbox", "none")
     first = launcher.agent_pid("coder-01")
     wait_for(marker.exists, 30, "the model's command to start")
     orphan = int(marker.read_text())

@@ -162,6 +162,7 @@ def test_commands_see_only_the_documented_stigmergy_variables(colony: Colony, tm
     model = script(tmp_path, "envy", envy=[{"bash": f"env > {out}/bash.env"}])
     proc = cli("agent", "run", "--id", "coder-07", "--role", "coder", "--repo", str(colony.repo), "--model", model,
                "--workspaces", str(tmp_path / "ws"), "--until-empty", "--verify", f"env > {out}/verify.env",
+               "--sandbox", "none",  # the commands write outside their worktree, which bwrap hides
                env={"STIGMERGY_HOME": str(colony.home), "STIGMERGY_WORKSPACES": str(tmp_path / "ws"),
                     "STIGMERGY_ANYTHING": "x"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
