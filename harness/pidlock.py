@@ -112,7 +112,7 @@ def agent_processes(repo: Path) -> dict[str, list[int]]:
         except (OSError, IndexError, ValueError):
             continue
         runs = any(argv[i:i + 2] == ["agent", "run"] for i in range(len(argv)))
-        if runs and "--id" in argv and str(repo) in argv and _running(int(cmdline.parent.name)):
+        if runs and "--id" in argv and str(repo) in argv and running(int(cmdline.parent.name)):
             candidates[int(cmdline.parent.name)] = (argv[argv.index("--id") + 1], ppid)
     found: dict[str, list[int]] = {}
     for pid, (agent, ppid) in sorted(candidates.items()):
@@ -121,7 +121,7 @@ def agent_processes(repo: Path) -> dict[str, list[int]]:
     return found
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's zombie lingers where pid 1 does not reap)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

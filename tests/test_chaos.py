@@ -22,6 +22,10 @@ from harness.colony import Colony
 from harness.tasks import Task
 
 TASKS = int(os.environ.get("CHAOS_TASKS", "24"))
+# Tasks append to shared logs, so landings conflict; a resolution keeps both sides.
+RESOLVER = {"match": "^conflict-", "actions": [
+    {"bash": "sed -i -e '/^<<<<<<< /d' -e '/^||||||| /d' -e '/^=======$/d' -e '/^>>>>>>> /d' log-*.txt"},
+    {"finish": "kept both sides"}]}
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "20"))
 
 
@@ -44,10 +48,7 @@ def test_random_sigkills_lose_nothing_and_land_nothing_twice(colony: Colony, tmp
                         verify="! grep -rq '^<<<<<<<' --exclude-dir=.git .")
     script = tmp_path / "script.yaml"
     script.write_text(yaml.safe_dump([
-        # Tasks append to three shared logs, so landings conflict; a resolution keeps both sides.
-        {"match": "^conflict-", "actions": [
-            {"bash": "sed -i -e '/^<<<<<<< /d' -e '/^||||||| /d' -e '/^=======$/d' -e '/^>>>>>>> /d' log-*.txt"},
-            {"finish": "kept both sides"}]},
+        RESOLVER,
         {"match": "^t", "actions": [
         {"bash": 'echo "$STIGMERGY_TASK by $STIGMERGY_AGENT" > "out-$STIGMERGY_TASK.txt"'},
         {"sleep": 1.0},
@@ -98,9 +99,7 @@ def test_a_night_of_launcher_kills_agent_kills_sighup_and_user_commits(colony: C
     colony = set_config(colony, lease_ttl=3, heartbeat_interval=0.3, max_attempts=50)
     script = tmp_path / "script.yaml"
     script.write_text(yaml.safe_dump([
-        {"match": "^conflict-", "actions": [
-            {"bash": "sed -i -e '/^<<<<<<< /d' -e '/^||||||| /d' -e '/^=======$/d' -e '/^>>>>>>> /d' log-*.txt"},
-            {"finish": "kept both sides"}]},
+        RESOLVER,
         {"match": "^t", "actions": [
             {"bash": 'echo "$STIGMERGY_TASK" > "out-$STIGMERGY_TASK.txt"'}, {"sleep": 1.0},
             {"bash": 'echo "line from $STIGMERGY_TASK" >> "log-$(( 10#${STIGMERGY_TASK#t} % 2 )).txt"'},

@@ -18,19 +18,14 @@ from conftest import cli, landed_ids, set_config, wait_for
 from harness import swarm
 from harness.colony import Colony
 from harness.errors import UsageError
+from harness.pidlock import running
 from harness.tasks import Task
 
 
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    """Running, not a zombie (an orphan's zombie lingers where pid 1 does not reap)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
+alive = running  # running, not a zombie
 
 
 def beat(colony: Colony, agent: str) -> dict | None:
