@@ -7,6 +7,7 @@ Every command takes --repo (default: the current directory).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -476,5 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"stigmergy: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # Typically an agent CLI whose own sandbox made the colony read-only: say so, not a traceback.
+        print(f"stigmergy: cannot write {e.filename or 'the colony'} ({e.strerror}): the colony home "
+              "(.stigmergy/, or STIGMERGY_HOME) must be writable here; an agent CLI's own sandbox must "
+              "be off (the presets turn it off) or allow that folder", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

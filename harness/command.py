@@ -1,9 +1,12 @@
 """The command backend: an external agent CLI (Claude Code, Codex, aider, Gemini CLI) does the work.
 
-The CLI runs in the agent's worktree with the rendered prompt both in a file (`{prompt_file}` in
-the command line) and on stdin, under a timeout that kills its whole process group, with the
-environment passed through (it needs its own API key) plus STIGMERGY_AGENT/TASK/ROLE/REPO; the task
-CLI and `stigmergy agent heartbeat` find the colony from inside the worktree (see git_toplevel).
+The CLI runs in the agent's worktree with the rendered prompt given exactly once: in a file when
+the command line names `{prompt_file}`, else on stdin (never as an argument: Linux caps one argument
+near 128 KiB and a long prompt would fail with "Argument list too long"). It runs under a timeout
+that kills its whole process group, with the environment passed through (it needs its own API key)
+plus STIGMERGY_AGENT/TASK/ROLE/REPO and STIGMERGY_BIN, the task CLI's absolute path (a CLI that runs
+its commands in a login shell, as Codex does, loses our PATH); the task CLI and `stigmergy agent
+heartbeat` find the colony from inside the worktree (see git_toplevel).
 Its output is saved in the run folder. Afterwards the harness commits whatever the CLI changed (or
 takes what it committed), verifies and lands as usual.
 """
@@ -22,12 +25,42 @@ from harness.sandbox import PRESET_NEEDS, Sandbox
 from harness.toolloop import Outcome
 from harness.tools import run_command
 
+# Each preset reads the prompt the way its CLI reads it best, never from an argument. The CLIs' own
+# sandboxes and approval prompts are off: there is no one to approve, and ours (bubblewrap, see
+# sandbox.py) is the sandbox. Checked against Codex 0.171.0 and Claude Code 2.1.197 (tests/test_cli_presets.py).
 PRESETS = {
-    "claude": 'claude -p "$(cat {prompt_file})" --dangerously-skip-permissions',
-    "codex": 'codex exec --full-auto "$(cat {prompt_file})"',
+    # `claude -p` without a prompt argument reads it from stdin.
+    "claude": "claude -p --dangerously-skip-permissions",
+    # `-` reads the prompt from stdin; `--full-auto` is gone (exit 2). allow_login_shell=false keeps
+    # its commands out of `bash -l`, whose profile would reset PATH.
+    "codex": "codex exec --dangerously-bypass-approvals-and-sandbox -c allow_login_shell=false -",
     "aider": "aider --yes-always --no-auto-commits --message-file {prompt_file}",
-    "gemini": 'gemini --yolo -p "$(cat {prompt_file})"',
+    # Non-interactive when stdin is not a terminal: the prompt is read from stdin.
+    "gemini": "gemini --yolo",
 }
+
+WRAPPER = """#!/bin/sh
+# The task CLI of the colony this agent works for, by absolute path: it survives a login shell.
+exec {python} -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from harness.cli import main; sys.exit(main())' {root} "$@"
+"""
+
+
+def task_cli(folder: Path) -> Path:
+    """An executable ``stigmergy`` in ``folder`` that runs this harness with this interpreter,
+    whatever PATH or PYTHONPATH the CLI's shell ends up with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "stigmergy"
+    root = Path(__file__).resolve().parent.parent  # the folder holding the harness package
+    path.write_text(WRAPPER.format(python=shlex.quote(sys.executable), root=shlex.quote(str(root))))
+    path.chmod(0o755)
+    return path
+
+
+TASK_CLI_NOTE = """
+
+The task CLI is `stigmergy` on PATH; if your shell cannot find it, call it by its absolute path,
+`$STIGMERGY_BIN` ({bin}).
+"""
 
 
 class CommandBackend:
@@ -56,12 +89,16 @@ class CommandBackend:
 
     def run(self, prompt: str, worktree: Path, env: Mapping[str, str], run_dir: Path, round_: int,
             sandbox: Sandbox | None = None) -> Outcome:
+        bin_dir = run_dir / "bin"
+        stigmergy = task_cli(bin_dir)
         prompt_file = run_dir / f"prompt-{round_}.md"
-        prompt_file.write_text(prompt)
+        prompt_file.write_text(prompt + TASK_CLI_NOTE.format(bin=stigmergy))
         line = self.template.replace("{prompt_file}", shlex.quote(str(prompt_file)))
-        full_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-        # stdin carries the prompt too, for CLIs that read it there (`claude -p` without an argument).
-        text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(str(prompt_file))}"], worktree,
+        full_env = {**env, "STIGMERGY_BIN": str(stigmergy),
+                    "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])}
+        # Once: a line that names the file reads it there (stdin is empty), any other line gets it on stdin.
+        source = os.devnull if "{prompt_file}" in self.template else str(prompt_file)
+        text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(source)}"], worktree,
                                       full_env, self.timeout, self.output_limit, sandbox)
         (run_dir / f"agent-cli-{round_}.log").write_text(f"$ {line}\n{text}\n")
         ok = not timed_out and text.rstrip().endswith("[exit code 0]")

@@ -11,9 +11,9 @@ from harness.colony import Colony
 from harness.tasks import Task
 
 STAND_IN = """#!/bin/bash
-# A stand-in agent CLI: reads its prompt from stdin, works in the cwd, uses the task CLI from inside.
+# A stand-in agent CLI: reads its prompt from the file it is given, works in the cwd, uses the task CLI.
 set -e
-prompt=$(cat)
+prompt=$(cat "$2")
 echo "$prompt" | grep -q "Task $STIGMERGY_TASK" || { echo "prompt lacks the task"; exit 1; }
 stigmergy agent heartbeat --agent "$STIGMERGY_AGENT"
 echo "made by $STIGMERGY_AGENT for $STIGMERGY_TASK" > "$STIGMERGY_TASK.txt"
