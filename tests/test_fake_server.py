@@ -238,3 +238,35 @@ def test_serve_from_a_yaml_file_in_a_subprocess(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+
+
+def test_responses_api_streams_codex_shell_calls_turn_by_turn() -> None:
+    """The Responses API (Codex's wire): the SDK's stream helper, which checks the event order and
+    rebuilds the response, gets a function_call turn, then (after the tool output) a text turn."""
+    shell = {"command": ["bash", "-c", "echo hi > f.txt"], "workdir": "/w"}
+    script = [{"match": "write f", "replies": [{"text": "on it", "tool": "shell", "input": shell},
+                                               {"text": "wrote f.txt", "usage": {"output_tokens": 7}}]}]
+    with FakeServer(script, api_key=KEY) as srv:
+        client = openai.OpenAI(api_key=KEY, base_url=srv.openai_base_url, max_retries=0)
+        # Codex sends its instructions and environment as user messages before the prompt.
+        inputs: list[Any] = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<env/>"}]},
+                             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write f"}]}]
+        with client.responses.stream(model="gpt-test", input=inputs, instructions="be brief") as stream:
+            kinds = [event.type for event in stream]
+            first = stream.get_final_response()
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+        assert {"response.output_text.delta", "response.function_call_arguments.delta",
+                "response.output_item.added", "response.output_item.done"} <= set(kinds)
+        assert first.output_text == "on it"
+        call = next(item for item in first.output if item.type == "function_call")
+        assert call.name == "shell" and json.loads(call.arguments) == shell
+        assert first.usage is not None and first.usage.input_tokens > 0
+        inputs += [call.model_dump(exclude_none=True),
+                   {"type": "function_call_output", "call_id": call.call_id, "output": "ok"}]
+        second = client.responses.create(model="gpt-test", input=inputs)  # not streamed: one JSON object
+        assert second.output_text == "wrote f.txt" and second.usage is not None and second.usage.output_tokens == 7
+        inputs += [item.model_dump(exclude_none=True) for item in second.output]
+        with pytest.raises(openai.BadRequestError, match="has 2 turns"):
+            client.responses.create(model="gpt-test", input=inputs + [{"role": "user", "content": "more"}])
+    assert [r["path"] for r in srv.requests] == ["/v1/responses"] * 3
+    assert srv.requests[0]["body"]["stream"] is True

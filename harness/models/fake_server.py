@@ -1,8 +1,11 @@
 """A scripted fake of the Anthropic and OpenAI HTTP APIs, for tests and offline demos.
 
-Speaks ``POST /v1/messages`` (Anthropic Messages, JSON or SSE streaming) and
-``POST /v1/chat/completions`` (OpenAI chat completions, JSON or SSE streaming) on 127.0.0.1 only,
-so the real SDKs can be exercised over real HTTP.
+Speaks ``POST /v1/messages`` (Anthropic Messages, JSON or SSE streaming),
+``POST /v1/chat/completions`` (OpenAI chat completions, JSON or SSE streaming) and
+``POST /v1/responses`` (OpenAI Responses, JSON or SSE streaming: what Codex speaks) on 127.0.0.1
+only, so the real SDKs and agent CLIs can be exercised over real HTTP. Tool calls become each
+API's own (``tool_use`` blocks, ``tool_calls``, ``function_call`` output items); for Codex, script
+the tool its request offers (e.g. ``{tool: shell, input: {command: [bash, -c, "make"]}}``).
 
 Script: a YAML/JSON list of conversations::
 
@@ -24,7 +27,9 @@ do not count as a turn: each one is served ``times`` times per (conversation, tu
 server moves on to the next element, so a client's retry eventually gets the real reply. Fault
 options: ``retry_after`` (seconds, sent as ``retry-after``), ``retry_after_ms``, ``headers``,
 ``body`` (the error message). The server is otherwise stateless: the turn comes from the
-request's own messages.
+request's own messages. For the Responses API, ``match`` is searched in all the user messages
+before the first output item (Codex sends its instructions and environment as user messages
+first), and the turn is the number of runs of output items (one per earlier response).
 
 Every request is recorded (path, headers without credentials, JSON body, time) for tests to
 assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
@@ -356,6 +361,100 @@ def _openai_error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
+# --------------------------------------------------------------------------- OpenAI Responses wire
+
+# Items a response produced (as opposed to what the user or a tool sent): a run of them is one turn.
+_OUTPUT_ITEMS = frozenset({"function_call", "reasoning", "local_shell_call", "custom_tool_call", "web_search_call"})
+
+
+def _responses_conversation(body: dict[str, Any]) -> tuple[str, int] | None:
+    """(the user text to match, the turn) of a Responses request; None for a malformed ``input``."""
+    items = body.get("input")
+    if isinstance(items, str):
+        return items, 0
+    if not isinstance(items, list):
+        return None
+    texts: list[str] = []
+    turn, in_output = 0, False
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        output = item.get("type") in _OUTPUT_ITEMS or item.get("role") == "assistant"
+        if output and not in_output:
+            turn += 1
+        in_output = output
+        if turn == 0 and item.get("role") == "user":
+            content = item.get("content")
+            texts.append(content if isinstance(content, str) else "\n".join(
+                str(b.get("text", "")) for b in content or [] if isinstance(b, dict) and "text" in b))
+    return "\n".join(texts), turn
+
+
+def _responses_object(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+    output: list[dict[str, Any]] = []
+    if reply.get("text"):
+        output.append({"id": f"msg_fake_{uuid.uuid4().hex[:16]}", "type": "message", "status": "completed",
+                       "role": "assistant",
+                       "content": [{"type": "output_text", "text": str(reply["text"]), "annotations": []}]})
+    for i, call in enumerate(_tool_calls_of(reply)):
+        output.append({"id": f"fc_fake_{uuid.uuid4().hex[:12]}", "type": "function_call", "status": "completed",
+                       "call_id": f"call_fake_{turn}_{i}", "name": call["name"], "arguments": _arguments(call)})
+    prefix = {"instructions": body.get("instructions"), "tools": body.get("tools")}
+    prompt = _tokens(body.get("input", [])) + _tokens(prefix)
+    completion = _tokens(output)
+    usage: dict[str, Any] = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": _tokens(prefix) if turn > 0 else 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+    usage.update(reply.get("usage", {}))
+    return {
+        "id": f"resp_fake_{uuid.uuid4().hex[:16]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "model": body.get("model", "fake"),
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools", []),
+        "usage": usage,
+    }
+
+
+def _responses_events(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The real Responses streaming event sequence for ``response`` (without sequence numbers)."""
+    pending = {**response, "status": "in_progress", "output": [], "usage": None}
+    yield {"type": "response.created", "response": pending}
+    yield {"type": "response.in_progress", "response": pending}
+    for index, item in enumerate(response["output"]):
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            yield {"type": "response.output_item.added", "output_index": index,
+                   "item": {**item, "status": "in_progress", "content": []}}
+            yield {"type": "response.content_part.added", **where,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}
+            for piece in _chunks(text):
+                yield {"type": "response.output_text.delta", **where, "delta": piece}
+            yield {"type": "response.output_text.done", **where, "text": text}
+            yield {"type": "response.content_part.done", **where, "part": item["content"][0]}
+        else:
+            yield {"type": "response.output_item.added", "output_index": index,
+                   "item": {**item, "status": "in_progress", "arguments": ""}}
+            for piece in _chunks(item["arguments"]):
+                yield {"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                       "output_index": index, "delta": piece}
+            yield {"type": "response.function_call_arguments.done", "item_id": item["id"], "output_index": index,
+                   "arguments": item["arguments"]}
+        yield {"type": "response.output_item.done", "output_index": index, "item": item}
+    yield {"type": "response.completed", "response": response}
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -451,8 +550,11 @@ class FakeServer:
 
     def _resolve(self, messages: list[Any]) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None, int, str]:
         """(kind, fault, reply, turn, error) for a conversation; kind is 'fault', 'reply' or 'error'."""
-        first = _first_user_text(messages)
         turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        return self._resolve_turn(_first_user_text(messages), turn)
+
+    def _resolve_turn(self, first: str, turn: int) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None,
+                                                              int, str]:
         entry = next((e for e in self._entries if e.pattern.search(first)), None)
         if entry is None:
             return "error", None, None, turn, f"fake server: no script entry matches first user message {first[:200]!r}"
@@ -518,19 +620,26 @@ class _Handler(BaseHTTPRequestHandler):
             api = "anthropic"
         elif path.endswith("/chat/completions"):
             api = "openai"
+        elif path.endswith("/responses"):
+            api = "responses"
         else:
             self._json(404, {"error": {"message": f"fake server: no route POST {self.path}"}})
             return
         if not authorized:
             self._error(api, 401, "fake server: missing or invalid API key")
             return
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            self._error(api, 400, "fake server: body must be a JSON object with a 'messages' list")
+        field = "input" if api == "responses" else "messages"
+        conversation = _responses_conversation(body) if api == "responses" and isinstance(body, dict) else None
+        if not isinstance(body, dict) or (conversation is None and not isinstance(body.get(field), list)):
+            self._error(api, 400, f"fake server: body must be a JSON object with a '{field}' list")
             return
         if self.fake._models is not None and body.get("model") not in self.fake._models:
             self._error(api, 404, f"model: {body.get('model')} (fake server: not one of {self.fake._models})")
             return
-        kind, fault, reply, turn, error = self.fake._resolve(body["messages"])
+        if conversation is not None:
+            kind, fault, reply, turn, error = self.fake._resolve_turn(*conversation)
+        else:
+            kind, fault, reply, turn, error = self.fake._resolve(body["messages"])
         if kind == "error":  # a gap in the script is the request's fault (400), not a missing model (404)
             self._error(api, 400, error)
         elif kind == "fault":
@@ -593,6 +702,10 @@ class _Handler(BaseHTTPRequestHandler):
         if api == "anthropic":
             for name, data in _anthropic_events(rendered):
                 yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        elif api == "responses":
+            for number, data in enumerate(_responses_events(rendered)):
+                data = {**data, "sequence_number": number}
+                yield f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
         else:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             for data in _openai_chunks(rendered, include_usage):
@@ -604,6 +717,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _render(api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+        if api == "responses":
+            return _responses_object(reply, body, turn)
         return _anthropic_message(reply, body, turn) if api == "anthropic" else _openai_completion(reply, body, turn)
 
     def _error(self, api: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
