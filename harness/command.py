@@ -35,8 +35,9 @@ PRESETS = {
     # its commands out of `bash -l`, whose profile would reset PATH.
     "codex": "codex exec --dangerously-bypass-approvals-and-sandbox -c allow_login_shell=false -",
     "aider": "aider --yes-always --no-auto-commits --message-file {prompt_file}",
-    # Non-interactive when stdin is not a terminal: the prompt is read from stdin.
-    "gemini": "gemini --yolo",
+    # Headless when stdin is not a terminal, reading the prompt there (Gemini CLI 0.61.0); without
+    # --skip-trust it drops --yolo back to asking for approval in a folder it was never told to trust.
+    "gemini": "gemini --yolo --skip-trust",
 }
 
 WRAPPER = """#!/bin/sh
