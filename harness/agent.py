@@ -35,7 +35,7 @@ from harness.colony import Claim, Colony
 from harness.command import CommandBackend
 from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
 from harness.gate import Decision, Fix, Gate, Go, Hold
-from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict, VerifyFailed
+from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
@@ -142,6 +142,7 @@ class Agent:
         self._build_sandboxes()
         self.signalled = False
         self.current: str | None = None
+        self.last_outcome: Outcome | None = None  # the model's or CLI's last word on the current task
         self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
         self.deadline = deadline.Watch(colony.home)
@@ -247,6 +248,7 @@ class Agent:
             self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
             self.current = self.waiting = None
+            self.last_outcome = None
 
     def work(self, task: Task, run: Path, env: dict[str, str], check: Check) -> str | None:
         """Run the model until its work passes verify; the verified commit, or None if no change."""
@@ -260,6 +262,7 @@ class Agent:
         prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=self.colony.notes(
             task.id), verify=" && ".join(self.verify_commands(task)), context=self.repo_context())
         outcome, again = self.session(task, run, env, system, prompt)
+        self.last_outcome = outcome
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
             self.check_outcome(outcome)
@@ -268,6 +271,9 @@ class Agent:
                 commit = self.ws.wt.resolve("HEAD")
                 if commit == start:
                     return None
+            # A repair round that undid the change leaves main's tree: that is no work, not a landing.
+            if commit is None or (start and self._tree(commit) == self._tree(start)):
+                return None
             verdict = check(self.ws.path)
             if verdict.ok:
                 return commit
@@ -277,6 +283,7 @@ class Agent:
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
             outcome = again(outcome, self.prompts.render("verify_failure", excerpt=verdict.log, round=round_,
                                                          rounds=rounds))
+            self.last_outcome = outcome
         raise AssertionError("unreachable")
 
     def session(self, task: Task, run: Path, env: dict[str, str], system: str,
@@ -301,12 +308,14 @@ class Agent:
 
     def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:
         if commit is None:  # the model finished without changing anything: nothing to land
-            self.colony.done(task.id, self.id, claim.token, landed=False)
+            self.unchanged(claim, task, "its work leaves the worktree as main is")
             return
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
                                 wait=self.wait_to_land)
-        if isinstance(result, (Landed, AlreadyLanded)):
+        if isinstance(result, Unchanged):
+            self.unchanged(claim, task, f"merged into main ({result.main[:10]}) it changes nothing")
+        elif isinstance(result, (Landed, AlreadyLanded)):
             self.landed(claim, task, result)
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
@@ -318,6 +327,19 @@ class Agent:
             if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
                 self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
+
+    def unchanged(self, claim: Claim, task: Task, why: str) -> None:
+        """Done, but nothing lands. Said in the log, a note and the event (``change: false``), so
+        neither a person nor `report` takes it for landed work; a CLI that failed and still exited
+        0 shows here, with the end of its output."""
+        said = (self.last_outcome.summary if self.last_outcome else "") or "(none)"
+        note = f"done without a change: {why}; nothing landed. Last output:\n{said}"
+        self.say(note)
+        self.colony.add_note(task.id, self.id, note[:4000], kind="unchanged")
+        self.colony.done(task.id, self.id, claim.token, landed=False, change=False)
+
+    def _tree(self, commit: str) -> str:
+        return self.ws.git.run("rev-parse", f"{commit}^{{tree}}").strip()
 
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> None:
         """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""

@@ -1,0 +1,76 @@
+"""Issue 13: work that is not work, and faults of an agent CLI. Real agent processes running
+stand-in CLIs (small shell scripts written here) on a real repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import advance_main, set_config
+from harness import report
+from harness.colony import Colony
+from harness.tasks import Task
+
+
+def stand_in(tmp: Path, body: str, name: str = "fake-cli") -> Path:
+    path = tmp / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def run_agent(colony: Colony, tmp: Path, cmd: str, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "cli-agent", "--repo",
+                           str(colony.repo), "--workspaces", str(tmp / "ws"), "--backend", "command",
+                           "--agent-cmd", cmd, "--until-empty", "--sandbox", "none", *extra],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def main_log(colony: Colony) -> list[str]:
+    out = subprocess.run(["git", "log", "--format=%s", "main"], cwd=colony.repo, capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+# -- 7: work that is not work ---------------------------------------------------------------------------
+
+def test_a_repair_round_that_undoes_the_change_lands_no_empty_commit(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, verify="test ! -e bad.txt", verify_rounds=2)
+    colony.add(Task(id="undo", title="Task undo"))
+    # Round 0 writes a file verify refuses; the repair round removes it again: the tree is main's.
+    cmd = stand_in(tmp_path, 'if grep -q "verify command failed"; then rm -f bad.txt; else echo x > bad.txt; fi\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert proc.returncode == 0, proc.stderr
+    assert main_log(colony) == ["init"]  # no empty "Task undo" commit on main
+    assert "done without a change" in proc.stderr
+    assert colony.get("undo")[0] == "done"
+    assert report.build(colony)["tasks"][0]["commit"] is None
+
+
+def test_a_cli_that_fails_but_exits_0_without_a_change_says_so(colony: Colony, tmp_path: Path) -> None:
+    colony.add(Task(id="quiet", title="Task quiet"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: something odd"; echo "error: npm install failed"; exit 0\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert proc.returncode == 0, proc.stderr
+    assert "done without a change" in proc.stderr and "npm install failed" in proc.stderr
+    notes = colony.notes("quiet")
+    assert [n["kind"] for n in notes] == ["unchanged"] and "npm install failed" in notes[0]["text"]
+    done = [e for e in colony.events() if e["event"] == "done"]
+    assert done and done[0]["change"] is False
+    assert report.summary_line(report.build(colony)).startswith("0 landed, 1 done without change")
+
+
+def test_land_refuses_work_that_main_has_already(repo: Path) -> None:
+    from harness.integrate import Fence, Unchanged, land
+    from harness.workspace import Workspace
+    ws = Workspace(repo, repo.parent / "workspaces", "a1")
+    ws.prepare()
+    (ws.path / "same.txt").write_text("same\n")
+    commit = ws.commit_all("work")
+    assert commit is not None
+    advance_main(repo, "same.txt", "same\n")  # someone landed the very same change meanwhile
+    tip = ws.git.resolve("refs/heads/main")
+    fence = Fence.acquire(ws.git, "t1", 1, "tok")
+    assert isinstance(fence, Fence)
+    result = land(ws, commit, title="t1", fence=fence, verify=lambda _: True)
+    assert result == Unchanged(str(tip)) and ws.git.resolve("refs/heads/main") == tip
