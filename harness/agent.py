@@ -112,6 +112,7 @@ class Sink:
         self.colony, self.agent, self.task = colony, agent, task
 
     def create_task(self, fields: dict[str, Any]) -> str:
+        self.colony.check_filing(self.agent, self.task.id)  # refused to the model as a tool error
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_from": self.task.id}
         return self.colony.add(tasks.from_dict(data, "create_task")).id

@@ -12,6 +12,8 @@
     │   └── AlreadyRunning       a live process already holds this agent id, or this colony's
     │                            launcher: the message names it (pid, host, since when)
     ├── NothingToClaim           no ready task (exit 3)
+    ├── FilingCapped             an agent filed as many tasks as config allows (per attempt, per
+    │                            hour): refused to the model's tool or the CLI's `task add` (exit 4)
     ├── ColonyFault              a configuration fault no task can fix (exit 2): the first agent to
     │   │                        see one writes .stigmergy/FAULT and the whole colony stops
     │   ├── VerifyNotRunnable    the repo-wide verify command exits 126/127 on unmodified main
@@ -77,6 +79,13 @@ class AlreadyRunning(UsageError):
 
 class NothingToClaim(HarnessError):
     exit_code = 3
+
+
+class FilingCapped(HarnessError):
+    """An agent reached max_new_tasks_per_attempt or max_new_tasks_per_hour: a follow-up-filing
+    loop must not flood the pool (one agent once filed ~290 tasks in five minutes)."""
+
+    exit_code = 4
 
 
 class GitError(HarnessError):

@@ -74,3 +74,36 @@ def test_land_refuses_work_that_main_has_already(repo: Path) -> None:
     assert isinstance(fence, Fence)
     result = land(ws, commit, title="t1", fence=fence, verify=lambda _: True)
     assert result == Unchanged(str(tip)) and ws.git.resolve("refs/heads/main") == tip
+
+
+def test_an_agent_cli_that_files_tasks_in_a_loop_is_capped(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, max_new_tasks_per_attempt=3)
+    colony.add(Task(id="loop", title="Task loop"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; [ "$STIGMERGY_TASK" = loop ] && for i in 1 2 3 4 5 6; do '
+                             'stigmergy task add "follow-up $i" || echo "REFUSED $i"; done\n'
+                             'echo done > "$STIGMERGY_TASK.txt"\n')
+    proc = run_agent(colony, tmp_path, str(cmd), timeout=120)
+    filed = [t for _, t in colony.listing("all") if t.id != "loop"]
+    assert len(filed) == 3 and {t.created_by for t in filed} == {"cli-agent"}
+    out = next((colony.home / "runs" / "loop").glob("*/agent-cli-0.log")).read_text()
+    assert "REFUSED 4" in out and "max_new_tasks_per_attempt: 3" in out
+    assert [n["kind"] for n in colony.notes("loop")] == ["filing_capped"]  # one note, not one per refusal
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_model_s_create_task_is_capped_per_hour(colony: Colony, tmp_path: Path) -> None:
+    import yaml
+    colony = set_config(colony, max_new_tasks_per_hour=2)
+    colony.add(Task(id="gen", title="Task gen"))
+    script = tmp_path / "script.yaml"
+    script.write_text(yaml.safe_dump([
+        {"match": "^gen$", "actions": [*({"create_task": {"title": f"more {i}", "priority": 10}} for i in range(4)),
+                                       {"write": {"path": "gen.txt", "content": "x\n"}}, {"finish": "ok"}]},
+        {"match": ".", "actions": [{"finish": "nothing to do"}]}]))
+    proc = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "m1", "--repo", str(colony.repo),
+                           "--workspaces", str(tmp_path / "ws"), "--model", f"scripted:{script}", "--until-empty",
+                           "--sandbox", "none"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len([t for _, t in colony.listing("all") if t.created_by == "m1"]) == 2
+    transcript = next((colony.home / "runs" / "gen").glob("*/transcript.jsonl")).read_text()
+    assert "max_new_tasks_per_hour: 2" in transcript
