@@ -107,3 +107,25 @@ def test_the_model_s_create_task_is_capped_per_hour(colony: Colony, tmp_path: Pa
     assert len([t for _, t in colony.listing("all") if t.created_by == "m1"]) == 2
     transcript = next((colony.home / "runs" / "gen").glob("*/transcript.jsonl")).read_text()
     assert "max_new_tasks_per_hour: 2" in transcript
+
+
+# -- 8: a crash at start-up ---------------------------------------------------------------------------
+
+def test_an_agent_that_crashes_at_start_up_is_given_up_on_after_three_tries(colony: Colony) -> None:
+    import io
+    import time
+
+    from harness import swarm
+    colony.add(Task(id="waiting", title="never claimed"))
+    # The agent process itself cannot start: an import error, before any heartbeat.
+    broken = [sys.executable, "-c", "import sys; print('warning: first line'); "
+              "raise ImportError('No module named harness_missing_dep')"]
+    out = io.StringIO()
+    began = time.monotonic()
+    code = swarm.run(swarm.Options(repo=colony.repo, agents=1, until_empty=True, agent_cmd=broken, poll=0.05,
+                                   backoff_start=0.05), out)
+    assert code == swarm.CRASH_EXIT and time.monotonic() - began < 20
+    said = out.getvalue()
+    assert "3 crashes in a row at start-up" in said and "harness_missing_dep" in said  # its error, from agent.log
+    assert len([e for e in colony.events() if e["event"] == "agent_restart"]) == 2
+    assert [e["agent"] for e in colony.events() if e["event"] == "agent_given_up"] == ["coder-01"]
