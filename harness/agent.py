@@ -383,7 +383,12 @@ class Agent:
             raise Stop()
         if isinstance(outcome.error, ColonyFault):
             raise outcome.error
+        if self.command is not None and not outcome.finished:
+            # The CLI's own error is at the end of its output (a warning is often its first line).
+            self.say(f"the agent CLI stopped ({outcome.stopped_by}); its last lines:\n{outcome.summary}")
         if isinstance(outcome.error, ModelTransient):
+            if self.command is not None:  # no provider of ours met the outage: the colony waits it out here
+                self.cooldown.outage(30.0, 600.0)
             raise Blameless(f"the model endpoint is unreachable or failing (every retry spent), so the colony "
                             f"cools down: {outcome.error}")
         if not outcome.finished:

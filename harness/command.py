@@ -11,13 +11,15 @@ takes what it committed), verifies and lands as usual.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import AgentCliNotRunnable, ModelError, ModelTransient, UsageError
 from harness.sandbox import PRESET_NEEDS, Sandbox
 from harness.toolloop import Outcome
 from harness.tools import run_command
@@ -61,9 +63,55 @@ class CommandBackend:
         line = self.template.replace("{prompt_file}", shlex.quote(str(prompt_file)))
         full_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         # stdin carries the prompt too, for CLIs that read it there (`claude -p` without an argument).
+        before = worktree_state(worktree)
         text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(str(prompt_file))}"], worktree,
                                       full_env, self.timeout, self.output_limit, sandbox)
         (run_dir / f"agent-cli-{round_}.log").write_text(f"$ {line}\n{text}\n")
         ok = not timed_out and text.rstrip().endswith("[exit code 0]")
         tail = "\n".join(text.strip().splitlines()[-15:])
-        return Outcome(finished=ok, summary=tail, stopped_by=None if ok else ("time" if timed_out else "error"))
+        error = None if ok or timed_out else classify(exit_code(text), tail, worktree_state(worktree) != before,
+                                                        line)
+        return Outcome(finished=ok, summary=tail, stopped_by=None if ok else ("time" if timed_out else "error"),
+                       error=error)
+
+
+# What a CLI prints when it is not logged in or its key is refused, and when it cannot reach its
+# endpoint; matched only when it also failed without changing anything (its own words, not a test's).
+AUTH = re.compile(r"\b(401|403)\b|unauthori[sz]ed|invalid[ _-]?(api[ _-]?)?key|authentication|not logged in|"
+                  r"please (run )?/?login|log ?in (first|again)|credentials", re.I)
+UNREACHABLE = re.compile(r"ECONNREFUSED|ENOTFOUND|connection (refused|reset|error)|could not resolve|"
+                         r"network is unreachable|getaddrinfo|timed out connecting", re.I)
+
+
+def exit_code(text: str) -> int | None:
+    found = re.search(r"\[exit code (-?\d+)\]\s*$", text)
+    return int(found.group(1)) if found else None
+
+
+def classify(code: int | None, tail: str, changed: bool, line: str) -> ModelError | None:
+    """A failed CLI run that is not the task's fault. The CLI cannot run at all (126/127), refused
+    its arguments (2 with nothing changed) or is not logged in: a configuration fault that stops the
+    colony. It cannot reach its endpoint: an outage (released uncounted). Else: the task's (None)."""
+    said = f"its last lines:\n{tail}"
+    if code in (126, 127):
+        return AgentCliNotRunnable(f"the agent CLI cannot run (exit {code}: {'not executable' if code == 126 else 'command not found'}): "
+                                   f"`{line}`; check --agent-cmd and that the CLI is installed and on PATH; {said}")
+    if changed:
+        return None
+    if code == 2:
+        return AgentCliNotRunnable(f"the agent CLI refused its arguments (exit 2, nothing changed): `{line}`; "
+                                   f"fix --agent-cmd; {said}")
+    if AUTH.search(tail):
+        return AgentCliNotRunnable(f"the agent CLI is not logged in or its key is refused (exit {code}): log it in "
+                                   f"(or set its API key) and relaunch; {said}")
+    if UNREACHABLE.search(tail):
+        return ModelTransient(f"the agent CLI cannot reach its endpoint (exit {code}); {said}")
+    return None
+
+
+def worktree_state(worktree: Path) -> str:
+    """HEAD and every uncommitted change: differs after a run that changed anything."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=worktree, capture_output=True, text=True).stdout
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=worktree,
+                            capture_output=True, text=True).stdout
+    return out + status

@@ -19,7 +19,10 @@
     │   ├── VerifyNotRunnable    the repo-wide verify command exits 126/127 on unmodified main
     │   └── ModelConfigError     the endpoint refuses us whatever we send (also a ModelError)
     │       ├── ModelAuthError   401/403: the API key is wrong or may not use this model
-    │       └── ModelNotFound    404: unknown model name or wrong endpoint URL
+    │       ├── ModelNotFound    404: unknown model name or wrong endpoint URL
+    │       └── AgentCliNotRunnable  the agent CLI (--agent-cmd) cannot run: exit 126/127, a usage
+    │                            error (exit 2, nothing changed), or it is not logged in / its key
+    │                            is refused; the message holds the CLI's own last lines
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
     ├── ToolError                a tool call the model made cannot be carried out; answered to
     │                            the model as a tool error, never escapes the tool loop
@@ -126,6 +129,13 @@ class ModelAuthError(ModelConfigError):
 
 class ModelNotFound(ModelConfigError):
     kind = "model_not_found"
+
+
+class AgentCliNotRunnable(ModelConfigError):
+    """The command backend's CLI is missing, refuses its arguments or is not logged in: no task can
+    fix that, and retrying it only fails every task in turn."""
+
+    kind = "agent_cli"
 
 
 class ModelBadRequest(ModelError):

@@ -129,3 +129,51 @@ def test_an_agent_that_crashes_at_start_up_is_given_up_on_after_three_tries(colo
     assert "3 crashes in a row at start-up" in said and "harness_missing_dep" in said  # its error, from agent.log
     assert len([e for e in colony.events() if e["event"] == "agent_restart"]) == 2
     assert [e["agent"] for e in colony.events() if e["event"] == "agent_given_up"] == ["coder-01"]
+
+
+# -- 4: the agent CLI's faults are not the model's --------------------------------------------------------
+
+def assert_cli_fault(colony: Colony, proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    import json
+    assert proc.returncode == 2, proc.stderr
+    fault = json.loads((colony.home / "FAULT").read_text())
+    assert fault["kind"] == "agent_cli", fault
+    for word in words:
+        assert word in fault["message"] and word in proc.stderr, (word, fault["message"])
+    status, task = colony.get("t1")
+    assert (status, task.skip_count) == ("pending", 0)  # not counted against the task
+    assert len(list((colony.home / "runs" / "t1").glob("*/agent-cli-0.log"))) == 1  # tried once, not retried
+
+
+def test_a_missing_agent_cli_stops_the_colony_with_its_error(colony: Colony, tmp_path: Path) -> None:
+    colony.add(Task(id="t1", title="Task t1"))
+    proc = run_agent(colony, tmp_path, "no-such-agent-cli-xyz -p {prompt_file}")
+    assert_cli_fault(colony, proc, "command not found", "no-such-agent-cli-xyz")
+
+
+def test_an_agent_cli_usage_error_stops_the_colony_showing_its_last_lines(colony: Colony, tmp_path: Path) -> None:
+    colony.add(Task(id="t1", title="Task t1"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: config file is old"; echo "usage: fake-cli [-p PROMPT]"\n'
+                             'echo "error: unrecognized option --bogus" >&2; exit 2\n')
+    proc = run_agent(colony, tmp_path, f"{cmd} --bogus")
+    assert_cli_fault(colony, proc, "unrecognized option --bogus", "refused its arguments")
+
+
+def test_an_agent_cli_that_is_not_logged_in_stops_the_colony(colony: Colony, tmp_path: Path) -> None:
+    colony.add(Task(id="t1", title="Task t1"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "starting"; echo "Invalid API key · Please run /login"; exit 1\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert_cli_fault(colony, proc, "Please run /login", "not logged in")
+
+
+def test_a_failing_cli_that_changed_files_is_the_task_s_and_the_log_shows_its_last_lines(
+        colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, max_attempts=1)
+    colony.add(Task(id="t1", title="Task t1"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: telemetry is on"; echo half > t1.txt\n'
+                             'echo "error: ran out of ideas (401 tokens left)"; exit 1\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert proc.returncode == 0, proc.stderr
+    assert not (colony.home / "FAULT").exists()
+    assert colony.get("t1")[0] == "failed"
+    assert "error: ran out of ideas" in proc.stderr  # the CLI's error, not only its first line
