@@ -128,7 +128,8 @@ class Agent:
         self.role = load_role(opts.role, colony.home)
         self.prompts = Prompts(colony.home)
         self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
-        self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600) if opts.agent_cmd else None
+        self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600,
+                                      stall_seconds=self.cfg.cli_stall_seconds) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
         if model is None and not spec and self.command is None:
             raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5), set `model:` in "

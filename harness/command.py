@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.errors import AgentCliNotRunnable, ModelError, ModelTransient, UsageError
 from harness.sandbox import PRESET_NEEDS, Sandbox
 from harness.toolloop import Outcome
-from harness.tools import run_command
+from harness.tools import Stall, run_command
 
 PRESETS = {
     "claude": 'claude -p "$(cat {prompt_file})" --dangerously-skip-permissions',
@@ -33,12 +33,14 @@ PRESETS = {
 
 
 class CommandBackend:
-    def __init__(self, command: str, timeout: float = 3600, output_limit: int = 20_000) -> None:
+    def __init__(self, command: str, timeout: float = 3600, output_limit: int = 20_000,
+                 stall_seconds: float = 0) -> None:
         template = PRESETS.get(command, command)
         if "{prompt_file}" not in template and not template.strip():
             raise UsageError("--agent-cmd is empty: give a command line or one of " + ", ".join(PRESETS))
         self.template, self.timeout, self.output_limit = template, timeout, output_limit
         self.preset = command if command in PRESETS else None
+        self.stall_seconds = stall_seconds  # 0: only the timeout ends a silent CLI
 
     def needs(self, extra_env: list[str]) -> tuple[list[str], set[str]]:
         """What this CLI needs inside a sandbox: folders to write (its config) and variables to see
@@ -64,15 +66,16 @@ class CommandBackend:
         full_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         # stdin carries the prompt too, for CLIs that read it there (`claude -p` without an argument).
         before = worktree_state(worktree)
+        stall = Stall(self.stall_seconds, lambda: worktree_state(worktree)) if self.stall_seconds > 0 else None
         text, timed_out = run_command(["bash", "-c", f"{line} < {shlex.quote(str(prompt_file))}"], worktree,
-                                      full_env, self.timeout, self.output_limit, sandbox)
+                                      full_env, self.timeout, self.output_limit, sandbox, stall)
         (run_dir / f"agent-cli-{round_}.log").write_text(f"$ {line}\n{text}\n")
         ok = not timed_out and text.rstrip().endswith("[exit code 0]")
         tail = "\n".join(text.strip().splitlines()[-15:])
         error = None if ok or timed_out else classify(exit_code(text), tail, worktree_state(worktree) != before,
                                                         line)
-        return Outcome(finished=ok, summary=tail, stopped_by=None if ok else ("time" if timed_out else "error"),
-                       error=error)
+        stopped = "stall" if stall is not None and stall.stalled else "time" if timed_out else "error"
+        return Outcome(finished=ok, summary=tail, stopped_by=None if ok else stopped, error=error)
 
 
 # What a CLI prints when it is not logged in or its key is refused, and when it cannot reach its

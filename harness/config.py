@@ -49,6 +49,10 @@ red_main_attempts: 1      # while main itself fails verify, attempts at its fix 
 max_new_tasks_per_attempt: 10
 max_new_tasks_per_hour: 30
 
+# An agent CLI (--backend command) that prints nothing and changes nothing in its worktree for
+# this many seconds is stopped (it waits on a prompt, or hangs); 0 = only its time limit stops it.
+cli_stall_seconds: 600
+
 # Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
 # (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
 lease_ttl: 120
@@ -92,6 +96,7 @@ class Config:
     red_main_attempts: int = 1
     max_new_tasks_per_attempt: int = 10
     max_new_tasks_per_hour: int = 30
+    cli_stall_seconds: float = 600
     lease_ttl: float = 120
     heartbeat_interval: float = 5
     budget_usd: float | None = None

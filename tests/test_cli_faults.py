@@ -177,3 +177,18 @@ def test_a_failing_cli_that_changed_files_is_the_task_s_and_the_log_shows_its_la
     assert not (colony.home / "FAULT").exists()
     assert colony.get("t1")[0] == "failed"
     assert "error: ran out of ideas" in proc.stderr  # the CLI's error, not only its first line
+
+
+def test_an_agent_cli_that_waits_forever_is_stopped_after_the_stall_limit(colony: Colony, tmp_path: Path) -> None:
+    import time
+    colony = set_config(colony, cli_stall_seconds=1, max_attempts=1)
+    colony.add(Task(id="t1", title="Task t1"))
+    # Works a little (output, then a file), then waits on a question nobody answers.
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo thinking; sleep 0.5; echo x > t1.txt; sleep 0.5\n'
+                             'echo "Allow this tool? [y/N]"; sleep 300\n')
+    began = time.monotonic()
+    proc = run_agent(colony, tmp_path, str(cmd), "--max-seconds", "120")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - began < 30  # not --max-seconds
+    assert colony.get("t1")[0] == "failed"
+    assert "stalled for 1s" in proc.stderr and "Allow this tool?" in proc.stderr
