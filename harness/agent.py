@@ -260,7 +260,10 @@ class Agent:
         else:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
-        system = self.prompts.render("system", agent=self.id, role=self.role)
+        # An agent CLI has its own tools, not our tool loop's: its prompt speaks in its terms.
+        system = (self.prompts.render("system_command", agent=self.id, role=self.role,
+                                      max_new_tasks=self.cfg.max_new_tasks_per_attempt)
+                  if self.command is not None else self.prompts.render("system", agent=self.id, role=self.role))
         prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=self.colony.notes(
             task.id), verify=" && ".join(self.verify_commands(task)), context=self.repo_context())
         outcome, again = self.session(task, run, env, system, prompt)
@@ -284,7 +287,7 @@ class Agent:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
             outcome = again(outcome, self.prompts.render("verify_failure", excerpt=verdict.log, round=round_,
-                                                         rounds=rounds))
+                                                         rounds=rounds, cli=self.command is not None))
             self.last_outcome = outcome
         raise AssertionError("unreachable")
 

@@ -192,3 +192,22 @@ def test_an_agent_cli_that_waits_forever_is_stopped_after_the_stall_limit(colony
     assert time.monotonic() - began < 30  # not --max-seconds
     assert colony.get("t1")[0] == "failed"
     assert "stalled for 1s" in proc.stderr and "Allow this tool?" in proc.stderr
+
+
+# -- 5: the prompt speaks in the CLI's terms ----------------------------------------------------------------
+
+def test_an_agent_cli_gets_a_prompt_in_its_terms(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, verify_rounds=1)
+    colony.add(Task(id="t1", title="Task t1", verify="test -e ok.txt"))
+    # Round 0 forgets ok.txt, so the repair prompt is seen too.
+    cmd = stand_in(tmp_path, 'if grep -q "verify command failed"; then echo y > ok.txt; else echo x > t1.txt; fi\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert proc.returncode == 0, proc.stderr
+    run = next((colony.home / "runs" / "t1").glob("*/"))
+    first, repair = (run / "prompt-0.md").read_text(), (run / "prompt-1.md").read_text()
+    for absent in ("str_replace_based_edit_tool", "create_task", "add_note", "call finish", "Call finish"):
+        assert absent not in first + repair, absent
+    for present in ("stigmergy task add", "stigmergy agent heartbeat", "STIGMERGY_TASK", "STIGMERGY_AGENT",
+                    "exit with status 0", "Task t1"):
+        assert present in first, present
+    assert "exit when it passes" in repair
