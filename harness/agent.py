@@ -395,6 +395,9 @@ class Agent:
                 self.cooldown.outage(30.0, 600.0)
             raise Blameless(f"the model endpoint is unreachable or failing (every retry spent), so the colony "
                             f"cools down: {outcome.error}")
+        if not outcome.finished and self.command is not None:
+            what = {"stall": "stalled", "time": "ran out of time"}.get(outcome.stopped_by or "", "failed")
+            raise GiveUp(f"the agent CLI {what}. Its last lines:\n{outcome.summary or '(no output)'}")
         if not outcome.finished:
             why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
             raise GiveUp(f"the model did not finish ({why}). Last summary: {outcome.summary or '(none)'}")

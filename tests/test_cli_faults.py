@@ -177,6 +177,7 @@ def test_a_failing_cli_that_changed_files_is_the_task_s_and_the_log_shows_its_la
     assert not (colony.home / "FAULT").exists()
     assert colony.get("t1")[0] == "failed"
     assert "error: ran out of ideas" in proc.stderr  # the CLI's error, not only its first line
+    assert "error: ran out of ideas" in colony.notes("t1")[-1]["text"]  # and the next claimant sees it
 
 
 def test_an_agent_cli_that_waits_forever_is_stopped_after_the_stall_limit(colony: Colony, tmp_path: Path) -> None:
