@@ -208,7 +208,8 @@ class Colony:
         in_hour = sum(1 for ts in adds if ts >= now - 3600)
         cfg = self.config
         if task_id and in_attempt >= cfg.max_new_tasks_per_attempt:
-            why = f"{in_attempt} tasks filed in this attempt (max_new_tasks_per_attempt: {cfg.max_new_tasks_per_attempt})"
+            why = (f"{in_attempt} tasks filed in this attempt "
+                   f"(max_new_tasks_per_attempt: {cfg.max_new_tasks_per_attempt})")
         elif in_hour >= cfg.max_new_tasks_per_hour:
             why = f"{in_hour} tasks filed in the last hour (max_new_tasks_per_hour: {cfg.max_new_tasks_per_hour})"
         else:

@@ -97,7 +97,8 @@ def classify(code: int | None, tail: str, changed: bool, line: str) -> ModelErro
     colony. It cannot reach its endpoint: an outage (released uncounted). Else: the task's (None)."""
     said = f"its last lines:\n{tail}"
     if code in (126, 127):
-        return AgentCliNotRunnable(f"the agent CLI cannot run (exit {code}: {'not executable' if code == 126 else 'command not found'}): "
+        how = "not executable" if code == 126 else "command not found"
+        return AgentCliNotRunnable(f"the agent CLI cannot run (exit {code}: {how}): "
                                    f"`{line}`; check --agent-cmd and that the CLI is installed and on PATH; {said}")
     if changed:
         return None

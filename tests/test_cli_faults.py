@@ -20,7 +20,8 @@ def stand_in(tmp: Path, body: str, name: str = "fake-cli") -> Path:
     return path
 
 
-def run_agent(colony: Colony, tmp: Path, cmd: str, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_agent(colony: Colony, tmp: Path, cmd: str, *extra: str,
+              timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "cli-agent", "--repo",
                            str(colony.repo), "--workspaces", str(tmp / "ws"), "--backend", "command",
                            "--agent-cmd", cmd, "--until-empty", "--sandbox", "none", *extra],
@@ -49,7 +50,8 @@ def test_a_repair_round_that_undoes_the_change_lands_no_empty_commit(colony: Col
 
 def test_a_cli_that_fails_but_exits_0_without_a_change_says_so(colony: Colony, tmp_path: Path) -> None:
     colony.add(Task(id="quiet", title="Task quiet"))
-    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: something odd"; echo "error: npm install failed"; exit 0\n')
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: something odd"\n'
+                             'echo "error: npm install failed"; exit 0\n')
     proc = run_agent(colony, tmp_path, str(cmd))
     assert proc.returncode == 0, proc.stderr
     assert "done without a change" in proc.stderr and "npm install failed" in proc.stderr
