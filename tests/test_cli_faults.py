@@ -214,3 +214,29 @@ def test_an_agent_cli_gets_a_prompt_in_its_terms(colony: Colony, tmp_path: Path)
                     "exit with status 0", "Task t1"):
         assert present in first, present
     assert "exit when it passes" in repair
+
+
+def test_an_agent_cli_that_cannot_reach_its_endpoint_is_an_outage_not_the_task_s(
+        colony: Colony, tmp_path: Path) -> None:
+    import json
+
+    from conftest import wait_for
+    colony.add(Task(id="t1", title="Task t1"))
+    cmd = stand_in(tmp_path, 'cat >/dev/null; echo "warning: update available"\n'
+                             'echo "API Error: connect ECONNREFUSED 127.0.0.1:443"; exit 1\n')
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--id", "cli-agent", "--repo",
+                             str(colony.repo), "--workspaces", str(tmp_path / "ws"), "--backend", "command",
+                             "--agent-cmd", str(cmd), "--until-empty", "--sandbox", "none"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(e["event"] == "release" for e in colony.events()), 60, "the release")
+        (colony.home / "STOP").write_text("")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert not (colony.home / "FAULT").exists()
+    status, task = colony.get("t1")
+    assert (status, task.skip_count) == ("pending", 0)
+    assert json.loads((colony.home / "cooldown.json").read_text())["outages"] == 1  # the colony waits it out
+    assert "ECONNREFUSED" in err
