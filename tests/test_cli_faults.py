@@ -240,3 +240,14 @@ def test_an_agent_cli_that_cannot_reach_its_endpoint_is_an_outage_not_the_task_s
     assert (status, task.skip_count) == ("pending", 0)
     assert json.loads((colony.home / "cooldown.json").read_text())["outages"] == 1  # the colony waits it out
     assert "ECONNREFUSED" in err
+
+
+def test_only_a_cli_s_own_login_error_is_taken_for_one() -> None:
+    from harness.command import classify
+    from harness.errors import AgentCliNotRunnable
+    for said in ("Invalid API key · Please run /login", "Error: 401 Unauthorized", "Not logged in"):
+        assert isinstance(classify(1, said, False, "cli"), AgentCliNotRunnable), said
+    for said in ("FAILED test_authentication.py", "401 tokens left", "edited credentials.py"):
+        assert classify(1, said, False, "cli") is None, said  # the task's failure, counted as usual
+    assert classify(1, "Invalid API key", True, "cli") is None  # it did work: not a login problem
+    assert isinstance(classify(127, "x: command not found", True, "x"), AgentCliNotRunnable)
