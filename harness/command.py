@@ -82,9 +82,9 @@ class CommandBackend:
 # endpoint; matched only when it also failed without changing anything (its own words, not a test's).
 # Narrow on purpose: a false match stops the whole colony, a missed one only costs attempts.
 AUTH = re.compile(r"\b40[13]\b[^\n]*(unauthori[sz]ed|forbidden|auth|key)|unauthori[sz]ed|"
-                  r"invalid[ _-]?(x-)?api[ _-]?key|invalid (api key|token)|authentication (failed|error|required)|not logged in|"
-                  r"please (run )?/?login|(log|sign) ?in (first|again|required)|(invalid|missing|expired|no) credentials",
-                  re.I)
+                  r"invalid[ _-]?(x-)?api[ _-]?key|invalid (api key|token)|authentication (failed|error|required)|"
+                  r"not logged in|please (run )?/?login|(log|sign) ?in (first|again|required)|"
+                  r"(invalid|missing|expired|no) credentials", re.I)
 UNREACHABLE = re.compile(r"ECONNREFUSED|ENOTFOUND|connection (refused|reset|error)|could not resolve|"
                          r"network is unreachable|getaddrinfo|timed out connecting", re.I)
 
