@@ -117,8 +117,16 @@ def classify(code: int | None, tail: str, changed: bool, line: str) -> ModelErro
 
 
 def worktree_state(worktree: Path) -> str:
-    """HEAD and every uncommitted change: differs after a run that changed anything."""
+    """HEAD, every uncommitted change and the changed files' sizes and times: differs after a run
+    that changed anything, and while a CLI keeps editing a file that was changed already."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=worktree, capture_output=True, text=True).stdout
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=worktree,
+    status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=worktree,
                             capture_output=True, text=True).stdout
-    return out + status
+    stamps = []
+    for entry in status.split("\0"):
+        try:
+            st = (worktree / entry[3:]).stat()
+        except (OSError, ValueError):
+            continue
+        stamps.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return out + status + ",".join(stamps)

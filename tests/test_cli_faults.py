@@ -251,3 +251,14 @@ def test_only_a_cli_s_own_login_error_is_taken_for_one() -> None:
         assert classify(1, said, False, "cli") is None, said  # the task's failure, counted as usual
     assert classify(1, "Invalid API key", True, "cli") is None  # it did work: not a login problem
     assert isinstance(classify(127, "x: command not found", True, "x"), AgentCliNotRunnable)
+
+
+def test_a_cli_that_keeps_editing_a_changed_file_is_not_stalled(colony: Colony, tmp_path: Path) -> None:
+    colony = set_config(colony, cli_stall_seconds=1)
+    colony.add(Task(id="t1", title="Task t1"))
+    # Silent, but at work: the same (already changed) file grows for 3 s, longer than the stall limit.
+    cmd = stand_in(tmp_path, 'cat >/dev/null; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo $i >> t1.txt; '
+                             'sleep 0.25; done\n')
+    proc = run_agent(colony, tmp_path, str(cmd))
+    assert proc.returncode == 0, proc.stderr
+    assert colony.get("t1")[0] == "done" and "stalled" not in proc.stderr
