@@ -35,7 +35,7 @@ from harness.colony import Claim, Colony
 from harness.command import CommandBackend
 from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
 from harness.gate import Decision, Fix, Gate, Go, Hold
-from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Verdict, VerifyFailed
+from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
 from harness.meter import Ledger, colony_spend
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
@@ -112,6 +112,7 @@ class Sink:
         self.colony, self.agent, self.task = colony, agent, task
 
     def create_task(self, fields: dict[str, Any]) -> str:
+        self.colony.check_filing(self.agent, self.task.id)  # refused to the model as a tool error
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_from": self.task.id}
         return self.colony.add(tasks.from_dict(data, "create_task")).id
@@ -127,7 +128,8 @@ class Agent:
         self.role = load_role(opts.role, colony.home)
         self.prompts = Prompts(colony.home)
         self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
-        self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600) if opts.agent_cmd else None
+        self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600,
+                                      stall_seconds=self.cfg.cli_stall_seconds) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
         if model is None and not spec and self.command is None:
             raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5), set `model:` in "
@@ -142,6 +144,7 @@ class Agent:
         self._build_sandboxes()
         self.signalled = False
         self.current: str | None = None
+        self.last_outcome: Outcome | None = None  # the model's or CLI's last word on the current task
         self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
         self.deadline = deadline.Watch(colony.home)
@@ -247,6 +250,7 @@ class Agent:
             self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
             self.current = self.waiting = None
+            self.last_outcome = None
 
     def work(self, task: Task, run: Path, env: dict[str, str], check: Check) -> str | None:
         """Run the model until its work passes verify; the verified commit, or None if no change."""
@@ -256,10 +260,14 @@ class Agent:
         else:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
-        system = self.prompts.render("system", agent=self.id, role=self.role)
+        # An agent CLI has its own tools, not our tool loop's: its prompt speaks in its terms.
+        system = (self.prompts.render("system_command", agent=self.id, role=self.role,
+                                      max_new_tasks=self.cfg.max_new_tasks_per_attempt)
+                  if self.command is not None else self.prompts.render("system", agent=self.id, role=self.role))
         prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=self.colony.notes(
             task.id), verify=" && ".join(self.verify_commands(task)), context=self.repo_context())
         outcome, again = self.session(task, run, env, system, prompt)
+        self.last_outcome = outcome
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
             self.check_outcome(outcome)
@@ -268,6 +276,9 @@ class Agent:
                 commit = self.ws.wt.resolve("HEAD")
                 if commit == start:
                     return None
+            # A repair round that undid the change leaves main's tree: that is no work, not a landing.
+            if commit is None or (start and self._tree(commit) == self._tree(start)):
+                return None
             verdict = check(self.ws.path)
             if verdict.ok:
                 return commit
@@ -276,7 +287,8 @@ class Agent:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
             outcome = again(outcome, self.prompts.render("verify_failure", excerpt=verdict.log, round=round_,
-                                                         rounds=rounds))
+                                                         rounds=rounds, cli=self.command is not None))
+            self.last_outcome = outcome
         raise AssertionError("unreachable")
 
     def session(self, task: Task, run: Path, env: dict[str, str], system: str,
@@ -301,12 +313,14 @@ class Agent:
 
     def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:
         if commit is None:  # the model finished without changing anything: nothing to land
-            self.colony.done(task.id, self.id, claim.token, landed=False)
+            self.unchanged(claim, task, "its work leaves the worktree as main is")
             return
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
                                 wait=self.wait_to_land)
-        if isinstance(result, (Landed, AlreadyLanded)):
+        if isinstance(result, Unchanged):
+            self.unchanged(claim, task, f"merged into main ({result.main[:10]}) it changes nothing")
+        elif isinstance(result, (Landed, AlreadyLanded)):
             self.landed(claim, task, result)
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
@@ -318,6 +332,19 @@ class Agent:
             if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
                 self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
+
+    def unchanged(self, claim: Claim, task: Task, why: str) -> None:
+        """Done, but nothing lands. Said in the log, a note and the event (``change: false``), so
+        neither a person nor `report` takes it for landed work; a CLI that failed and still exited
+        0 shows here, with the end of its output."""
+        said = (self.last_outcome.summary if self.last_outcome else "") or "(none)"
+        note = f"done without a change: {why}; nothing landed. Last output:\n{said}"
+        self.say(note)
+        self.colony.add_note(task.id, self.id, note[:4000], kind="unchanged")
+        self.colony.done(task.id, self.id, claim.token, landed=False, change=False)
+
+    def _tree(self, commit: str) -> str:
+        return self.ws.git.run("rev-parse", f"{commit}^{{tree}}").strip()
 
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> None:
         """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""
@@ -360,9 +387,17 @@ class Agent:
             raise Stop()
         if isinstance(outcome.error, ColonyFault):
             raise outcome.error
+        if self.command is not None and not outcome.finished:
+            # The CLI's own error is at the end of its output (a warning is often its first line).
+            self.say(f"the agent CLI stopped ({outcome.stopped_by}); its last lines:\n{outcome.summary}")
         if isinstance(outcome.error, ModelTransient):
+            if self.command is not None:  # no provider of ours met the outage: the colony waits it out here
+                self.cooldown.outage(30.0, 600.0)
             raise Blameless(f"the model endpoint is unreachable or failing (every retry spent), so the colony "
                             f"cools down: {outcome.error}")
+        if not outcome.finished and self.command is not None:
+            what = {"stall": "stalled", "time": "ran out of time"}.get(outcome.stopped_by or "", "failed")
+            raise GiveUp(f"the agent CLI {what}. Its last lines:\n{outcome.summary or '(no output)'}")
         if not outcome.finished:
             why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
             raise GiveUp(f"the model did not finish ({why}). Last summary: {outcome.summary or '(none)'}")

@@ -135,6 +135,12 @@ def _read_body(args: argparse.Namespace) -> str:
 
 def cmd_task_add(args: argparse.Namespace) -> int:
     colony = _colony(args)
+    # Run by an agent CLI at work (the agent sets both), the task is that agent's: attributed to
+    # it and counted against its filing caps, as the tool loop's create_task is.
+    agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
+    if agent and working_on and args.created_by == "human":
+        colony.check_filing(agent, working_on)
+        args.created_by = agent
     data: dict[str, Any] = {
         "id": args.id or tasks.new_id(args.title), "title": args.title, "kind": args.kind,
         "priority": args.priority, "depends_on": args.depends_on, "inputs": args.input,

@@ -35,7 +35,7 @@ from typing import Any
 
 from harness import faults, fsutil, target, tasks
 from harness.config import DEFAULT_CONFIG, Config, with_branch
-from harness.errors import InvalidTask, NotARepository, NotOwner, UnknownTask
+from harness.errors import FilingCapped, InvalidTask, NotARepository, NotOwner, UnknownTask
 from harness.pool import Pool, meta_of
 from harness.tasks import Task
 
@@ -189,6 +189,37 @@ class Colony:
 
     def notes(self, task_id: str) -> list[dict[str, Any]]:
         return fsutil.read_lines(self.home / "notes" / f"{task_id}.jsonl")
+
+    def check_filing(self, agent: str, task_id: str | None) -> None:
+        """Raise FilingCapped when ``agent`` may file no more tasks now: it filed
+        max_new_tasks_per_attempt since it claimed ``task_id``, or max_new_tasks_per_hour in the
+        last hour. The first refusal of an attempt leaves a note on the task, so the next claimant
+        (and the morning report) sees that the model kept filing."""
+        now, claimed, capped = time.time(), 0.0, False
+        adds: list[float] = []
+        for e in self.events():
+            if e.get("agent") == agent and e.get("task") == task_id and e.get("event") == "claim":
+                claimed, capped = float(e["ts"]), False
+            elif e.get("event") == "add" and e.get("created_by") == agent:
+                adds.append(float(e["ts"]))
+            elif e.get("event") == "filing_capped" and e.get("agent") == agent and e.get("task") == task_id:
+                capped = True
+        in_attempt = sum(1 for ts in adds if ts >= claimed) if task_id else 0
+        in_hour = sum(1 for ts in adds if ts >= now - 3600)
+        cfg = self.config
+        if task_id and in_attempt >= cfg.max_new_tasks_per_attempt:
+            why = (f"{in_attempt} tasks filed in this attempt "
+                   f"(max_new_tasks_per_attempt: {cfg.max_new_tasks_per_attempt})")
+        elif in_hour >= cfg.max_new_tasks_per_hour:
+            why = f"{in_hour} tasks filed in the last hour (max_new_tasks_per_hour: {cfg.max_new_tasks_per_hour})"
+        else:
+            return
+        message = (f"task not filed: agent {agent} has {why}. Finish the task at hand and put what is left "
+                   "in a note, or raise the limit in .stigmergy/config.yaml")
+        if task_id and not capped:
+            self.add_note(task_id, agent, message, kind="filing_capped")
+            self.event("filing_capped", task_id, agent=agent, reason=why)
+        raise FilingCapped(message)
 
     # -- tasks ----------------------------------------------------------------------------------------
     def add(self, task: Task) -> Task:

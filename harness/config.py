@@ -44,6 +44,15 @@ verify_rounds: 3          # feed a failing verify back to the model this many ti
 max_attempts: 5           # a task released this many times is marked failed (with its notes)
 red_main_attempts: 1      # while main itself fails verify, attempts at its fix before the colony waits
 
+# Tasks one agent may file (create_task, or `stigmergy task add` from an agent CLI): per attempt at
+# a task and per hour; beyond that the filing is refused with a note on the task. 0 = none at all.
+max_new_tasks_per_attempt: 10
+max_new_tasks_per_hour: 30
+
+# An agent CLI (--backend command) that prints nothing and changes nothing in its worktree for
+# this many seconds is stopped (it waits on a prompt, or hangs); 0 = only its time limit stops it.
+cli_stall_seconds: 600
+
 # Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
 # (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
 lease_ttl: 120
@@ -85,6 +94,9 @@ class Config:
     verify_rounds: int = 3
     max_attempts: int = 5
     red_main_attempts: int = 1
+    max_new_tasks_per_attempt: int = 10
+    max_new_tasks_per_hour: int = 30
+    cli_stall_seconds: float = 600
     lease_ttl: float = 120
     heartbeat_interval: float = 5
     budget_usd: float | None = None

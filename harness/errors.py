@@ -12,12 +12,17 @@
     │   └── AlreadyRunning       a live process already holds this agent id, or this colony's
     │                            launcher: the message names it (pid, host, since when)
     ├── NothingToClaim           no ready task (exit 3)
+    ├── FilingCapped             an agent filed as many tasks as config allows (per attempt, per
+    │                            hour): refused to the model's tool or the CLI's `task add` (exit 4)
     ├── ColonyFault              a configuration fault no task can fix (exit 2): the first agent to
     │   │                        see one writes .stigmergy/FAULT and the whole colony stops
     │   ├── VerifyNotRunnable    the repo-wide verify command exits 126/127 on unmodified main
     │   └── ModelConfigError     the endpoint refuses us whatever we send (also a ModelError)
     │       ├── ModelAuthError   401/403: the API key is wrong or may not use this model
-    │       └── ModelNotFound    404: unknown model name or wrong endpoint URL
+    │       ├── ModelNotFound    404: unknown model name or wrong endpoint URL
+    │       └── AgentCliNotRunnable  the agent CLI (--agent-cmd) cannot run: exit 126/127, a usage
+    │                            error (exit 2, nothing changed), or it is not logged in / its key
+    │                            is refused; the message holds the CLI's own last lines
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
     ├── ToolError                a tool call the model made cannot be carried out; answered to
     │                            the model as a tool error, never escapes the tool loop
@@ -79,6 +84,13 @@ class NothingToClaim(HarnessError):
     exit_code = 3
 
 
+class FilingCapped(HarnessError):
+    """An agent reached max_new_tasks_per_attempt or max_new_tasks_per_hour: a follow-up-filing
+    loop must not flood the pool (one agent once filed ~290 tasks in five minutes)."""
+
+    exit_code = 4
+
+
 class GitError(HarnessError):
     def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
         self.git_args = args
@@ -117,6 +129,13 @@ class ModelAuthError(ModelConfigError):
 
 class ModelNotFound(ModelConfigError):
     kind = "model_not_found"
+
+
+class AgentCliNotRunnable(ModelConfigError):
+    """The command backend's CLI is missing, refuses its arguments or is not logged in: no task can
+    fix that, and retrying it only fails every task in turn."""
+
+    kind = "agent_cli"
 
 
 class ModelBadRequest(ModelError):

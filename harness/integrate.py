@@ -92,7 +92,15 @@ class Contended:
     attempts: int
 
 
-LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended | Blocked
+@dataclass(frozen=True)
+class Unchanged:
+    """The work merged into main changes nothing (it was undone, or main has it already): no
+    commit lands, since an empty one on main would count as a task's work that is not there."""
+
+    main: str
+
+
+LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended | Blocked | Unchanged
 # Told why a landing cannot go on yet (after waiting a little); False gives up.
 Wait = Callable[[str], bool]
 
@@ -215,6 +223,8 @@ def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fe
         tree, conflicted, messages = _merge_tree(git, old, commit)
         if conflicted:
             return _keep_conflict(git, task_id, old, commit, conflicted, messages)
+        if tree == _tree(git, old):
+            return Unchanged(old)
         candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
                             env=ws.identity.env()).strip()
         if tree not in verified and not queued:

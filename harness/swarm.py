@@ -15,7 +15,10 @@ What the launcher adds is supervision:
 - restarts: an agent that exits non-zero or is killed by a signal is started again after 1 s,
   2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
   means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
-  exit 2 means it refused its arguments (bad --model, config), which no restart can fix.
+  exit 2 means it refused its arguments (bad --model, config), which no restart can fix. An agent
+  that crashes ``crash_limit`` (3) times in a row before it ever heartbeat (an import error, a
+  broken install) is not restarted again: the launcher says so with the tail of its agent.log and,
+  once no agent is left, exits 1.
 - adoption: an agent id whose lock (``agents/<id>/lock``) a live process still holds, say one
   a SIGKILLed launcher left running, is not started again beside it but supervised by polling
   the lock: it gets the stop signals (only while the lock still names it, through a pidfd, so a
@@ -64,6 +67,7 @@ from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
 USAGE_EXIT = 2  # an agent's "bad arguments" exit: restarting cannot help
+CRASH_EXIT = 1  # an agent kept crashing at start-up and was given up on
 FAULT_EXIT = 2  # the colony stopped on a configuration fault (.stigmergy/FAULT): fix it, relaunch
 _ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,40}\Z")  # leaves room for "-NN" in a 64-char id
 
@@ -95,6 +99,7 @@ class Options:
     backoff_start: float = 1.0
     backoff_cap: float = 60.0
     healthy_after: float = 60.0
+    crash_limit: int = 3  # crashes in a row before the first heartbeat that end an agent's restarts
 
 
 def parse_roles(text: str | None) -> dict[str, int]:
@@ -157,6 +162,8 @@ class _Agent:
     # An agent an earlier launcher started that still holds its id: supervised, not started again.
     adopted: Holder | None = None
     pidfd: int | None = None  # the adopted process itself, for signals no recycled pid can receive
+    early_crashes: int = 0  # crashes in a row before the process ever heartbeat (quickly, at start-up)
+    gave_up: str | None = None  # why it is not restarted any more
 
 
 class Swarm:
@@ -362,6 +369,11 @@ class Swarm:
         if refused:
             self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
             return USAGE_EXIT
+        crashed = [a.spec.id for a in self.agents if a.gave_up]
+        if crashed:
+            self._say(f"agent(s) {', '.join(crashed)} kept crashing at start-up and were not restarted: "
+                      "see their agent.log, fix the cause, then launch again")
+            return CRASH_EXIT
         self._say("all agents have exited")
         return 0
 
@@ -403,9 +415,34 @@ class Swarm:
                 agent.exit_code = code
                 self._say(f"{agent.spec.id} exited ({how})")
                 continue
+            if self._crash_loop(agent, pid, ran, how):
+                continue
             agent.delay = self._back_off(agent, ran)
             agent.restart_at = now + agent.delay
             self._say(f"{agent.spec.id} died ({how}) after {ran:.1f}s; restarting in {agent.delay:g}s")
+
+    def _crash_loop(self, agent: _Agent, pid: int, ran: float, how: str) -> bool:
+        """A process that dies quickly before its first heartbeat never got going (an import error,
+        a broken environment): restarting it cannot help, and --until-empty would wait forever.
+        After ``crash_limit`` of those in a row, give up on it; True when we did."""
+        beat = self.colony.last_beat(agent.spec.id) or {}
+        early = ran < self.opts.healthy_after and beat.get("pid") != pid
+        agent.early_crashes = agent.early_crashes + 1 if early else 0
+        if agent.early_crashes < self.opts.crash_limit:
+            return False
+        agent.exit_code, agent.gave_up = CRASH_EXIT, f"{agent.early_crashes} crashes in a row at start-up"
+        self.colony.event("agent_given_up", None, agent=agent.spec.id, crashes=agent.early_crashes, last=how)
+        self._say(f"{agent.spec.id} died ({how}) after {ran:.1f}s, {agent.gave_up} before it ever "
+                  f"heartbeat: not restarting it. The end of {agent.log}:\n{self._log_tail(agent)}")
+        return True
+
+    @staticmethod
+    def _log_tail(agent: _Agent, lines: int = 12) -> str:
+        try:
+            text = agent.log.read_text(errors="replace")
+        except OSError as e:
+            return f"    (unreadable: {e})"
+        return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
 
     def _back_off(self, agent: _Agent, ran: float) -> float:
         """A crash: back off exponentially, but an agent that had been healthy for a while starts

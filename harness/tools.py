@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -343,40 +344,83 @@ class Toolbox:
 
 def run_command(
     argv: list[str], cwd: Path, env: Mapping[str, str] | None, timeout: float, limit: int,
-    sandbox: Sandbox | None = None,
+    sandbox: Sandbox | None = None, stall: Stall | None = None,
 ) -> tuple[str, bool]:
     """Run ``argv`` in a new session (in ``sandbox``); return (clipped output + exit code line, timed_out)."""
     # Output goes to a file, not a pipe: a background job holding the pipe open would
     # otherwise make us wait for it, and a file never blocks a chatty command.
     with tempfile.TemporaryFile() as out:
-        code, leftovers = execute(argv, cwd, env, timeout, out, sandbox)
+        code, leftovers = execute(argv, cwd, env, timeout, out, sandbox, stall)
         out.seek(0)
         text = clip_lines(io.TextIOWrapper(out, encoding="utf-8", errors="replace", newline=""), limit)
     if text and not text.endswith("\n"):
         text += "\n"
-    if code is None:
+    if code is None and stall is not None and stall.stalled:
+        text += (f"[{STALLED} {stall.seconds:g}s: no output and no change in the worktree; the command "
+                 "and every process it started were killed]\n")
+    elif code is None:
         text += f"[timed out after {timeout:g}s: the command and every process it started were killed]\n"
     elif leftovers:
         text += "[background processes still running when the command returned were killed]\n"
     return f"{text}[exit code {code}]", code is None
 
 
+STALLED = "stalled for"
+
+
+@dataclass
+class Stall:
+    """Abort a command that makes no progress for ``seconds``: no new output and no change in what
+    ``probe`` returns (e.g. the worktree's status). An agent CLI waiting on a prompt nobody answers
+    would otherwise hold its claim until the full timeout."""
+
+    seconds: float
+    probe: Callable[[], object] = lambda: None
+    stalled: bool = False
+
+
 def execute(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None, timeout: float, out: IO[bytes],
-            sandbox: Sandbox | None = None) -> tuple[int | None, bool]:
+            sandbox: Sandbox | None = None, stall: Stall | None = None) -> tuple[int | None, bool]:
     """The one way the harness runs a command it does not trust (the model's bash calls, verify,
     an agent CLI): in ``sandbox``, in a session of its own, stdout and stderr to ``out``; on a
-    timeout the whole process group is killed (bwrap's --die-with-parent then ends its pid
-    namespace). Returns (exit code, or None on a timeout; whether leftovers had to be killed)."""
+    timeout (or a ``stall``) the whole process group is killed (bwrap's --die-with-parent then ends
+    its pid namespace). Returns (exit code, or None on a timeout; whether leftovers had to be killed)."""
     wrapped = sandbox.wrap(argv, cwd) if sandbox is not None else list(argv)
     proc = subprocess.Popen(wrapped, cwd=cwd, env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    code: int | None = None
     try:
-        code: int | None = proc.wait(timeout=timeout)
+        if stall is None:
+            code = proc.wait(timeout=timeout)
+        else:
+            code = _wait_watched(proc, out, timeout, stall)
     except subprocess.TimeoutExpired:
+        pass
+    if code is None:
         _kill_group(proc.pid)
         proc.wait()
-        code = None
     return code, _kill_group(proc.pid) and code is not None
+
+
+def _wait_watched(proc: subprocess.Popen[bytes], out: IO[bytes], timeout: float, stall: Stall) -> int | None:
+    """Wait for ``proc`` like ``wait(timeout)``, but give up (None) once it stalls."""
+    end = time.monotonic() + timeout
+    step = max(0.05, min(2.0, stall.seconds / 4))
+    last, since = None, time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(step, end - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now >= end:
+            return None
+        seen = (os.fstat(out.fileno()).st_size, stall.probe())
+        if seen != last:
+            last, since = seen, now
+        elif now - since >= stall.seconds:
+            stall.stalled = True
+            return None
 
 
 def _kill_group(pgid: int) -> bool:
