@@ -144,14 +144,20 @@ def test_a_relaunched_launcher_adopts_live_agents_and_never_doubles_an_id(
     assert not agent_processes(colony.repo)
 
 
-def test_adopted_agents_are_restarted_when_they_crash_and_stopped_with_the_colony(
-        colony: Colony, launcher: Launcher) -> None:
+def two_agents_then_relaunch(launcher: Launcher, *args: str) -> list[int]:
+    """Two idle agents under a launcher that is SIGKILLed and started again with `args`; their pids."""
     launcher.start([], "--agents", "2")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
     assert launcher.proc is not None
     launcher.proc.kill()
     launcher.wait(10)
-    launcher.start([], "--agents", "2")
+    launcher.start([], *args)
+    return pids
+
+
+def test_adopted_agents_are_restarted_when_they_crash_and_stopped_with_the_colony(
+        colony: Colony, launcher: Launcher) -> None:
+    pids = two_agents_then_relaunch(launcher, "--agents", "2")
     wait_for(lambda: len(events(colony, "agent_adopt")) == 2, 30, "both agents adopted")
     assert sorted(e["pid"] for e in events(colony, "agent_adopt")) == sorted(pids)
     os.kill(pids[0], signal.SIGKILL)  # an adopted agent crashes: no goodbye heartbeat
@@ -169,12 +175,7 @@ def test_adopted_agents_are_restarted_when_they_crash_and_stopped_with_the_colon
 
 def test_a_relaunch_with_fewer_agents_names_the_ones_it_leaves_unsupervised(
         colony: Colony, launcher: Launcher) -> None:
-    launcher.start([], "--agents", "2")
-    pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
-    assert launcher.proc is not None
-    launcher.proc.kill()
-    launcher.wait(10)
-    launcher.start([], "--agents", "1")
+    pids = two_agents_then_relaunch(launcher, "--agents", "1")
     wait_for(lambda: "unsupervised" in launcher_log(colony), 30, "the launcher to name coder-02")
     assert f"coder-02 is still running (pid {pids[1]} on " in launcher_log(colony)
     launcher.proc.send_signal(signal.SIGTERM)
