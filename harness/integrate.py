@@ -32,7 +32,7 @@ from pathlib import Path
 from harness import fsutil
 from harness.checkout import Blocked, UserCheckout
 from harness.errors import GitError
-from harness.git import ZERO_OID, Git, exclusive, redact
+from harness.git import ZERO_OID, Git, redact
 from harness.workspace import Workspace, check_name
 
 CLAIMS = "refs/stigmergy/claims/"
