@@ -28,7 +28,13 @@
     │                            the model as a tool error, never escapes the tool loop
     └── ModelError               the model endpoint failed for good (after retries)
         ├── ModelConfigError     (above) 401/403/404: stops the colony, counts against no task
-        ├── ModelBadRequest      400/422: this request's fault; the attempt ends with a note (counted)
+        ├── ModelBadRequest      400/422, or a 500 whose body is a request-validation error: this
+        │   │                    request's fault; the attempt ends with a short note (counted)
+        │   └── ModelContextOverflow  the conversation is longer than the model's context window:
+        │                        the tool loop drops old tool output and retries once
+        ├── ModelTimeout         the call did not finish in the time left for the attempt
+        │                        (``Request.timeout``): not retried, not an outage; the attempt
+        │                        stops by its time limit
         ├── ModelTransient       408/409/5xx/529, connection error, timeout, torn body: retried,
         │   │                    raised only once the retries are spent; then an outage: the
         │   │                    task is released uncounted and the colony cools down
@@ -36,6 +42,10 @@
         │   └── ModelCoolingDown not sent: the colony cools down after an outage (not retried)
         ├── BudgetExceeded       the colony's or the attempt's cost cap was reached
         └── NoScriptMatch        the scripted model has no entry for this task: release it with a note
+
+    Interrupted (a BaseException, outside the tree) aborts an in-flight model call from a signal
+    handler (SIGTERM, STOP now, the attempt's deadline): like KeyboardInterrupt, it passes through
+    the SDKs' ``except Exception`` and closes the connection on its way out.
 
 Third-party errors (SDK, HTTP, YAML, OS) are mapped to these once, at the boundary
 where they arise; nothing above the boundary catches a library's exception type.
@@ -142,6 +152,15 @@ class ModelBadRequest(ModelError):
     pass
 
 
+class ModelContextOverflow(ModelBadRequest):
+    """400 (or 413) saying the prompt exceeds the model's context window: shrinking the
+    conversation may help where resending it as it is never will."""
+
+
+class ModelTimeout(ModelError):
+    """The call (retries included) did not finish within ``Request.timeout``."""
+
+
 class ModelTransient(ModelError):
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -164,3 +183,14 @@ class BudgetExceeded(ModelError):
 
 class NoScriptMatch(ModelError):
     pass
+
+
+class Interrupted(BaseException):
+    """Raised inside an in-flight model call to abort it; ``reason`` is "time" or "stop".
+
+    A BaseException so the SDKs' own ``except Exception`` handlers (which would wrap it as a
+    connection error and retry) let it through, as they do KeyboardInterrupt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -18,7 +18,7 @@ Providers translate these to and from their wire format and nothing else; the to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass
@@ -64,6 +64,13 @@ class Request:
     # Not sent to real providers: lets the scripted model choose its script deterministically.
     task_id: str = ""
     task_title: str = ""
+    # Seconds this call may take, its retries included: what is left of the attempt's time
+    # (None: no limit but the provider's own timeout). Past it the call raises ModelTimeout.
+    timeout: float | None = None
+    # Told of what happens inside the call that the caller cannot see: each retry and its wait,
+    # a timeout, a dialect fallback ({"kind": "retry", "error": ..., "wait": s, "attempt": n}),
+    # so the tool loop can put them in the transcript and the agent's log.
+    on_event: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Model(Protocol):
