@@ -84,7 +84,11 @@ class AgentOptions:
 
 
 class Metered:
-    """A Model that writes every call's tokens and cost to this agent's ledger as it happens."""
+    """A Model that waits out the colony cool-down before each call, and (``record``, the tool
+    loop's on_reply) writes every call's tokens and cost to this agent's ledger as it happens.
+
+    The ledger line is written by the tool loop after the call returned, outside the region a
+    stop or the deadline may interrupt: a reply that was paid for is always on the ledger."""
 
     def __init__(self, model: Model, ledger: Ledger, agent: str, task: str, cooldown: CoolDown | None = None,
                  abort: Callable[[], bool] = lambda: False) -> None:
@@ -99,10 +103,11 @@ class Metered:
             if self.abort():
                 raise ModelTransient("the agent stopped while the colony was cooling down")
             time.sleep(0.2)
-        reply = self.model.complete(request)
+        return self.model.complete(request)
+
+    def record(self, reply: Reply) -> None:
         self.ledger.record(agent=self.agent, task=self.task, model=self.name, usage=reply.usage,
                            cost_usd=reply.cost_usd)
-        return reply
 
 
 class Sink:
@@ -303,12 +308,14 @@ class Agent:
                     lambda _, feedback: command.run(f"{system}\n{prompt}\n{feedback}", self.ws.path, cli_env, run,
                                                     next(rounds), box))
         assert self.model is not None
+        # must_abort is also polled every second during a call: SIGTERM or STOP now ends it at once.
+        metered = Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
+                          lambda: self.stopping() or self.must_abort())
         outcome = run_attempt(
-            Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
-                    lambda: self.stopping() or self.must_abort()), system, prompt,
+            metered, system, prompt,
             Toolbox(self.ws.path, env, Sink(self.colony, self.id, task), sandbox=self.sandbox), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
-            budget_check=self.must_abort, secrets=self.secrets)
+            abort_check=self.must_abort, secrets=self.secrets, on_reply=metered.record, say=self.say)
         return outcome, continue_attempt
 
     def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:

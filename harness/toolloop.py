@@ -4,9 +4,21 @@
     -> repeat until it calls ``finish``, stops calling tools, or a limit hits
 
 Stopping is data: ``Outcome.stopped_by`` is None when the model finished, else one of
-"steps" | "tokens" | "time" | "cost" | "budget" | "error". Limits count the whole attempt,
-verify-failure rounds included; they are checked before each model call, so the tool calls of
-a reply always run and the conversation stays well formed (every tool call has its result).
+
+    "steps" | "tokens" | "cost"   a limit, checked before each model call
+    "time"     max_seconds ran out: before a call, or during one (the call's ModelTimeout, or
+               the interrupt at the deadline)
+    "stop"     ``abort_check`` said so (SIGTERM, STOP now, the colony budget): before a call, or
+               during one (checked every second while it runs)
+    "budget"   the provider raised BudgetExceeded
+    "error"    any other ModelError (``Outcome.error``), a context overflow that shrinking the
+               conversation once did not cure included
+
+Limits count the whole attempt, verify-failure rounds included. Only the model call itself is
+interruptible (harness.interrupt): the tool calls of a reply always run, so the conversation stays
+well formed (every tool call has its result), and a reply that came back is always accounted
+(``on_reply``, e.g. the agent's ledger, runs after the interruptible region). A call refused as
+longer than the context window is retried once on a shrunk conversation (harness.shrink).
 
 A verify failure goes back into the same conversation:
 
@@ -14,8 +26,10 @@ A verify failure goes back into the same conversation:
     if outcome.finished and not verify_ok:
         outcome = continue_attempt(outcome, verify_log_tail)   # prefixed with VERIFY_FAILURE_MARKER
 
-The transcript gets one JSON line per event ("request", "reply", "tool_result", "stop") with
-every secret redacted; tool results are redacted before the model sees them too.
+The transcript gets one JSON line per event ("request", "reply", "tool_result", "stop"; and
+"retry", "timeout", "dialect" as the model reports them through ``Request.on_event``, "interrupted",
+"context_overflow", "error") with every secret redacted; tool results are redacted before the
+model sees them too. What the agent's log should show of those goes to the ``say`` callback.
 """
 
 from __future__ import annotations
@@ -28,7 +42,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BudgetExceeded, ModelError, UsageError
+from harness import shrink
+from harness.errors import BudgetExceeded, Interrupted, ModelContextOverflow, ModelError, ModelTimeout, UsageError
+from harness.interrupt import interruptible
 from harness.models.base import Model, Reply, Request, Usage
 from harness.redact import redact, redact_data
 from harness.tools import Toolbox, ToolResult, clip_lines
@@ -55,7 +71,7 @@ class Outcome:
     finished: bool
     summary: str = ""
     stopped_by: str | None = None
-    error: ModelError | None = None  # set when stopped_by is "error" (or "budget" from the provider)
+    error: ModelError | None = None  # set when stopped_by is "error" (or "budget" / "time" from the provider)
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
@@ -95,13 +111,17 @@ class Attempt:
         *,
         task_id: str,
         task_title: str,
-        budget_check: Callable[[], bool] | None = None,
+        abort_check: Callable[[], bool] | None = None,
         secrets: Iterable[str] = (),
+        on_reply: Callable[[Reply], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.model, self.system, self.toolbox = model, system, toolbox
         self.limits, self.transcript = limits, transcript
         self.task_id, self.task_title = task_id, task_title
-        self.budget_check = budget_check
+        self.abort_check = abort_check or (lambda: False)
+        self.on_reply = on_reply  # told of every reply that came back, before anything else happens
+        self.tell = say or (lambda line: None)  # one line in the agent's log
         self.secrets = tuple(s for s in secrets if s)
         self.messages: list[dict[str, Any]] = []
         self.steps = 0
@@ -132,17 +152,9 @@ class Attempt:
             stop = self._limit_hit(started)
             if stop:
                 return self._outcome(started, stopped_by=stop)
-            # A snapshot: a provider (or a test) keeping the request must not see later turns.
-            request = Request(self.system, list(self.messages), self.toolbox.specs,
-                              task_id=self.task_id, task_title=self.task_title)
-            self._log({"kind": "request", "step": self.steps + 1, "model": self.model.name,
-                       "messages": len(self.messages)})
-            try:
-                reply = self.model.complete(request)
-            except ModelError as exc:
-                self._log({"kind": "error", "step": self.steps + 1, "error": f"{type(exc).__name__}: {exc}"})
-                stopped_by = "budget" if isinstance(exc, BudgetExceeded) else "error"
-                return self._outcome(started, stopped_by=stopped_by, error=exc)
+            reply = self._ask(started)
+            if isinstance(reply, Outcome):
+                return reply
             self._account(reply)
             self.messages.append({"role": "assistant", "content": _assistant_blocks(reply)})
             if not reply.tool_calls:
@@ -151,6 +163,72 @@ class Attempt:
             summary = self._run_tools(reply)
             if summary is not None:
                 return self._outcome(started, finished=True, summary=summary)
+
+    def _ask(self, started: float) -> Reply | Outcome:
+        """One model call, or the Outcome that ends the attempt; once more on a shrunk
+        conversation if the endpoint says this one is too long for its context window."""
+        for shrunk in (False, True):
+            deadline = self._deadline(started)
+            # A snapshot: a provider (or a test) keeping the request must not see later turns.
+            request = Request(self.system, list(self.messages), self.toolbox.specs, task_id=self.task_id,
+                              task_title=self.task_title, on_event=self._on_event,
+                              timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            self._log({"kind": "request", "step": self.steps + 1, "model": self.model.name,
+                       "messages": len(self.messages)})
+            reply: Reply | None = None
+            try:
+                with interruptible(self.abort_check, deadline):
+                    reply = self.model.complete(request)
+            except Interrupted as exc:
+                if reply is None:  # else it landed as the call returned: the reply stands
+                    self._event({"kind": "interrupted", "reason": exc.reason})
+                    return self._outcome(started, stopped_by=exc.reason)
+            except ModelContextOverflow as exc:
+                if shrunk or not self._shrink():
+                    return self._failed(started, exc)
+                continue
+            except ModelTimeout as exc:
+                self._event({"kind": "timeout", "error": str(exc)})
+                return self._outcome(started, stopped_by="time", error=exc)
+            except ModelError as exc:
+                return self._failed(started, exc)
+            assert reply is not None
+            return reply
+        raise AssertionError("unreachable")
+
+    def _shrink(self) -> bool:
+        """Drop old tool output (and, if need be, middle turns); False if nothing got smaller."""
+        before = shrink.size(self.messages)
+        smaller = shrink.shrink(self.messages)
+        after = shrink.size(smaller)
+        self._event({"kind": "context_overflow", "chars_before": before, "chars_after": after,
+                     "messages_before": len(self.messages), "messages_after": len(smaller)})
+        if after >= before:
+            return False
+        self.messages = smaller
+        return True
+
+    def _failed(self, started: float, exc: ModelError) -> Outcome:
+        self._log({"kind": "error", "step": self.steps + 1, "error": f"{type(exc).__name__}: {exc}"})
+        stopped_by = "budget" if isinstance(exc, BudgetExceeded) else "error"
+        return self._outcome(started, stopped_by=stopped_by, error=exc)
+
+    def _deadline(self, started: float) -> float | None:
+        """When max_seconds runs out, on the monotonic clock (None: no time limit)."""
+        if self.limits.max_seconds is None:
+            return None
+        return started + self.limits.max_seconds - self.seconds
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """What a model call reports from inside (a retry, a timeout, a dialect fallback)."""
+        self._event({"kind": "event", **event})
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """An event worth a transcript line and a line in the agent's log."""
+        event = {"step": self.steps + 1, **event}
+        self._log(event)
+        details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "step"))
+        self.tell(redact(f"{self.task_id} step {event['step']}: model {event['kind']}: {details}", self.secrets))
 
     def _run_tools(self, reply: Reply) -> str | None:
         """Run the reply's tool calls in order; the finish summary if one of them was finish."""
@@ -174,8 +252,8 @@ class Attempt:
 
     def _limit_hit(self, started: float) -> str | None:
         limits = self.limits
-        if self.budget_check is not None and self.budget_check():
-            return "budget"
+        if self.abort_check():
+            return "stop"
         if limits.max_steps is not None and self.steps >= limits.max_steps:
             return "steps"
         if limits.max_seconds is not None and self.seconds + time.monotonic() - started >= limits.max_seconds:
@@ -187,6 +265,8 @@ class Attempt:
         return None
 
     def _account(self, reply: Reply) -> None:
+        if self.on_reply is not None:
+            self.on_reply(reply)
         self.steps += 1
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             setattr(self.usage, name, getattr(self.usage, name) + getattr(reply.usage, name))
@@ -227,12 +307,18 @@ def run_attempt(
     *,
     task_id: str,
     task_title: str,
-    budget_check: Callable[[], bool] | None = None,
+    abort_check: Callable[[], bool] | None = None,
     secrets: Iterable[str] = (),
+    on_reply: Callable[[Reply], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Start a conversation with ``task_prompt`` and run it to an Outcome (never raises ModelError)."""
+    """Start a conversation with ``task_prompt`` and run it to an Outcome (never raises ModelError).
+
+    ``abort_check`` is asked before each call and every second during one; ``on_reply`` is told of
+    every reply (outside the interruptible region: a reply that came back is never lost);
+    ``say`` gets one line per retry, timeout, interrupt and context overflow."""
     attempt = Attempt(model, system, toolbox, limits, transcript, task_id=task_id, task_title=task_title,
-                      budget_check=budget_check, secrets=secrets)
+                      abort_check=abort_check, secrets=secrets, on_reply=on_reply, say=say)
     return attempt.say(task_prompt)
 
 

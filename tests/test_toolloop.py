@@ -96,8 +96,8 @@ def test_token_cost_and_budget_limits(box: Toolbox) -> None:
     def budget_gone() -> bool:
         checks.append(1)
         return len(checks) > 2
-    by_budget = run(InlineModel(chatty), box, budget_check=budget_gone)
-    assert by_budget.stopped_by == "budget" and by_budget.steps == 2
+    by_budget = run(InlineModel(chatty), box, abort_check=budget_gone)
+    assert by_budget.stopped_by == "stop" and by_budget.steps == 2
 
 
 def test_model_errors_become_outcomes(box: Toolbox) -> None:
