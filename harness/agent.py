@@ -540,7 +540,8 @@ class Agent:
         return lock
 
     def must_abort(self) -> bool:
-        """Checked before every model call: abort now, not after the task (SIGTERM, STOP now, budget)."""
+        """Checked before every model call and every second during one (harness.interrupt): abort
+        now, not after the task (SIGTERM, STOP now, budget, FAULT)."""
         if self.signalled or self.over_budget() or self.colony.fault_path.exists():
             return True
         try:

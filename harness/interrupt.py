@@ -62,8 +62,9 @@ def interruptible(should_stop: Callable[[], bool], deadline: float | None,
         signal.setitimer(signal.ITIMER_REAL, wake_in())  # one-shot, re-armed: handlers never nest
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    began, timer = time.monotonic(), signal.setitimer(signal.ITIMER_REAL, wake_in())
-    try:
+    began, timer = time.monotonic(), signal.getitimer(signal.ITIMER_REAL)
+    try:  # armed inside the try: an alarm due at once still finds the handler put back
+        signal.setitimer(signal.ITIMER_REAL, wake_in())
         yield
     finally:
         armed = False

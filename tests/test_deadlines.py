@@ -101,7 +101,13 @@ def test_the_deadline_aborts_a_sleep_on_time_and_everything_is_put_back() -> Non
         with interruptible(lambda: True, time.monotonic() + 0.2, poll=0.1):
             pass
         time.sleep(0.5)
+        # Someone else's timer runs on after the block, with what it had left.
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with interruptible(lambda: False, None, poll=0.1):
+            time.sleep(0.3)
+        assert 29 < signal.getitimer(signal.ITIMER_REAL)[0] < 29.8
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
