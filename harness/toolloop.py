@@ -168,6 +168,8 @@ class Attempt:
         """One model call, or the Outcome that ends the attempt; once more on a shrunk
         conversation if the endpoint says this one is too long for its context window."""
         for shrunk in (False, True):
+            if shrunk and (stop := self._limit_hit(started)):  # shrinking may have taken the last second
+                return self._outcome(started, stopped_by=stop)
             deadline = self._deadline(started)
             # A snapshot: a provider (or a test) keeping the request must not see later turns.
             request = Request(self.system, list(self.messages), self.toolbox.specs, task_id=self.task_id,
