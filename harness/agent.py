@@ -36,7 +36,7 @@ from harness.command import CommandBackend
 from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
 from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
-from harness.meter import Ledger, colony_spend
+from harness.meter import Ledger, budget_reached, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
@@ -75,6 +75,7 @@ class AgentOptions:
     verify: str | None = None  # overrides the config's repo-wide verify command
     until_empty: bool = False
     budget_usd: float | None = None  # overrides the config's budget_usd
+    budget_tokens: int | None = None  # overrides the config's budget_tokens
     limits: Limits = field(default_factory=Limits)
     api_base: str | None = None
     agent_cmd: str | None = None  # the command backend: an external agent CLI (or a preset name)
@@ -140,6 +141,7 @@ class Agent:
         self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
+        self.budget_tokens = opts.budget_tokens if opts.budget_tokens is not None else self.cfg.budget_tokens
         self.secrets = list(secret_env(os.environ).values())
         self._build_sandboxes()
         self.signalled = False
@@ -198,8 +200,9 @@ class Agent:
         try:
             while not self.stopping():
                 self.sense()
-                if self.over_budget():
-                    self.say(f"colony budget of ${self.budget} reached: claiming nothing more")
+                reached = self.budget_reached()
+                if reached:
+                    self.say(f"{reached}: claiming nothing more")
                     break
                 got = self.claim_next()
                 if got is None:
@@ -542,7 +545,13 @@ class Agent:
             return False
 
     def over_budget(self) -> bool:
-        return self.budget is not None and colony_spend(self.colony.home / "ledger") >= self.budget
+        return self.budget_reached() is not None
+
+    def budget_reached(self) -> str | None:
+        """Which colony budget the ledgers have reached ("colony budget of $5 reached"), or None."""
+        if self.budget is None and self.budget_tokens is None:
+            return None  # no ledger read at all: this runs before every model call
+        return budget_reached(ledger_totals(self.colony.home / "ledger"), self.budget, self.budget_tokens)
 
     def nap(self, seconds: float) -> None:
         """Back off, but wake as soon as the event log grows (a task was added or released):
