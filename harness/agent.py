@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, faults, integrate, sandbox, tasks
+from harness import deadline, faults, filing, integrate, roles, sandbox, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
-from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
+from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
+                            UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
 from harness.meter import Ledger, budget_reached, ledger_totals
@@ -107,13 +108,26 @@ class Metered:
 
 
 class Sink:
-    """What the model's create_task and add_note tools write into: the environment itself."""
+    """What the model's create_task and add_note tools write into: the environment itself.
 
-    def __init__(self, colony: Colony, agent: str, task: Task) -> None:
+    ``worktree`` is the agent's (a path with spaces must exist there to be filed); ``stopping``
+    says a stop has begun (STOP, a signal, the deadline, FAULT), after which nothing is filed."""
+
+    def __init__(self, colony: Colony, agent: str, task: Task, worktree: Path | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.colony, self.agent, self.task = colony, agent, task
+        self.worktree, self.stopping = worktree, stopping
 
     def create_task(self, fields: dict[str, Any]) -> str:
-        self.colony.check_filing(self.agent, self.task.id)  # refused to the model as a tool error
+        # Every refusal is a tool error to the model; junk and a stop leave a note, and none of
+        # them counts as a filing. The caps come last: only a task that would be filed counts.
+        try:
+            if self.stopping():
+                raise FilingRefused("stopping", filing.STOPPING)
+            filing.check(fields, roles.known(self.colony.home), self.worktree)
+        except FilingRefused as e:
+            raise self.colony.refuse_filing(self.agent, self.task.id, e) from None
+        self.colony.check_filing(self.agent, self.task.id)
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_from": self.task.id}
         return self.colony.add(tasks.from_dict(data, "create_task")).id
@@ -309,7 +323,8 @@ class Agent:
         outcome = run_attempt(
             Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
                     lambda: self.stopping() or self.must_abort()), system, prompt,
-            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task), sandbox=self.sandbox), self.opts.limits,
+            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task, self.ws.path, self.stopping),
+                    sandbox=self.sandbox), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             budget_check=self.must_abort, secrets=self.secrets)
         return outcome, continue_attempt

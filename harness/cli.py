@@ -20,7 +20,7 @@ import yaml
 
 from harness import sandbox, tasks
 from harness.colony import Colony
-from harness.errors import HarnessError, InvalidTask, NothingToClaim, UsageError
+from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task
 
@@ -181,13 +181,9 @@ def _read_body(args: argparse.Namespace) -> str:
 
 
 def cmd_task_add(args: argparse.Namespace) -> int:
+    from harness import deadline, filing, roles
+
     colony = _colony(args)
-    # Run by an agent CLI at work (the agent sets both), the task is that agent's: attributed to
-    # it and counted against its filing caps, as the tool loop's create_task is.
-    agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
-    if agent and working_on and args.created_by == "human":
-        colony.check_filing(agent, working_on)
-        args.created_by = agent
     data: dict[str, Any] = {
         "id": args.id or tasks.new_id(args.title), "title": args.title, "kind": args.kind,
         "priority": args.priority, "depends_on": args.depends_on, "inputs": args.input,
@@ -196,10 +192,33 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     for key in ("role", "verify"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    known = roles.known(colony.home)
+    # Run by an agent (its CLI, or its model's bash: the agent sets STIGMERGY_AGENT, and
+    # STIGMERGY_TASK while at work), the task is checked as the tool loop's create_task is, then
+    # attributed to the agent and counted against its filing caps.
+    agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
+    if agent:
+        try:
+            if colony.stop_requested() or deadline.Watch(colony.home).passed():
+                raise FilingRefused("stopping", "the colony is stopping, so no task is filed now: finish the "
+                                    "task at hand and say what is left in your final summary")
+            filing.check(data, known, _worktree(Path.cwd()))
+        except FilingRefused as e:
+            raise colony.refuse_filing(agent, working_on, e) from None
+    filing.check_role(args.role, known)  # people too: a misspelt role would match no agent, unnoticed
+    if agent and working_on and args.created_by == "human":
+        colony.check_filing(agent, working_on)
+        data["created_by"] = agent
     task = colony.add(tasks.from_dict(data, "task add"))
     _warn_cycles(colony)
     print(task.id)
     return 0
+
+
+def _worktree(cwd: Path) -> Path:
+    """The worktree an agent CLI runs in: the nearest folder up from ``cwd`` with a .git (a file,
+    in a worktree), where filed paths are looked up; ``cwd`` itself when there is none."""
+    return next((d for d in (cwd, *cwd.parents) if (d / ".git").exists()), cwd)
 
 
 def _warn_cycles(colony: Colony) -> None:
