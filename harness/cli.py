@@ -93,6 +93,7 @@ def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None) -> 
     show $0. An agent CLI (--backend command) reports neither cost nor tokens to us: no budget holds."""
     from harness.models.registry import spend_countable
 
+    _agent_cmd(args)  # a bad --backend/--agent-cmd pair is the first thing to fix
     cfg = colony.config
     usd = args.budget_usd if args.budget_usd is not None else cfg.budget_usd
     tokens = args.budget_tokens if args.budget_tokens is not None else cfg.budget_tokens
