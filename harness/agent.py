@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, faults, integrate, sandbox, tasks
+from harness import deadline, faults, filing, integrate, roles, sandbox, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
-from harness.errors import AlreadyRunning, ColonyFault, HarnessError, ModelTransient, NotOwner, UsageError
+from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
+                            UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
-from harness.meter import Ledger, colony_spend
+from harness.meter import Ledger, budget_reached, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
@@ -75,6 +76,7 @@ class AgentOptions:
     verify: str | None = None  # overrides the config's repo-wide verify command
     until_empty: bool = False
     budget_usd: float | None = None  # overrides the config's budget_usd
+    budget_tokens: int | None = None  # overrides the config's budget_tokens
     limits: Limits = field(default_factory=Limits)
     api_base: str | None = None
     agent_cmd: str | None = None  # the command backend: an external agent CLI (or a preset name)
@@ -111,13 +113,26 @@ class Metered:
 
 
 class Sink:
-    """What the model's create_task and add_note tools write into: the environment itself."""
+    """What the model's create_task and add_note tools write into: the environment itself.
 
-    def __init__(self, colony: Colony, agent: str, task: Task) -> None:
+    ``worktree`` is the agent's (a path with spaces must exist there to be filed); ``stopping``
+    says a stop has begun (STOP, a signal, the deadline, FAULT), after which nothing is filed."""
+
+    def __init__(self, colony: Colony, agent: str, task: Task, worktree: Path | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.colony, self.agent, self.task = colony, agent, task
+        self.worktree, self.stopping = worktree, stopping
 
     def create_task(self, fields: dict[str, Any]) -> str:
-        self.colony.check_filing(self.agent, self.task.id)  # refused to the model as a tool error
+        # Every refusal is a tool error to the model; junk and a stop leave a note, and none of
+        # them counts as a filing. The caps come last: only a task that would be filed counts.
+        try:
+            if self.stopping():
+                raise FilingRefused("stopping", filing.STOPPING)
+            filing.check(fields, roles.known(self.colony.home), self.worktree)
+        except FilingRefused as e:
+            raise self.colony.refuse_filing(self.agent, self.task.id, e) from None
+        self.colony.check_filing(self.agent, self.task.id)
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_from": self.task.id}
         return self.colony.add(tasks.from_dict(data, "create_task")).id
@@ -145,6 +160,7 @@ class Agent:
         self.model = model or (self._load_model(str(spec)) if spec else None)
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
+        self.budget_tokens = opts.budget_tokens if opts.budget_tokens is not None else self.cfg.budget_tokens
         self.secrets = list(secret_env(os.environ).values())
         self._build_sandboxes()
         self.signalled = False
@@ -203,8 +219,9 @@ class Agent:
         try:
             while not self.stopping():
                 self.sense()
-                if self.over_budget():
-                    self.say(f"colony budget of ${self.budget} reached: claiming nothing more")
+                reached = self.budget_reached()
+                if reached:
+                    self.say(f"{reached}: claiming nothing more")
                     break
                 got = self.claim_next()
                 if got is None:
@@ -313,7 +330,8 @@ class Agent:
                           lambda: self.stopping() or self.must_abort())
         outcome = run_attempt(
             metered, system, prompt,
-            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task), sandbox=self.sandbox), self.opts.limits,
+            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task, self.ws.path, self.stopping),
+                    sandbox=self.sandbox), self.opts.limits,
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             abort_check=self.must_abort, secrets=self.secrets, on_reply=metered.record, say=self.say)
         return outcome, continue_attempt
@@ -550,7 +568,13 @@ class Agent:
             return False
 
     def over_budget(self) -> bool:
-        return self.budget is not None and colony_spend(self.colony.home / "ledger") >= self.budget
+        return self.budget_reached() is not None
+
+    def budget_reached(self) -> str | None:
+        """Which colony budget the ledgers have reached ("colony budget of $5 reached"), or None."""
+        if self.budget is None and self.budget_tokens is None:
+            return None  # no ledger read at all: this runs before every model call
+        return budget_reached(ledger_totals(self.colony.home / "ledger"), self.budget, self.budget_tokens)
 
     def nap(self, seconds: float) -> None:
         """Back off, but wake as soon as the event log grows (a task was added or released):

@@ -20,7 +20,7 @@ import yaml
 
 from harness import sandbox, tasks
 from harness.colony import Colony
-from harness.errors import HarnessError, InvalidTask, NothingToClaim, UsageError
+from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task
 
@@ -53,14 +53,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.git import Git
     from harness.models.registry import check_spec
 
-    model = args.model or _colony(args).config.model
+    colony = _colony(args)
+    model = args.model or colony.config.model
     if model:
         check_spec(model)  # here, once, rather than in N agent logs
     elif args.backend != "command":
         raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5, or scripted:PATH), set `model:` "
                          "in .stigmergy/config.yaml, or use --backend command --agent-cmd CMD")
-
-    colony = _colony(args)
+    budget_usd, budget_tokens = guard_spend(colony, args, model)
     # Probed once here too: `bwrap` that cannot work stops the launch (exit 2), `auto` warns once.
     sandbox.resolve(args.sandbox or colony.config.sandbox, lambda text: print(f"stigmergy: {text}", file=sys.stderr))
     checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch))
@@ -71,14 +71,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         return swarm.run(swarm.Options(
             repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
             until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
-            verify=args.verify, branch=args.branch, agent_args=_agent_args(args)))
+            verify=args.verify, branch=args.branch, agent_args=_agent_args(args), budget_usd=budget_usd,
+            budget_tokens=budget_tokens))
     finally:
         checkout.recover()  # a lander killed while it held the user's index.lock must not leave it behind
 
 
 # Flags the launcher passes through to every `agent run` unchanged.
-AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "max_steps", "max_tokens", "max_seconds",
-               "max_cost_usd", "sandbox")
+AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "budget_tokens", "max_steps", "max_tokens",
+               "max_seconds", "max_cost_usd", "sandbox")
+
+PRICE_FIX = ("set its price in .stigmergy/config.yaml, e.g. `model_options: {price: {input: 3.0, output: 15.0}}` "
+             "(USD per million tokens; zeros are fine for a free local server: `price: {input: 0, output: 0}`)")
+
+
+def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None) -> tuple[float | None, int | None]:
+    """The colony budgets (flags over config.yaml), refused when they could never be reached.
+
+    A model whose spend cannot be counted is logged at $0 a call: a USD budget with it would never
+    trip, so it is refused (exit 2) with the fix; without one, a warning says status and report will
+    show $0. An agent CLI (--backend command) reports neither cost nor tokens to us: no budget holds."""
+    from harness.models.registry import spend_countable
+
+    _agent_cmd(args)  # a bad --backend/--agent-cmd pair is the first thing to fix
+    cfg = colony.config
+    usd = args.budget_usd if args.budget_usd is not None else cfg.budget_usd
+    tokens = args.budget_tokens if args.budget_tokens is not None else cfg.budget_tokens
+    usd_from = "--budget-usd" if args.budget_usd is not None else "budget_usd in .stigmergy/config.yaml"
+    tokens_from = "--budget-tokens" if args.budget_tokens is not None else "budget_tokens in .stigmergy/config.yaml"
+    if usd is not None and usd < 0:
+        raise UsageError(f"{usd_from} must be 0 or more, got {usd}")
+    if tokens is not None and tokens < 0:
+        raise UsageError(f"{tokens_from} must be 0 or more, got {tokens}")
+    if args.backend == "command":
+        budget = f"{usd_from} {usd}" if usd is not None else f"{tokens_from} {tokens}" if tokens is not None else None
+        if budget:
+            raise UsageError(f"{budget} cannot be enforced with --backend command: the agent CLI calls its model "
+                             "itself and the harness counts none of its cost or tokens. Drop the budget, cap the "
+                             "spend in the CLI or its provider account, and bound the run with --max-hours")
+        _warn("warning: the spend of the agent CLI (--backend command) cannot be counted: report and status "
+              "will show $0 for it")
+        return usd, tokens
+    if model is None or spend_countable(model, cfg.model_options):
+        return usd, tokens
+    if usd is not None:
+        raise UsageError(f"{usd_from} {usd} could never be reached: the spend of model {model} cannot be counted "
+                         "(it is in no price table we know, so every call is logged at $0). Either "
+                         f"{PRICE_FIX}, or cap tokens with --budget-tokens N (or budget_tokens) instead")
+    _warn(f"warning: the spend of model {model} cannot be counted: report and status will show $0 for it; to "
+          f"count it, {PRICE_FIX}" + ("" if tokens is not None else "; --budget-tokens N caps its tokens"))
+    return usd, tokens
+
+
+def _warn(text: str) -> None:
+    print(f"stigmergy: {text}", file=sys.stderr, flush=True)
 
 
 def _add_agent_flags(p: argparse.ArgumentParser) -> None:
@@ -88,6 +134,8 @@ def _add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-cmd", help="the CLI for --backend command: a preset (claude, codex, aider, "
                    "gemini) or a shell line using {prompt_file}")
     p.add_argument("--budget-usd", type=float, help="colony-wide spend limit in USD (overrides config.yaml)")
+    p.add_argument("--budget-tokens", type=int, metavar="N", help="colony-wide limit on tokens, input + output + "
+                   "cache, summed over every agent's ledger (overrides config.yaml)")
     p.add_argument("--max-steps", type=int, help="model calls per attempt (default 100)")
     p.add_argument("--max-tokens", type=int, help="tokens per attempt (input + output + cache)")
     p.add_argument("--max-seconds", type=float, help="wall time per attempt")
@@ -134,13 +182,9 @@ def _read_body(args: argparse.Namespace) -> str:
 
 
 def cmd_task_add(args: argparse.Namespace) -> int:
+    from harness import deadline, filing, roles
+
     colony = _colony(args)
-    # Run by an agent CLI at work (the agent sets both), the task is that agent's: attributed to
-    # it and counted against its filing caps, as the tool loop's create_task is.
-    agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
-    if agent and working_on and args.created_by == "human":
-        colony.check_filing(agent, working_on)
-        args.created_by = agent
     data: dict[str, Any] = {
         "id": args.id or tasks.new_id(args.title), "title": args.title, "kind": args.kind,
         "priority": args.priority, "depends_on": args.depends_on, "inputs": args.input,
@@ -149,10 +193,33 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     for key in ("role", "verify"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    known = roles.known(colony.home)
+    # Run by an agent (its CLI, or its model's bash: the agent sets STIGMERGY_AGENT, and
+    # STIGMERGY_TASK while at work), the task is checked as the tool loop's create_task is, then
+    # attributed to the agent and counted against its filing caps.
+    agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
+    if agent:
+        try:
+            if colony.stop_requested() or deadline.Watch(colony.home).passed():
+                raise FilingRefused("stopping", "the colony is stopping, so no task is filed now: finish the "
+                                    "task at hand and say what is left in your final summary")
+            filing.check(data, known, _worktree(Path.cwd()))
+        except FilingRefused as e:
+            raise colony.refuse_filing(agent, working_on, e) from None
+    filing.check_role(args.role, known)  # people too: a misspelt role would match no agent, unnoticed
+    if agent and working_on and args.created_by == "human":
+        colony.check_filing(agent, working_on)
+        data["created_by"] = agent
     task = colony.add(tasks.from_dict(data, "task add"))
     _warn_cycles(colony)
     print(task.id)
     return 0
+
+
+def _worktree(cwd: Path) -> Path:
+    """The worktree an agent CLI runs in: the nearest folder up from ``cwd`` with a .git (a file,
+    in a worktree), where filed paths are looked up; ``cwd`` itself when there is none."""
+    return next((d for d in (cwd, *cwd.parents) if (d / ".git").exists()), cwd)
 
 
 def _warn_cycles(colony: Colony) -> None:
@@ -302,10 +369,15 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     opts = AgentOptions(
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
         workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
-        budget_usd=args.budget_usd, api_base=args.api_base, agent_cmd=_agent_cmd(args), branch=args.branch,
+        budget_usd=args.budget_usd, budget_tokens=args.budget_tokens, api_base=args.api_base,
+        agent_cmd=_agent_cmd(args), branch=args.branch,
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd), sandbox=args.sandbox)
-    agent = Agent(_colony(args), opts)
+    colony = _colony(args)
+    model = args.model or colony.config.model
+    if model or args.backend == "command":
+        guard_spend(colony, args, model)
+    agent = Agent(colony, opts)
     agent.forget_keys()  # the model client holds its key now: no child of ours inherits one
     return agent.run()
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from harness import faults, fsutil, target, tasks
 from harness.config import DEFAULT_CONFIG, Config, with_branch
-from harness.errors import FilingCapped, InvalidTask, NotARepository, NotOwner, UnknownTask
+from harness.errors import FilingCapped, FilingRefused, InvalidTask, NotARepository, NotOwner, UnknownTask
 from harness.pool import Pool, meta_of
 from harness.tasks import Task
 
@@ -220,6 +220,25 @@ class Colony:
             self.add_note(task_id, agent, message, kind="filing_capped")
             self.event("filing_capped", task_id, agent=agent, reason=why)
         raise FilingCapped(message)
+
+    def refuse_filing(self, agent: str, task_id: str | None, refused: FilingRefused) -> FilingRefused:
+        """Record that ``agent``, at work on ``task_id``, tried to file a task that was refused: a note
+        on that task for the next claimant (and the report), once per attempt and reason, however
+        often the model retries. Refusals file nothing, so they never count against the caps of
+        check_filing. Returns ``refused``, for the caller to raise."""
+        if task_id is None:
+            return refused
+        noted = False
+        for e in self.events():
+            if e.get("agent") == agent and e.get("task") == task_id:
+                if e.get("event") == "claim":
+                    noted = False  # a new attempt: its first refusal is news again
+                elif e.get("event") == "filing_refused" and e.get("reason") == refused.reason:
+                    noted = True
+        if not noted:
+            self.add_note(task_id, agent, f"task not filed: {refused}", kind="filing_refused")
+            self.event("filing_refused", task_id, agent=agent, reason=refused.reason)
+        return refused
 
     # -- tasks ----------------------------------------------------------------------------------------
     def add(self, task: Task) -> Task:

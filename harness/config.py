@@ -58,8 +58,15 @@ cli_stall_seconds: 600
 lease_ttl: 120
 heartbeat_interval: 5
 
-# Colony-wide spend limit in USD (null = none): once reached, nothing more is claimed.
+# Colony-wide limits, summed over every agent's ledger (null = none). Once one is reached, nothing
+# more is claimed and an attempt in flight stops before its next model call; --budget-usd and
+# --budget-tokens override them. budget_usd needs a model whose spend can be counted: one in
+# harness/meter.py's price table (or litellm's), a scripted one, or model_options.price (zeros for a
+# free local server: `price: {input: 0, output: 0}`); the launcher refuses it otherwise. budget_tokens
+# counts input + output + cache read + cache write tokens of the harness's own model calls, priced or
+# not (an agent CLI, --backend command, reports none to the harness).
 budget_usd: null
+budget_tokens: null
 
 # Effective priority = priority + min(skip_count * skip_step, skip_cap)
 #                     + aging_per_hour * hours waiting + role_bonus (task suits the agent's role)
@@ -100,6 +107,7 @@ class Config:
     lease_ttl: float = 120
     heartbeat_interval: float = 5
     budget_usd: float | None = None
+    budget_tokens: int | None = None
     skip_step: int = 5
     skip_cap: int = 25
     aging_per_hour: float = 2
@@ -134,6 +142,8 @@ class Config:
                 ok = isinstance(value, bool)
             elif isinstance(default, str) or key in ("model", "api_base"):
                 ok = isinstance(value, str) or (value is None and key in ("model", "api_base"))
+            elif key == "budget_tokens":  # a whole number of tokens, or null
+                ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
             else:  # numbers; budget_usd may be null
                 ok = (value is None and key == "budget_usd") or (
                     isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

@@ -6,6 +6,9 @@
     │   ├── NoLandingBranch      the landing branch is missing, or the repository has none to offer
     │   │                        (no commit yet, a detached HEAD at init)
     │   ├── InvalidTask          a task file or field failed validation (names file and field)
+    │   │   └── FilingRefused    a task an agent files (create_task, an agent CLI's `task add`)
+    │   │                        is junk (a prose role, a sentence for a path) or comes after the
+    │   │                        stop began: refused to the model with what is accepted, noted once
     │   ├── InvalidId            an id that is not a safe file name
     │   ├── UnknownTask          no task with that id
     │   ├── NotOwner             release/done/fail by an agent that does not hold the claim
@@ -72,6 +75,15 @@ class NoLandingBranch(UsageError):
 
 class InvalidTask(UsageError):
     pass
+
+
+class FilingRefused(InvalidTask):
+    """A task an agent tried to file, refused; ``reason`` (the field at fault, or "stopping") keys
+    the one note per attempt and reason left on the task it was working on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidId(UsageError):

@@ -86,8 +86,13 @@ def price_for(model: str, override: dict[str, float] | None = None) -> Price:
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"price must be {{'input': USD/Mtok, 'output': USD/Mtok}}, got {override!r}") from exc
         return Price(inp, out, float(override.get("cache_read", inp)), float(override.get("cache_write", inp)))
+    return known_price(model) or FREE
+
+
+def known_price(model: str) -> Price | None:
+    """``model``'s entry in PRICES (a bare id or a ``provider/id`` spec), or None: not ours to price."""
     bare = model.rsplit("/", 1)[-1]
-    return PRICES.get(bare) or PRICES.get(_DATE_SUFFIX.sub("", bare)) or FREE
+    return PRICES.get(bare) or PRICES.get(_DATE_SUFFIX.sub("", bare))
 
 
 def cost_usd(usage: Usage, price: Price) -> float:
@@ -132,12 +137,36 @@ class Ledger:
         return entry
 
 
-def colony_spend(ledger_dir: str | os.PathLike[str]) -> float:
-    """Total ``cost_usd`` over every ``*.jsonl`` ledger in ``ledger_dir`` (missing dir: 0)."""
-    total = 0.0
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+@dataclass
+class Totals:
+    """What every ledger of a colony adds up to."""
+
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Every token a token budget counts: input, output, cache reads and cache writes."""
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+def ledger_totals(ledger_dir: str | os.PathLike[str]) -> Totals:
+    """Cost, tokens and calls summed over every ``*.jsonl`` ledger in ``ledger_dir`` (missing dir: zeros).
+
+    The one place ledgers are summed for a budget or a status line: the USD and the token budget
+    then count the very same lines.
+    """
+    totals = Totals()
     directory = Path(ledger_dir)
     if not directory.is_dir():
-        return 0.0
+        return totals
     for path in sorted(directory.glob("*.jsonl")):
         try:
             data = path.read_text(encoding="utf-8", errors="replace")
@@ -145,9 +174,31 @@ def colony_spend(ledger_dir: str | os.PathLike[str]) -> float:
             continue
         for line in data.splitlines():
             try:
-                total += float(json.loads(line).get("cost_usd", 0.0))
+                entry = json.loads(line)
+                cost = float(entry.get("cost_usd", 0.0) or 0.0)
+                counts = [int(entry.get(key, 0) or 0) for key in TOKEN_KEYS]
             except (ValueError, AttributeError, TypeError):
                 # A torn last line (writer killed mid-write) or stray junk: skip, never fail the
                 # budget check over it.
                 continue
-    return total
+            totals.cost_usd += cost
+            totals.input_tokens += counts[0]
+            totals.output_tokens += counts[1]
+            totals.cache_read_tokens += counts[2]
+            totals.cache_write_tokens += counts[3]
+            totals.calls += 1
+    return totals
+
+
+def budget_reached(totals: Totals, usd: float | None, tokens: int | None) -> str | None:
+    """What the colony's ledgers (``totals``) have reached of its budgets, said for a log; None: neither."""
+    if usd is not None and totals.cost_usd >= usd:
+        return f"colony budget of ${usd} reached"
+    if tokens is not None and totals.tokens >= tokens:
+        return f"colony token budget of {tokens} reached ({totals.tokens} tokens used)"
+    return None
+
+
+def colony_spend(ledger_dir: str | os.PathLike[str]) -> float:
+    """Total ``cost_usd`` over every ``*.jsonl`` ledger in ``ledger_dir`` (missing dir: 0)."""
+    return ledger_totals(ledger_dir).cost_usd

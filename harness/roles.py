@@ -48,3 +48,8 @@ def load_role(name: str, home: Path) -> Role:
     if packaged.is_file():
         return _parse(packaged.read_text(), f"role {name}")
     raise UsageError(f"unknown role {name!r}: use one of {', '.join(shipped())} or add {override}")
+
+
+def known(home: Path) -> list[str]:
+    """Every role name this colony has: the shipped ones and its overrides in ``<home>/roles/*.md``."""
+    return sorted({*shipped(), *(p.name[:-3] for p in (home / "roles").glob("*.md"))})

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 from harness import faults, gate
 from harness.colony import STATUSES, Colony
-from harness.fsutil import read_lines
+from harness.meter import ledger_totals
 
 
 def snapshot(colony: Colony) -> dict[str, Any]:
@@ -29,17 +30,11 @@ def snapshot(colony: Colony) -> dict[str, Any]:
         agents.append({"agent": beat.get("agent"), "role": beat.get("role"), "task": beat.get("task"),
                        "beat_age_s": round(age, 1), "waiting": beat.get("waiting"),
                        "alive": age <= colony.config.lease_ttl and beat.get("state") != "exited"})
-    spend: dict[str, float] = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
-                               "cache_write_tokens": 0, "calls": 0}
-    for ledger in colony.home.glob("ledger/*.jsonl"):
-        for entry in read_lines(ledger):
-            spend["calls"] += 1
-            for key in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
-                spend[key] += float(entry.get(key, 0) or 0)
+    spend = asdict(ledger_totals(colony.home / "ledger"))
     events = colony.events()
     return {
         "tasks": counts, "active": active, "agents": agents, "spend": spend,
-        "budget_usd": colony.config.budget_usd,
+        "budget_usd": colony.config.budget_usd, "budget_tokens": colony.config.budget_tokens,
         "landed": sum(1 for e in events if e.get("event") == "done" and e.get("commit")),
         "conflicts": sum(1 for e in events if e.get("event") == "defer"),
         "reaped": sum(1 for e in events if e.get("event") == "reap"),
@@ -57,7 +52,8 @@ def render(s: dict[str, Any]) -> str:
         f"spend: ${sp['cost_usd']:.4f} over {int(sp['calls'])} model calls"
         + (f" (budget ${s['budget_usd']})" if s["budget_usd"] is not None else "")
         + f"; tokens in {int(sp['input_tokens'])}, out {int(sp['output_tokens'])}, "
-          f"cache read {int(sp['cache_read_tokens'])}, cache write {int(sp['cache_write_tokens'])}",
+          f"cache read {int(sp['cache_read_tokens'])}, cache write {int(sp['cache_write_tokens'])}"
+        + (f" (token budget {s['budget_tokens']})" if s.get("budget_tokens") is not None else ""),
     ]
     main = s.get("main")
     if main and main["current"] and not main["ok"]:

@@ -35,7 +35,8 @@ What the launcher adds is supervision:
 - faults: ``.stigmergy/FAULT`` (a configuration fault an agent met: see faults.py) stops restarts
   like STOP; once the agents are gone the launcher prints its message and exits 2. A FAULT from an
   earlier run is removed at launch, and red verdicts of main are dropped so main is checked again.
-- summary: when the agents are gone, one line of what landed, failed and is left, and the spend.
+- summary: when the agents are gone, one line of what landed, failed and is left, and the spend;
+  another when a colony budget (USD or tokens) was reached, which is why work is left.
 
 Output: one line per lifecycle change on stderr and in ``<home>/launcher.log``; each agent's
 stdout and stderr are appended to ``<home>/agents/<id>/agent.log``; events ``launch``,
@@ -62,6 +63,7 @@ from harness import deadline, faults, fsutil, gate, report
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, UsageError
 from harness.launchlog import LauncherLog
+from harness.meter import budget_reached, ledger_totals
 from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder, launcher_lock
 
 DEFAULT_ROLE = "coder"
@@ -100,6 +102,10 @@ class Options:
     backoff_cap: float = 60.0
     healthy_after: float = 60.0
     crash_limit: int = 3  # crashes in a row before the first heartbeat that end an agent's restarts
+    # The colony budgets, over config.yaml's: for the summary only; the agents hold to them by
+    # themselves (through agent_args or config.yaml).
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
 
 
 def parse_roles(text: str | None) -> dict[str, int]:
@@ -388,6 +394,12 @@ class Swarm:
     def _summary(self) -> None:
         try:
             self._say(report.summary_line(report.build(self.colony)))
+            o, cfg = self.opts, self.colony.config
+            reached = budget_reached(ledger_totals(self.colony.home / "ledger"),
+                                     o.budget_usd if o.budget_usd is not None else cfg.budget_usd,
+                                     o.budget_tokens if o.budget_tokens is not None else cfg.budget_tokens)
+            if reached:  # why work is left: the colony did not fail, it was told where to stop
+                self._say(f"{reached}: agents claimed nothing more")
         except (OSError, ValueError) as e:  # the account is a courtesy: it must not change the exit
             self._say(f"no summary: {e}")
 

@@ -102,14 +102,21 @@ TOOL_SPECS: list[ToolSpec] = [
         input_schema={
             "type": "object",
             "properties": {
-                "title": {"type": "string"},
+                "title": {"type": "string", "description": "One line, at most 200 characters."},
                 "body": {"type": "string", "description": "What to do and how to tell it is done."},
                 "priority": {"type": "integer", "minimum": 0, "maximum": 100},
-                "role": {"type": "string", "description": "Which role should do it (optional)."},
+                "role": {"type": "string", "description": "The name of the role that should do it, e.g. coder, "
+                         "tester, documenter (optional)."},
+                "kind": {"type": "string", "description": "task (the default), review or idea."},
+                "inputs": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Repository paths it reads (relative, e.g. src/app.py or tests/*.py).",
+                },
                 "outputs": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "Files or directories it will touch.",
+                    "description": "Repository paths it will change (relative, e.g. src/app.py, docs/).",
                 },
             },
             "required": ["title"],

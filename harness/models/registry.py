@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from harness.errors import UsageError
@@ -37,6 +38,44 @@ def check_spec(spec: str) -> None:
                 raise UsageError(f"model spec {spec!r} is incomplete; accepted forms: {SPEC_FORMS}")
             return
     raise UsageError(f"unknown model spec {spec!r}; accepted forms: {SPEC_FORMS}")
+
+
+def spend_countable(spec: str | None, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the colony can count what ``spec`` spends, so a USD budget can trip.
+
+    ``spec`` None is the command backend: an agent CLI calls its model itself and our ledgers never
+    see a token of it. A scripted model is free by design. anthropic/ and openai/ need an entry in
+    meter.PRICES or ``model_options.price``; litellm/ may also be priced by litellm's cost map
+    (imported only here, and only for a litellm spec: it costs seconds). A bad ``price`` is refused.
+    """
+    from harness.meter import known_price, price_for
+
+    if spec is None:
+        return False
+    check_spec(spec)
+    if spec.startswith("scripted:"):
+        return True
+    price = (options or {}).get("price")
+    if price is not None:
+        price_for(spec, price)  # UsageError naming the shape a price must have
+        return True
+    model = spec.split("/", 1)[1]
+    if known_price(model) is not None:
+        return True
+    return spec.startswith("litellm/") and _litellm_prices(model)
+
+
+def _litellm_prices(model: str) -> bool:
+    """litellm's cost map has a non-zero price for ``model`` ("<provider>/<model>"). An entry of
+    zeros (its local ollama models) is counted as unpriced: the budget could not trip on it either,
+    and `price: {input: 0, output: 0}` says so knowingly."""
+    from harness.models.litellm_provider import _import_litellm
+
+    try:
+        info = _import_litellm().get_model_info(model)
+    except Exception:  # noqa: BLE001 - litellm raises its own classes for "not mapped"
+        return False
+    return any(float(info.get(key) or 0) > 0 for key in ("input_cost_per_token", "output_cost_per_token"))
 
 
 def load_model(
