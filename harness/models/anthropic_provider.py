@@ -23,6 +23,9 @@ from harness.models.retry import error_for_status
 from harness.redact import redact
 
 _EPHEMERAL = {"type": "ephemeral"}
+# Sampling options the API still takes but this SDK's messages.create() no longer names as
+# arguments: they travel in the body through extra_body.
+_BODY_ONLY = frozenset({"temperature", "top_p", "top_k"})
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,7 +125,7 @@ class AnthropicModel:
 
     def complete(self, request: Request) -> Reply:
         params: dict[str, Any] = {
-            **{k: v for k, v in self._options.items() if v is not None},
+            **{k: v for k, v in self._options.items() if v is not None and k not in _BODY_ONLY},
             "model": self.model,
             "max_tokens": request.max_tokens,
             "messages": to_anthropic_messages(request.messages),
@@ -131,6 +134,9 @@ class AnthropicModel:
             params["system"] = [{"type": "text", "text": request.system, "cache_control": dict(_EPHEMERAL)}]
         if request.tools:
             params["tools"] = to_anthropic_tools(request.tools)
+        sampling = {k: v for k, v in self._options.items() if v is not None and k in _BODY_ONLY}
+        if sampling:
+            params["extra_body"] = {**sampling, **params.get("extra_body", {})}
         timeout, deadline_bound = call_timeout(self._timeout, request)
         try:
             with Deadline(timeout if deadline_bound else None):

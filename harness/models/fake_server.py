@@ -577,6 +577,7 @@ class FakeServer:
         self.context_tokens = context_tokens
         # Set by stop(): a handler streaming forever ends instead of outliving the server.
         self.stopping = threading.Event()
+        self._open_streams = 0
         self._entries = load_script(script)
         self._api_key = api_key  # when set, any other key gets 401
         self._models = models  # when set, any other model gets 404
@@ -634,6 +635,16 @@ class FakeServer:
         """Every request so far: ``{path, headers, body, ts, authorized}`` (no credentials)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def open_streams(self) -> int:
+        """How many ``stream_forever`` replies are still being sent (0 once their clients hung up)."""
+        with self._lock:
+            return self._open_streams
+
+    def _streaming(self, delta: int) -> None:
+        with self._lock:
+            self._open_streams += delta
 
     def clear(self) -> None:
         with self._lock:
@@ -815,6 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = iter(lambda: f"data: {data}\n\n".encode(), None)
         else:
             pieces = iter(lambda: b": keep-alive\n\n", None)
+        self.fake._streaming(+1)
         try:
             for piece in pieces:
                 self.wfile.write(piece)
@@ -823,6 +835,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         except OSError:
             return  # the client hung up: what ends a call that would never finish
+        finally:
+            self.fake._streaming(-1)
 
     def _reply(self, api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> None:
         if "delay" in reply:

@@ -107,12 +107,14 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
 
 # A refusal that says the prompt is longer than the model's window, in each server's words:
 # OpenAI's code and wording (also vLLM's and llama-cpp-python's, which copy it), Anthropic's,
-# llama.cpp's own ValueError, Ollama's and litellm's exception class name. Matched only on the
-# statuses such refusals come with, so a word in an unrelated error cannot misfile it.
+# llama-cpp-python's raw ValueError, llama-server's, Ollama's and litellm's exception class name.
+# Matched only on the statuses such refusals come with, so a word in an unrelated error cannot
+# misfile it.
 _OVERFLOW = re.compile(
     r"context_length_exceeded|maximum context length|prompt is too long|exceeds? (the )?context window"
     r"|context window of \d+|input length exceeds (the )?(maximum )?context length"
-    r"|prompt too long; exceeded (max )?context length|ContextWindowExceededError",
+    r"|prompt too long; exceeded (max )?context length|exceeds the available context size|exceed_context_size_error"
+    r"|ContextWindowExceededError",
     re.IGNORECASE,
 )
 # A server that validates the request body and answers 500 (llama-cpp-python) or 422 (FastAPI)
