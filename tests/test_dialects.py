@@ -221,7 +221,7 @@ def test_a_prompt_over_the_context_window_is_a_context_overflow(kind: str, diale
         assert len(srv.requests) == 1  # not retried as it is
         assert model.complete(request("list the files")).tool_calls  # shrunk, it passes
     message = str(info.value)
-    assert "400" in message and "context window" in message and "old tool output" in message
+    assert "400" in message and "context window of 300 tokens" in message and "old tool output" in message
 
 
 @pytest.mark.parametrize(

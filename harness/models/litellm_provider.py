@@ -15,13 +15,13 @@ import httpx
 import httpx2
 import openai
 
-from harness.errors import ModelBadRequest, ModelContextOverflow, ModelError, ModelTimeout, ModelTransient
+from harness.errors import ModelBadRequest, ModelError, ModelTimeout, ModelTransient
 from harness.meter import cost_usd, price_for
 from harness.models.base import Reply, Request
 from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
                                     request_options)
 from harness.models.openai_provider import ToolChoice, reply_from_completion, to_openai_messages, to_openai_tools
-from harness.models.retry import OVERFLOW_FIX, error_for_status
+from harness.models.retry import OVERFLOW_STATUSES, error_for_status
 from harness.redact import redact, secret_env
 
 
@@ -149,9 +149,10 @@ class LiteLLMModel:
         if timed_out and deadline_bound:
             return ModelTimeout(self._say(f"no reply within the {timeout:.1f}s left for this call; "
                                           "the attempt stops by its time limit"))
-        if isinstance(exc, self._litellm.ContextWindowExceededError):
-            # litellm recognised its own providers' wording for an overlong prompt.
-            return ModelContextOverflow(f"{message}; {OVERFLOW_FIX}")
+        if isinstance(exc, self._litellm.ContextWindowExceededError) and status in (*OVERFLOW_STATUSES, None):
+            # litellm recognised its own providers' wording for an overlong prompt; the class name
+            # in the message is one of the wordings error_for_status knows.
+            return error_for_status(status or 400, message)
         if isinstance(
             exc, (openai.APIConnectionError, httpx.HTTPError, httpx2.HTTPError, TimeoutError, ConnectionError)
         ):

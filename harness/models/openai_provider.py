@@ -17,7 +17,7 @@ from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
 from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
                                     request_options)
-from harness.models.retry import error_for_status, mentions_tool_choice
+from harness.models.retry import error_for_status, mentions_tool_choice, tell
 from harness.redact import redact
 
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
@@ -153,9 +153,8 @@ class ToolChoice:
             return False
         self.value = None
         del params["tool_choice"]
-        if request.on_event is not None:
-            request.on_event({"kind": "dialect", "model": name, "option": "tool_choice", "action": "dropped",
-                              "reason": str(error)[:500]})
+        tell(request, {"kind": "dialect", "model": name, "option": "tool_choice", "action": "dropped",
+                       "reason": str(error)[:500]})
         return True
 
 

@@ -125,9 +125,12 @@ _VALIDATION = re.compile(
     r"|[\"']type[\"']\s*:\s*[\"']invalid_request_error[\"']",
 )
 OVERFLOW_STATUSES = frozenset({400, 413, 422, 500})
-OVERFLOW_FIX = ("the conversation is longer than the model's context window; the tool loop drops old tool "
-                "output and retries; if it keeps happening, give the server a larger context (e.g. llama.cpp "
-                "--n_ctx, vLLM --max-model-len, Ollama num_ctx) or lower max_tokens")
+# The window's size where the server says it, so the message can name the limit that was hit.
+_LIMIT = re.compile(r"maximum context length is (\d+)|> (\d+) maximum|context window of (\d+)"
+                    r"|available context size \((\d+)")
+_OVERFLOW_FIX = ("the conversation is longer than the model's context window{window}; the tool loop drops old "
+                 "tool output and retries; if it keeps happening, give the server a larger context (e.g. "
+                 "llama.cpp --n_ctx, vLLM --max-model-len, Ollama num_ctx) or lower max_tokens")
 BAD_REQUEST_FIX = ("the endpoint refused this request as malformed: this request's fault, not an outage, so it "
                    "is not retried; the attempt ends with a note on the task")
 
@@ -142,7 +145,9 @@ def error_for_status(
     """
     text = detail if body is None else f"{detail} {body if isinstance(body, str) else json.dumps(body, default=str)}"
     if status in OVERFLOW_STATUSES and _OVERFLOW.search(text):
-        return ModelContextOverflow(f"{detail}; {OVERFLOW_FIX}")
+        limit = _LIMIT.search(text)
+        window = f" of {next(g for g in limit.groups() if g)} tokens" if limit else ""
+        return ModelContextOverflow(f"{detail}; {_OVERFLOW_FIX.format(window=window)}")
     if status in (422, 500) and _VALIDATION.search(text):
         return ModelBadRequest(f"{detail}; {BAD_REQUEST_FIX}")
     if status == 429:
@@ -162,6 +167,15 @@ def mentions_tool_choice(error: ModelError) -> bool:
     """A 400 refusing ``tool_choice`` itself (vLLM without --enable-auto-tool-choice says
     '"auto" tool choice requires --enable-auto-tool-choice ...')."""
     return type(error) is ModelBadRequest and re.search(r"tool[_ ]choice", str(error), re.IGNORECASE) is not None
+
+
+def tell(request: Request, event: dict[str, object]) -> None:
+    """Report to ``request.on_event``; a broken listener must not turn a good call into a failure."""
+    if request.on_event is not None:
+        try:
+            request.on_event(event)
+        except Exception:  # noqa: BLE001 - the listener is the caller's code, not the call's
+            pass
 
 
 class CoolDown:
@@ -306,9 +320,9 @@ class RetryingModel:
                     left = deadline - self._clock()
                     if wait >= left:
                         # Waiting would leave no time to try again: say so now instead of sleeping.
-                        raise self._timed_out(request, f"{exc}; no time left to retry "
-                                                       f"(would wait {wait:.2f}s, {max(0.0, left):.2f}s left)") from None
-                _tell(request, {"kind": "retry", "error": type(exc).__name__, "status": exc.status,
+                        why = f"{exc}; no time left to retry (would wait {wait:.2f}s, {max(0.0, left):.2f}s left)"
+                        raise self._timed_out(request, why) from None
+                tell(request, {"kind": "retry", "error": type(exc).__name__, "status": exc.status,
                                 "wait": round(wait, 3), "attempt": attempt, "attempts": attempts,
                                 "message": str(exc)[:500]})
                 self._sleep(wait)
@@ -351,13 +365,13 @@ class RetryingModel:
                 raise self._timed_out(request, str(exc)) from None
             raise
         except ModelTimeout as exc:
-            _tell(request, {"kind": "timeout", "timeout": request.timeout, "message": str(exc)[:500]})
+            tell(request, {"kind": "timeout", "timeout": request.timeout, "message": str(exc)[:500]})
             raise
 
     def _timed_out(self, request: Request, why: str) -> ModelTimeout:
         message = (f"{self.name}: the call did not finish within the {request.timeout or 0:.1f}s left for it ({why}); "
                    "the attempt stops by its time limit")
-        _tell(request, {"kind": "timeout", "timeout": request.timeout, "message": message[:500]})
+        tell(request, {"kind": "timeout", "timeout": request.timeout, "message": message[:500]})
         return ModelTimeout(message)
 
     def _wait(self, exc: ModelTransient, attempt: int) -> float:
@@ -367,11 +381,3 @@ class RetryingModel:
         # The server said when; add a little jitter so the colony does not return in lockstep.
         return min(self.policy.max_wait, exc.retry_after + random.uniform(0, 0.1 * exc.retry_after))
 
-
-def _tell(request: Request, event: dict[str, object]) -> None:
-    """Report to the caller; a broken listener must not turn a good call into a failure."""
-    if request.on_event is not None:
-        try:
-            request.on_event(event)
-        except Exception:  # noqa: BLE001 - the listener is the caller's code, not the call's
-            pass
