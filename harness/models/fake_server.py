@@ -26,16 +26,20 @@ Script: a YAML/JSON list of conversations::
         - {stream_forever: true}                     # a fault: never finishes (see below)
         - {text: "ok"}
 
-Faults (entries with ``status``, ``truncate``, ``stream_forever`` or an explicit ``times``; ``times``
-defaults to 1)
-do not count as a turn: each one is served ``times`` times per (conversation, turn) and then the
-server moves on to the next element, so a client's retry eventually gets the real reply. Fault
-options: ``retry_after`` (seconds, sent as ``retry-after``), ``retry_after_ms``, ``headers``,
-``body`` (the error message), ``delay`` (seconds before the fault). ``stream_forever: true``
-answers 200 and never finishes: with ``stream: true`` in the request it sends an event or chunk
-every ~0.2 s (Anthropic text deltas, OpenAI content chunks, Responses keep-alive comments), without
-it the headers and then a space every ~0.2 s, so a per-read timeout never trips; it stops when the
-client hangs up (or the server stops).
+Faults (entries with ``status``, ``truncate``, ``stream_forever`` or an explicit ``times``;
+``times`` defaults to 1) do not count as a turn: each one is served ``times`` times per
+(conversation, turn) and then the server moves on to the next element, so a client's retry
+eventually gets the real reply. Fault options: ``retry_after`` (seconds, sent as ``retry-after``),
+``retry_after_ms``, ``headers``, ``body`` (the error message), ``delay`` (seconds before the
+fault). ``stream_forever: true`` answers 200 and never finishes: with ``stream: true`` in the
+request it sends an event or chunk every ~0.2 s (Anthropic text deltas, OpenAI content chunks,
+Responses keep-alive comments), without it the headers and then a space every ~0.2 s, so a
+per-read timeout never trips; it stops when the client hangs up (or the server stops), and
+``FakeServer.open_streams`` counts the ones still sending. The server is otherwise stateless: the
+turn comes from the request's own messages. For the Responses API, ``match`` is searched in all
+the user messages before the first output item (Codex sends its instructions and environment as
+user messages first), and the turn is the number of runs of output items (one per earlier
+response).
 
 Server-wide options (``FakeServer(...)`` keywords; ``--dialect``, ``--context-tokens`` of ``main``):
 
@@ -55,10 +59,7 @@ Server-wide options (``FakeServer(...)`` keywords; ``--dialect``, ``--context-to
 ``dialect="vllm"``
     vLLM without ``--enable-auto-tool-choice``: ``tool_choice: "auto"`` gets 400 ``"auto" tool choice
     requires --enable-auto-tool-choice and --tool-call-parser to be set`` in vLLM's error shape
-    (``{"object": "error", "message": ..., "type": "BadRequestError", "code": 400}``). The server is otherwise stateless: the turn comes from the
-request's own messages. For the Responses API, ``match`` is searched in all the user messages
-before the first output item (Codex sends its instructions and environment as user messages
-first), and the turn is the number of runs of output items (one per earlier response).
+    (``{"object": "error", "message": ..., "type": "BadRequestError", "code": 400}``).
 
 Every request is recorded (path, headers without credentials, JSON body, time) for tests to
 assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
@@ -902,8 +903,9 @@ def serve(port: int, script_path: str | Path, *, api_key: str | None = None, dia
     """Run the fake server in the foreground until interrupted (``python -m harness fake-server``)."""
     server = FakeServer(script_path, api_key=api_key, port=port, dialect=dialect, context_tokens=context_tokens)
     url = server.start()
-    print(f"fake LLM server on {url}  (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
     try:
+        # Inside the try: a Ctrl-C (or a test's SIGINT) may land while the line is still printing.
+        print(f"fake LLM server on {url}  (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
