@@ -5,6 +5,7 @@ makes that time hold even against a server that keeps sending bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,6 +45,13 @@ def call_timeout(own: float, request: Request) -> tuple[float, bool]:
     if request.timeout is None or request.timeout >= own:
         return own, False
     return max(0.001, request.timeout), True
+
+
+def after(request: Request, spent: float) -> Request:
+    """``request`` with ``spent`` seconds taken off its time left (a provider's own second try)."""
+    if request.timeout is None:
+        return request
+    return dataclasses.replace(request, timeout=max(0.0, request.timeout - spent))
 
 
 # --------------------------------------------------------------------------- the whole-call deadline

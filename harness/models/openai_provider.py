@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import openai
@@ -15,7 +16,7 @@ import openai
 from harness.errors import ModelBadRequest, ModelError, ModelTimeout, ModelTransient, UsageError
 from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
-from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
+from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, after, call_timeout, deadline_http_client,
                                     request_options)
 from harness.models.retry import error_for_status, mentions_tool_choice, tell
 from harness.redact import redact
@@ -208,12 +209,13 @@ class OpenAIModel:
         if request.tools:
             params["tools"] = to_openai_tools(request.tools)
         self._tool_choice.apply(params)
+        started = time.monotonic()
         try:
             return self._call(params, request)
         except ModelBadRequest as exc:
             if not self._tool_choice.fall_back(exc, params, request, self.name):
                 raise
-        return self._call(params, request)
+        return self._call(params, after(request, time.monotonic() - started))
 
     def _call(self, params: dict[str, Any], request: Request) -> Reply:
         timeout, deadline_bound = call_timeout(self._timeout, request)
