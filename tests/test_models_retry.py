@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import (ColonyFault, ModelAuthError, ModelBadRequest, ModelError, ModelNotFound,
-                            ModelRateLimited, ModelTransient)
+                            ModelRateLimited, ModelTimeout, ModelTransient)
 from harness.errors import UsageError
 from harness.models.base import Reply, Request
 from harness.models.retry import CoolDown, RetryingModel, RetryPolicy, error_for_status, parse_retry_after
@@ -261,3 +261,52 @@ def test_retry_policy_from_model_options_refuses_unknown_keys() -> None:
     assert RetryPolicy.from_options({"attempts": 2, "base_wait": 0.1}) == RetryPolicy(attempts=2, base_wait=0.1)
     with pytest.raises(UsageError, match="unknown key.*atempts"):
         RetryPolicy.from_options({"atempts": 2})
+
+
+# --------------------------------------------------------------------------- Request.timeout
+
+
+class Slow(Flaky):
+    """A Flaky model that also notes the time each attempt was given."""
+
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__(*errors)
+        self.given: list[float | None] = []
+
+    def complete(self, request: Request) -> Reply:
+        self.given.append(request.timeout)
+        return super().complete(request)
+
+
+def test_the_deadline_caps_attempts_and_stops_before_a_wait_it_cannot_afford(tmp_path: Path) -> None:
+    clock = FakeClock()
+    inner = Slow(*[ModelTransient("busy", status=503, retry_after=3.0) for _ in range(5)])
+    cd = CoolDown(tmp_path / "cd.json", clock=clock.time, sleep=clock.sleep)
+    model = RetryingModel(inner, policy=RetryPolicy(attempts=6, max_wait=60), cooldown=cd,
+                          sleep=clock.sleep, clock=clock.time)
+    events: list[dict[str, object]] = []
+    with pytest.raises(ModelTimeout, match="no time left to retry"):
+        model.complete(Request(system="s", messages=[], tools=[], timeout=5.0, on_event=events.append))
+    assert inner.calls == 2 and len(clock.slept) == 1  # 3 s fit once; a second 3 s wait would not
+    assert inner.given[0] == 5.0 and inner.given[1] is not None and inner.given[1] <= 5.0 - 3.0
+    assert [e["kind"] for e in events] == ["retry", "timeout"]
+    assert events[0]["wait"] == pytest.approx(clock.slept[0], abs=1e-3) and events[0]["attempt"] == 1
+    assert not (tmp_path / "cd.json").exists()  # a deadline is not an outage
+
+
+def test_without_a_timeout_nothing_changes() -> None:
+    clock = FakeClock()
+    inner = Slow(ModelTransient("a", status=500))
+    model = RetryingModel(inner, policy=RetryPolicy(base_wait=0.01), sleep=clock.sleep, clock=clock.time)
+    assert model.complete(REQ).text == "ok"
+    assert inner.given == [None, None]
+
+
+def test_a_listener_that_raises_does_not_break_the_call() -> None:
+    def broken(event: dict[str, object]) -> None:
+        raise RuntimeError("listener bug")
+
+    clock = FakeClock()
+    inner = Flaky(ModelTransient("a", status=500))
+    model = RetryingModel(inner, policy=RetryPolicy(base_wait=0.01), sleep=clock.sleep, clock=clock.time)
+    assert model.complete(Request(system="s", messages=[], tools=[], on_event=broken)).text == "ok"

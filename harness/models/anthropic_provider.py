@@ -14,13 +14,18 @@ from typing import Any
 import anthropic
 import httpx2
 
-from harness.errors import ModelError, ModelTransient, UsageError
+from harness.errors import ModelError, ModelTimeout, ModelTransient, UsageError
 from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
+from harness.models.dialect import (ANTHROPIC_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
+                                    request_options)
 from harness.models.retry import error_for_status
 from harness.redact import redact
 
 _EPHEMERAL = {"type": "ephemeral"}
+# Sampling options the API still takes but this SDK's messages.create() no longer names as
+# arguments: they travel in the body through extra_body.
+_BODY_ONLY = frozenset({"temperature", "top_p", "top_k"})
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,6 +91,8 @@ def _usage(u: Any) -> Usage:
 class AnthropicModel:
     """One Messages API call per ``complete``; wrap in ``RetryingModel`` for retries."""
 
+    SETTINGS = ("api_key", "api_base", "stream", "timeout", "price")
+
     def __init__(
         self,
         model: str,
@@ -95,7 +102,11 @@ class AnthropicModel:
         stream: bool = False,
         timeout: float = 600.0,
         price: dict[str, float] | None = None,
+        **options: Any,
     ) -> None:
+        # Sent with every request (temperature, tool_choice, extra_body, ...); typos refused by name.
+        # No tool_choice by default: the Messages API uses the tools it is given.
+        self._options = request_options(f"anthropic/{model}", options, ANTHROPIC_REQUEST_OPTIONS, self.SETTINGS)
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise UsageError(f"anthropic/{model}: no API key; set ANTHROPIC_API_KEY or pass api_key")
@@ -105,13 +116,16 @@ class AnthropicModel:
         self.base_url = api_base or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
         self._secrets = (key,)
         self._price: Price = price_for(model, price)
-        self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout)
+        self._timeout = timeout
+        self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                                           http_client=deadline_http_client(timeout))
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.model!r}, base_url={self.base_url!r}, stream={self.stream})"
 
     def complete(self, request: Request) -> Reply:
         params: dict[str, Any] = {
+            **{k: v for k, v in self._options.items() if v is not None and k not in _BODY_ONLY},
             "model": self.model,
             "max_tokens": request.max_tokens,
             "messages": to_anthropic_messages(request.messages),
@@ -120,15 +134,25 @@ class AnthropicModel:
             params["system"] = [{"type": "text", "text": request.system, "cache_control": dict(_EPHEMERAL)}]
         if request.tools:
             params["tools"] = to_anthropic_tools(request.tools)
+        sampling = {k: v for k, v in self._options.items() if v is not None and k in _BODY_ONLY}
+        if sampling:
+            params["extra_body"] = {**sampling, **params.get("extra_body", {})}
+        timeout, deadline_bound = call_timeout(self._timeout, request)
         try:
-            if self.stream:
-                reply = self._from_stream(self._client.messages.create(stream=True, **params))
-            else:
-                reply = self._from_message(self._client.messages.create(**params))
+            with Deadline(timeout if deadline_bound else None):
+                if self.stream:
+                    reply = self._from_stream(self._client.messages.create(stream=True, timeout=timeout, **params))
+                else:
+                    reply = self._from_message(self._client.messages.create(timeout=timeout, **params))
         except anthropic.APIStatusError as exc:
             detail = exc.api_message or str(exc.body)[:500]
-            raise self._error(exc.status_code, detail, dict(exc.response.headers)) from None
-        except anthropic.APIConnectionError as exc:  # includes APITimeoutError
+            raise self._error(exc.status_code, detail, dict(exc.response.headers), exc.body) from None
+        except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
+            if deadline_bound:
+                raise ModelTimeout(self._say(f"no reply within the {timeout:.1f}s left for this call; "
+                                             "the attempt stops by its time limit")) from None
+            raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
+        except anthropic.APIConnectionError as exc:
             raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
         except httpx2.HTTPError as exc:
             # A stream torn mid-body surfaces as the transport's own error, unwrapped by the SDK.
@@ -142,8 +166,8 @@ class AnthropicModel:
     def _say(self, message: str) -> str:
         return redact(f"{self.name} at {self.base_url}: {message}", self._secrets)
 
-    def _error(self, status: int, detail: str, headers: dict[str, str]) -> ModelError:
-        return error_for_status(status, self._say(f"HTTP {status}: {detail}"), headers)
+    def _error(self, status: int, detail: str, headers: dict[str, str], body: object = None) -> ModelError:
+        return error_for_status(status, self._say(f"HTTP {status}: {detail}"), headers, body=body)
 
     def _from_message(self, msg: Any) -> Reply:
         reply = Reply(usage=_usage(msg.usage), stop_reason=msg.stop_reason or "end_turn")

@@ -21,15 +21,45 @@ Script: a YAML/JSON list of conversations::
         - {delay: 1.5, then: {text: "late"}}         # answer after 1.5 s
         - {truncate: true}                           # a fault: half the next reply, then hang up
         - {text: "ok"}
+    - match: "hang"
+      replies:
+        - {stream_forever: true}                     # a fault: never finishes (see below)
+        - {text: "ok"}
 
-Faults (entries with ``status``, ``truncate``, or an explicit ``times``; ``times`` defaults to 1)
-do not count as a turn: each one is served ``times`` times per (conversation, turn) and then the
-server moves on to the next element, so a client's retry eventually gets the real reply. Fault
-options: ``retry_after`` (seconds, sent as ``retry-after``), ``retry_after_ms``, ``headers``,
-``body`` (the error message). The server is otherwise stateless: the turn comes from the
-request's own messages. For the Responses API, ``match`` is searched in all the user messages
-before the first output item (Codex sends its instructions and environment as user messages
-first), and the turn is the number of runs of output items (one per earlier response).
+Faults (entries with ``status``, ``truncate``, ``stream_forever`` or an explicit ``times``;
+``times`` defaults to 1) do not count as a turn: each one is served ``times`` times per
+(conversation, turn) and then the server moves on to the next element, so a client's retry
+eventually gets the real reply. Fault options: ``retry_after`` (seconds, sent as ``retry-after``),
+``retry_after_ms``, ``headers``, ``body`` (the error message), ``delay`` (seconds before the
+fault). ``stream_forever: true`` answers 200 and never finishes: with ``stream: true`` in the
+request it sends an event or chunk every ~0.2 s (Anthropic text deltas, OpenAI content chunks,
+Responses keep-alive comments), without it the headers and then a space every ~0.2 s, so a
+per-read timeout never trips; it stops when the client hangs up (or the server stops), and
+``FakeServer.open_streams`` counts the ones still sending. The server is otherwise stateless: the
+turn comes from the request's own messages. For the Responses API, ``match`` is searched in all
+the user messages before the first output item (Codex sends its instructions and environment as
+user messages first), and the turn is the number of runs of output items (one per earlier
+response).
+
+Server-wide options (``FakeServer(...)`` keywords; ``--dialect``, ``--context-tokens`` of ``main``):
+
+``context_tokens=N``
+    A context window of N tokens, estimated like the usage counts (~4 characters a token, over
+    messages, system and tools): a request above it gets a 400 in the API's own words: Anthropic
+    ``prompt is too long: X tokens > N maximum`` (``invalid_request_error``), OpenAI ``This model's
+    maximum context length is N tokens. However, your messages resulted in X tokens...`` with code
+    ``context_length_exceeded`` (llama.cpp and vLLM: their own variant of that sentence). A request
+    shrunk below it passes.
+``dialect="llama.cpp"``
+    llama-cpp-python's server, on chat completions: an assistant message with ``"content": null``
+    gets HTTP 500 ``{"error": {"message": "1 validation error for CreateChatCompletionRequest ...
+    Input should be a valid string ...", "type": "internal_server_error", ...}}`` (its error handler
+    answers any exception, request validation included, with 500); and tools are ignored unless
+    the request sends ``tool_choice``: a scripted tool call is then answered in prose.
+``dialect="vllm"``
+    vLLM without ``--enable-auto-tool-choice``: ``tool_choice: "auto"`` gets 400 ``"auto" tool choice
+    requires --enable-auto-tool-choice and --tool-call-parser to be set`` in vLLM's error shape
+    (``{"object": "error", "message": ..., "type": "BadRequestError", "code": 400}``).
 
 Every request is recorded (path, headers without credentials, JSON body, time) for tests to
 assert on. A request without credentials gets 401; so does a wrong key when ``api_key`` is set.
@@ -41,6 +71,7 @@ answers a misspelt model name. A conversation the script has no entry (or no mor
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -59,7 +90,7 @@ import yaml
 from harness.errors import UsageError
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"})
-_FAULT_KEYS = ("status", "truncate", "times")
+_FAULT_KEYS = ("status", "truncate", "stream_forever", "times")
 _REPLY_KEYS = ("text", "tool", "tools", "delay")
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -455,6 +486,68 @@ def _responses_events(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield {"type": "response.completed", "response": response}
 
 
+# --------------------------------------------------------------------------- dialects and context limit
+
+
+def _prompt_tokens(api: str, body: dict[str, Any]) -> int:
+    """The request's size in the same ~4 characters a token as the usage counts."""
+    total = _tokens(body.get("messages", []))
+    for key in ("system", "tools") if api == "anthropic" else ("tools",):
+        if body.get(key):
+            total += _tokens(body[key])
+    return total
+
+
+def _overflow(fake: FakeServer, api: str, body: dict[str, Any], used: int) -> dict[str, Any]:
+    limit = fake.context_tokens
+    if api == "anthropic":
+        return _anthropic_error(400, f"prompt is too long: {used} tokens > {limit} maximum")
+    completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+    asked = (f"This model's maximum context length is {limit} tokens. However, you requested {used + completion} "
+             f"tokens ({used} in the messages, {completion} in the completion). Please reduce the length of the "
+             "messages or completion.")
+    if fake.dialect == "vllm":
+        return {"object": "error", "message": asked, "type": "BadRequestError", "param": None, "code": 400}
+    if fake.dialect == "llama.cpp":  # llama-cpp-python rewrites llama.cpp's ValueError in OpenAI's terms
+        return {"error": {"message": asked, "type": "invalid_request_error", "param": "messages",
+                          "code": "context_length_exceeded"}}
+    return {"error": {"message": f"This model's maximum context length is {limit} tokens. However, your messages "
+                                 f"resulted in {used} tokens. Please reduce the length of the messages.",
+                      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+
+
+def _dialect_refusal(fake: FakeServer, api: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) when the server's dialect or context window refuses this request, else None."""
+    if api == "openai" and fake.dialect == "llama.cpp":
+        for i, m in enumerate(body.get("messages", [])):
+            if isinstance(m, dict) and m.get("role") == "assistant" and "content" in m and m["content"] is None:
+                message = (f"1 validation error for CreateChatCompletionRequest\nmessages.{i}.typed-dict.content\n"
+                           "  Input should be a valid string [type=string_type, input_value=None, "
+                           "input_type=NoneType]\n    For further information visit "
+                           "https://errors.pydantic.dev/2.9/v/string_type")
+                return 500, {"error": {"message": message, "type": "internal_server_error", "param": None,
+                                       "code": None}}
+    if api == "openai" and fake.dialect == "vllm" and body.get("tool_choice") == "auto":
+        return 400, {"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                                                    "--tool-call-parser to be set",
+                     "type": "BadRequestError", "param": None, "code": 400}
+    if fake.context_tokens is not None and api in ("anthropic", "openai"):
+        used = _prompt_tokens(api, body)
+        if used > fake.context_tokens:
+            return 400, _overflow(fake, api, body, used)
+    return None
+
+
+def _in_prose(reply: dict[str, Any]) -> dict[str, Any]:
+    """What a model says when the server never showed it the tools: the call described, not made."""
+    calls = _tool_calls_of(reply)
+    if not calls:
+        return reply
+    said = " ".join(f"I would call {c['name']} with {_arguments(c)}." for c in calls)
+    text = f"{reply['text']} {said}" if reply.get("text") else said
+    return {k: v for k, v in reply.items() if k not in ("tool", "tools", "input", "raw_input")} | {"text": text}
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -468,11 +561,24 @@ class _HTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+DIALECTS = ("llama.cpp", "vllm")
+
+
 class FakeServer:
     """The fake API on 127.0.0.1. ``start()`` returns the base URL (append ``/v1`` for OpenAI)."""
 
     def __init__(self, script: list[Any] | str | Path, *, api_key: str | None = None, port: int = 0,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, dialect: str | None = None,
+                 context_tokens: int | None = None) -> None:
+        if dialect is not None and dialect not in DIALECTS:
+            raise UsageError(f"fake server: unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+        if context_tokens is not None and context_tokens < 1:
+            raise UsageError(f"fake server: context_tokens must be a positive number, got {context_tokens!r}")
+        self.dialect = dialect
+        self.context_tokens = context_tokens
+        # Set by stop(): a handler streaming forever ends instead of outliving the server.
+        self.stopping = threading.Event()
+        self._open_streams = 0
         self._entries = load_script(script)
         self._api_key = api_key  # when set, any other key gets 401
         self._models = models  # when set, any other model gets 404
@@ -490,6 +596,7 @@ class FakeServer:
     # -- lifecycle
 
     def start(self) -> str:
+        self.stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
         self._httpd = _HTTPServer(("127.0.0.1", self._port), handler)
         port = self._httpd.server_address[1]
@@ -502,6 +609,7 @@ class FakeServer:
         return self.base_url
 
     def stop(self) -> None:
+        self.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -528,6 +636,16 @@ class FakeServer:
         """Every request so far: ``{path, headers, body, ts, authorized}`` (no credentials)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def open_streams(self) -> int:
+        """How many ``stream_forever`` replies are still being sent (0 once their clients hung up)."""
+        with self._lock:
+            return self._open_streams
+
+    def _streaming(self, delta: int) -> None:
+        with self._lock:
+            self._open_streams += delta
 
     def clear(self) -> None:
         with self._lock:
@@ -636,6 +754,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.fake._models is not None and body.get("model") not in self.fake._models:
             self._error(api, 404, f"model: {body.get('model')} (fake server: not one of {self.fake._models})")
             return
+        refusal = _dialect_refusal(self.fake, api, body)
+        if refusal is not None:
+            self._json(*refusal)
+            return
         if conversation is not None:
             kind, fault, reply, turn, error = self.fake._resolve_turn(*conversation)
         else:
@@ -664,6 +786,8 @@ class _Handler(BaseHTTPRequestHandler):
             if "retry_after_ms" in fault:
                 extra["retry-after-ms"] = str(fault["retry_after_ms"])
             self._error(api, status, str(fault.get("body", f"fake server: scripted {status}")), extra)
+        elif fault.get("stream_forever"):
+            self._stream_forever(api, body)
         elif fault.get("truncate"):
             rendered = self._render(api, reply or {"text": "truncated"}, body, turn)
             payload = self._stream_bytes(api, rendered, body) if body.get("stream") else json.dumps(rendered).encode()
@@ -679,10 +803,48 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(api, fault.get("then") or reply or {"text": ""}, body, turn)
 
+    def _stream_forever(self, api: str, body: dict[str, Any]) -> None:
+        stream = bool(body.get("stream"))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream" if stream else "application/json")
+        self.end_headers()  # no content-length: the body runs until we close, which is never
+        self.close_connection = True
+        if not stream:
+            pieces: Iterator[bytes] = iter(lambda: b" ", None)  # JSON allows leading whitespace
+        elif api == "anthropic":
+            start = _anthropic_message({"text": ""}, body, 0) | {"content": [], "stop_reason": None}
+            head = [("message_start", {"type": "message_start", "message": start}),
+                    ("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}})]
+            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "."}}
+            pieces = itertools.chain((f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in head),
+                                     iter(lambda: f"event: content_block_delta\ndata: {json.dumps(delta)}\n\n"
+                                          .encode(), None))
+        elif api == "openai":
+            base = _openai_completion({"text": ""}, body, 0)
+            chunk = {k: base[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+            data = json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}]})
+            pieces = iter(lambda: f"data: {data}\n\n".encode(), None)
+        else:
+            pieces = iter(lambda: b": keep-alive\n\n", None)
+        self.fake._streaming(+1)
+        try:
+            for piece in pieces:
+                self.wfile.write(piece)
+                self.wfile.flush()
+                if self.fake.stopping.wait(0.2):
+                    return
+        except OSError:
+            return  # the client hung up: what ends a call that would never finish
+        finally:
+            self.fake._streaming(-1)
+
     def _reply(self, api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> None:
         if "delay" in reply:
             time.sleep(float(reply["delay"]))
             reply = reply.get("then") or {"text": ""}
+        if self.fake.dialect == "llama.cpp" and api == "openai" and body.get("tools") and "tool_choice" not in body:
+            reply = _in_prose(reply)
         rendered = self._render(api, reply, body, turn)
         if not body.get("stream"):
             self._json(200, rendered)
@@ -736,12 +898,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serve(port: int, script_path: str | Path, *, api_key: str | None = None) -> None:
+def serve(port: int, script_path: str | Path, *, api_key: str | None = None, dialect: str | None = None,
+          context_tokens: int | None = None) -> None:
     """Run the fake server in the foreground until interrupted (``python -m harness fake-server``)."""
-    server = FakeServer(script_path, api_key=api_key, port=port)
+    server = FakeServer(script_path, api_key=api_key, port=port, dialect=dialect, context_tokens=context_tokens)
     url = server.start()
-    print(f"fake LLM server on {url}  (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
     try:
+        # Inside the try: a Ctrl-C (or a test's SIGINT) may land while the line is still printing.
+        print(f"fake LLM server on {url}  (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -755,9 +919,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
     parser.add_argument("--script", required=True, help="YAML/JSON script of conversations")
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--dialect", default=None, choices=DIALECTS, help="behave like this local server")
+    parser.add_argument("--context-tokens", type=int, default=None, help="refuse prompts above this many tokens")
     args = parser.parse_args(argv)
     try:
-        serve(args.port, args.script, api_key=args.api_key)
+        serve(args.port, args.script, api_key=args.api_key, dialect=args.dialect, context_tokens=args.context_tokens)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import openai
 
-from harness.errors import ModelTransient, UsageError
+from harness.errors import ModelBadRequest, ModelError, ModelTimeout, ModelTransient, UsageError
 from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
-from harness.models.retry import error_for_status
+from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, after, call_timeout, deadline_http_client,
+                                    request_options)
+from harness.models.retry import error_for_status, mentions_tool_choice, tell
 from harness.redact import redact
 
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
@@ -36,7 +39,9 @@ def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict
         blocks = m.get("content", [])
         texts = [b["text"] for b in blocks if b.get("type") == "text"]
         if m["role"] == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+            # "" rather than None beside tool calls: llama-cpp-python's server refuses a null
+            # content (HTTP 500, a pydantic validation error) and every other server takes "".
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
             calls = [b for b in blocks if b.get("type") == "tool_call"]
             if calls:
                 msg["tool_calls"] = [
@@ -126,8 +131,38 @@ def reply_from_completion(completion: Any) -> Reply:
     return reply
 
 
+class ToolChoice:
+    """Whether to send ``tool_choice`` with tools, shared by the openai and litellm providers.
+
+    Sent as ``"auto"`` by default: llama-cpp-python's function-calling chat format ignores the
+    tools unless it is sent. A user's value is sent as given; ``tool_choice: null`` sends none.
+    When our default is refused (vLLM without --enable-auto-tool-choice answers 400), it is
+    dropped for this model instance and the request tried once more without it.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.defaulted = "tool_choice" not in options
+        self.value: Any = options.pop("tool_choice", "auto")
+
+    def apply(self, params: dict[str, Any]) -> None:
+        if params.get("tools") and self.value is not None:
+            params["tool_choice"] = self.value
+
+    def fall_back(self, error: ModelError, params: dict[str, Any], request: Request, name: str) -> bool:
+        """True when ``error`` is a server refusing our default tool_choice: then it is off from now on."""
+        if not (self.defaulted and "tool_choice" in params and mentions_tool_choice(error)):
+            return False
+        self.value = None
+        del params["tool_choice"]
+        tell(request, {"kind": "dialect", "model": name, "option": "tool_choice", "action": "dropped",
+                       "reason": str(error)[:500]})
+        return True
+
+
 class OpenAIModel:
     """One chat-completions call per ``complete``; wrap in ``RetryingModel`` for retries."""
+
+    SETTINGS = ("api_key", "api_base", "timeout", "price", "max_tokens_param")
 
     def __init__(
         self,
@@ -138,9 +173,13 @@ class OpenAIModel:
         timeout: float = 600.0,
         price: dict[str, float] | None = None,
         max_tokens_param: str = "max_tokens",
+        **options: Any,
     ) -> None:
         self.model = model
         self.name = f"openai/{model}"
+        # Sent with every request (temperature, seed, extra_body, ...); typos refused by name.
+        self._options = request_options(self.name, options, OPENAI_REQUEST_OPTIONS, self.SETTINGS)
+        self._tool_choice = ToolChoice(self._options)
         self.base_url = api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
@@ -151,32 +190,53 @@ class OpenAIModel:
             key = "no-key"
         # OpenAI's newer models want max_completion_tokens; most compatible servers max_tokens.
         self.max_tokens_param = max_tokens_param
+        self._timeout = timeout
         self._secrets = (key,)
         self._price: Price = price_for(model, price)
-        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout)
+        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                                     http_client=deadline_http_client(timeout))
 
     def __repr__(self) -> str:
         return f"OpenAIModel({self.model!r}, base_url={self.base_url!r})"
 
     def complete(self, request: Request) -> Reply:
         params: dict[str, Any] = {
+            **self._options,
             "model": self.model,
             "messages": to_openai_messages(request.system, request.messages),
             self.max_tokens_param: request.max_tokens,
         }
         if request.tools:
             params["tools"] = to_openai_tools(request.tools)
+        self._tool_choice.apply(params)
+        started = time.monotonic()
         try:
-            completion = self._client.chat.completions.create(**params)
+            return self._call(params, request)
+        except ModelBadRequest as exc:
+            if not self._tool_choice.fall_back(exc, params, request, self.name):
+                raise
+        return self._call(params, after(request, time.monotonic() - started))
+
+    def _call(self, params: dict[str, Any], request: Request) -> Reply:
+        timeout, deadline_bound = call_timeout(self._timeout, request)
+        try:
+            with Deadline(timeout if deadline_bound else None):
+                completion = self._client.chat.completions.create(**params, timeout=timeout)
             reply = reply_from_completion(completion)
         except openai.APIStatusError as exc:
             # The SDK hands over either the whole body or just its "error" object.
             body = exc.body
             detail = _get(body, "message") or _get(_get(body, "error"), "message") or str(body)[:500]
             raise error_for_status(
-                exc.status_code, self._say(f"HTTP {exc.status_code}: {detail}"), dict(exc.response.headers)
+                exc.status_code, self._say(f"HTTP {exc.status_code}: {detail}"), dict(exc.response.headers),
+                body=body,
             ) from None
-        except openai.APIConnectionError as exc:  # includes APITimeoutError
+        except openai.APITimeoutError as exc:
+            if deadline_bound:
+                raise ModelTimeout(self._say(f"no reply within the {timeout:.1f}s left for this call; "
+                                             "the attempt stops by its time limit")) from None
+            raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
+        except openai.APIConnectionError as exc:
             raise ModelTransient(self._say(f"connection failed: {type(exc).__name__}: {exc}")) from None
         except ModelTransient as exc:
             raise ModelTransient(self._say(str(exc))) from None

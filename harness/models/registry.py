@@ -91,8 +91,10 @@ def load_model(
 
     Network providers come wrapped in ``RetryingModel`` (``retry`` policy, optional shared
     ``cooldown``; ``model_options: {retry: {attempts: 3, base_wait: 0.5, ...}}`` arrives here as a
-    dict of RetryPolicy fields). ``opts`` go to the provider: ``price={"input":..,"output":..}``,
-    ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai).
+    dict of RetryPolicy fields). ``opts`` go to the provider: its settings (``price={"input":..,
+    "output":..}``, ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai)) and the request
+    options it sends with every call (``harness.models.dialect``: temperature, tool_choice, extra_body,
+    ...; ``tool_choice: null`` sends none). Anything else is refused with the accepted names.
     """
     check_spec(spec)
     if isinstance(retry, dict):

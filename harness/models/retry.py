@@ -2,7 +2,7 @@
 
 Providers make exactly one HTTP attempt and map what went wrong to ``ModelTransient`` (retry),
 ``ModelConfigError`` (do not: the colony stops) or ``ModelBadRequest``/``ModelError`` (do not);
-``RetryingModel`` wraps any provider and retries the transient ones with tenacity. A 429 seen by
+``RetryingModel`` wraps any provider and retries the transient ones, within ``Request.timeout``. A 429 seen by
 one agent extends a shared ``CoolDown`` file that every agent waits out before sending, so the
 whole colony backs off together instead of each agent hammering the endpoint on its own
 schedule. Transient faults that outlast the retries are an outage: the cool-down is extended
@@ -12,22 +12,22 @@ too, doubling with each consecutive outage (capped), until a call succeeds again
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import fcntl
 import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
 from harness import fsutil
-from harness.errors import (ModelAuthError, ModelBadRequest, ModelCoolingDown, ModelError, ModelNotFound,
-                            ModelRateLimited, ModelTransient)
+from harness.errors import (ModelAuthError, ModelBadRequest, ModelContextOverflow, ModelCoolingDown, ModelError,
+                            ModelNotFound, ModelRateLimited, ModelTimeout, ModelTransient)
 from harness.models.base import Model, Reply, Request
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -105,8 +105,51 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def error_for_status(status: int, detail: str, headers: Mapping[str, str] | None = None) -> ModelError:
-    """The harness error for an HTTP failure status. ``detail`` must already be redacted."""
+# A refusal that says the prompt is longer than the model's window, in each server's words:
+# OpenAI's code and wording (also vLLM's and llama-cpp-python's, which copy it), Anthropic's,
+# llama-cpp-python's raw ValueError, llama-server's, Ollama's and litellm's exception class name.
+# Matched only on the statuses such refusals come with, so a word in an unrelated error cannot
+# misfile it.
+_OVERFLOW = re.compile(
+    r"context_length_exceeded|maximum context length|prompt is too long|exceeds? (the )?context window"
+    r"|context window of \d+|input length exceeds (the )?(maximum )?context length"
+    r"|prompt too long; exceeded (max )?context length|exceeds the available context size|exceed_context_size_error"
+    r"|ContextWindowExceededError",
+    re.IGNORECASE,
+)
+# A server that validates the request body and answers 500 (llama-cpp-python) or 422 (FastAPI)
+# when it fails: pydantic's own phrases and the explicit error type, nothing looser, so a real
+# 500 (an outage, retried) is never taken for the request's fault.
+_VALIDATION = re.compile(
+    r"\d+ validation errors? for |Input should be |[Ff]ield required|ValidationError"
+    r"|[\"']type[\"']\s*:\s*[\"']invalid_request_error[\"']",
+)
+OVERFLOW_STATUSES = frozenset({400, 413, 422, 500})
+# The window's size where the server says it, so the message can name the limit that was hit.
+_LIMIT = re.compile(r"maximum context length is (\d+)|> (\d+) maximum|context window of (\d+)"
+                    r"|available context size \((\d+)")
+_OVERFLOW_FIX = ("the conversation is longer than the model's context window{window}; the tool loop drops old "
+                 "tool output and retries; if it keeps happening, give the server a larger context (e.g. "
+                 "llama.cpp --n_ctx, vLLM --max-model-len, Ollama num_ctx) or lower max_tokens")
+BAD_REQUEST_FIX = ("the endpoint refused this request as malformed: this request's fault, not an outage, so it "
+                   "is not retried; the attempt ends with a note on the task")
+
+
+def error_for_status(
+    status: int, detail: str, headers: Mapping[str, str] | None = None, *, body: object = None
+) -> ModelError:
+    """The harness error for an HTTP failure status: the one classification every provider uses.
+
+    ``detail`` (the message, already redacted) is what the error says; ``body`` (the raw error
+    body, not shown) is only searched, with ``detail``, for overflow and validation wording.
+    """
+    text = detail if body is None else f"{detail} {body if isinstance(body, str) else json.dumps(body, default=str)}"
+    if status in OVERFLOW_STATUSES and _OVERFLOW.search(text):
+        limit = _LIMIT.search(text)
+        window = f" of {next(g for g in limit.groups() if g)} tokens" if limit else ""
+        return ModelContextOverflow(f"{detail}; {_OVERFLOW_FIX.format(window=window)}")
+    if status in (422, 500) and _VALIDATION.search(text):
+        return ModelBadRequest(f"{detail}; {BAD_REQUEST_FIX}")
     if status == 429:
         return ModelRateLimited(detail, status=status, retry_after=parse_retry_after(headers))
     if status in RETRY_STATUSES or status >= 500:
@@ -116,8 +159,23 @@ def error_for_status(status: int, detail: str, headers: Mapping[str, str] | None
     if status == 404:
         return ModelNotFound(f"{detail}; {NOT_FOUND_FIX}")
     if status in BAD_REQUEST_STATUSES:
-        return ModelBadRequest(detail)
+        return ModelBadRequest(f"{detail}; {BAD_REQUEST_FIX}")
     return ModelError(detail)
+
+
+def mentions_tool_choice(error: ModelError) -> bool:
+    """A 400 refusing ``tool_choice`` itself (vLLM without --enable-auto-tool-choice says
+    '"auto" tool choice requires --enable-auto-tool-choice ...')."""
+    return type(error) is ModelBadRequest and re.search(r"tool[_ ]choice", str(error), re.IGNORECASE) is not None
+
+
+def tell(request: Request, event: dict[str, object]) -> None:
+    """Report to ``request.on_event``; a broken listener must not turn a good call into a failure."""
+    if request.on_event is not None:
+        try:
+            request.on_event(event)
+        except Exception:  # noqa: BLE001 - the listener is the caller's code, not the call's
+            pass
 
 
 class CoolDown:
@@ -213,7 +271,12 @@ class CoolDown:
 
 
 class RetryingModel:
-    """Any ``Model`` made patient: retries ``ModelTransient`` and honours the colony cool-down."""
+    """Any ``Model`` made patient: retries ``ModelTransient`` and honours the colony cool-down.
+
+    ``Request.timeout`` bounds the whole call, waits included: no attempt or wait starts past
+    it, each wait is cut to the time left, each attempt is given only the time left, and running
+    out raises ``ModelTimeout`` (not an outage: the cool-down is left alone).
+    """
 
     def __init__(
         self,
@@ -222,41 +285,53 @@ class RetryingModel:
         policy: RetryPolicy | None = None,
         cooldown: CoolDown | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
         self.name = inner.name
         self.policy = policy or RetryPolicy()
         self.cooldown = cooldown
         self._sleep = sleep
-        self._backoff = wait_random_exponential(multiplier=self.policy.base_wait, max=self.policy.max_wait)
+        self._clock = clock
         self._outages_seen = False
 
     def __repr__(self) -> str:
         return f"RetryingModel({self.inner!r}, policy={self.policy!r}, cooldown={self.cooldown!r})"
 
     def complete(self, request: Request) -> Reply:
-        retrying = Retrying(
-            stop=stop_after_attempt(max(1, self.policy.attempts)),
-            wait=self._wait,
-            retry=retry_if_exception(lambda e: isinstance(e, ModelTransient) and not isinstance(e, ModelCoolingDown)),
-            sleep=self._sleep,
-            reraise=True,  # callers see our ModelTransient, never tenacity's RetryError
-        )
-        try:
-            reply = retrying(self._attempt, request)
-        except ModelCoolingDown:
-            raise  # someone else's outage: already counted once
-        except ModelTransient:
-            # Every retry spent: an outage, not this task's fault. The whole colony holds off,
-            # longer with each consecutive outage, instead of each agent burning its tasks.
-            if self.cooldown is not None:
-                self.cooldown.outage(self.policy.outage_cooldown, self.policy.max_outage_cooldown)
-            raise
-        if self.cooldown is not None and self._outages_seen:
-            self.cooldown.recovered()
-        return reply
+        deadline = None if request.timeout is None else self._clock() + max(0.0, request.timeout)
+        attempts = max(1, self.policy.attempts)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = self._attempt(request, deadline)
+            except ModelCoolingDown:
+                raise  # someone else's outage: already counted once
+            except ModelTransient as exc:
+                if attempt >= attempts:
+                    # Every retry spent: an outage, not this task's fault. The whole colony holds
+                    # off, longer with each consecutive outage, instead of each agent burning its tasks.
+                    if self.cooldown is not None:
+                        self.cooldown.outage(self.policy.outage_cooldown, self.policy.max_outage_cooldown)
+                    raise
+                wait = self._wait(exc, attempt)
+                if deadline is not None:
+                    left = deadline - self._clock()
+                    if wait >= left:
+                        # Waiting would leave no time to try again: say so now instead of sleeping.
+                        why = f"{exc}; no time left to retry (would wait {wait:.2f}s, {max(0.0, left):.2f}s left)"
+                        raise self._timed_out(request, why) from None
+                tell(request, {"kind": "retry", "error": type(exc).__name__, "status": exc.status,
+                                "wait": round(wait, 3), "attempt": attempt, "attempts": attempts,
+                                "message": str(exc)[:500]})
+                self._sleep(wait)
+                continue
+            if self.cooldown is not None and self._outages_seen:
+                self.cooldown.recovered()
+            return reply
 
-    def _attempt(self, request: Request) -> Reply:
+    def _attempt(self, request: Request, deadline: float | None) -> Reply:
         if self.cooldown is not None:
             self._outages_seen = self.cooldown.outages() > 0  # only then does success write the file
             if self._outages_seen and self.cooldown.remaining() > 0:
@@ -264,9 +339,18 @@ class RetryingModel:
                 # sleeping through a cool-down of minutes where nobody can stop us.
                 raise ModelCoolingDown(f"{self.name}: not sent, the colony is cooling down after an outage "
                                        f"({self.cooldown.remaining():.0f}s left)")
+            hold = self.cooldown.remaining()
+            if deadline is not None and hold >= deadline - self._clock():
+                raise self._timed_out(request, f"the colony cool-down ({hold:.1f}s) outlasts the time left")
             self.cooldown.wait()
+        forwarded = request
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise self._timed_out(request, "no time left to send it")
+            forwarded = dataclasses.replace(request, timeout=left)
         try:
-            return self.inner.complete(request)
+            return self.inner.complete(forwarded)
         except ModelRateLimited as exc:
             # Here rather than in _wait, so even the last attempt's 429 slows the colony down.
             # The full Retry-After goes into the file even when our own wait is capped, so the
@@ -275,12 +359,25 @@ class RetryingModel:
                 hold = exc.retry_after if exc.retry_after is not None else self.policy.default_cooldown
                 self.cooldown.extend(min(hold, self.policy.max_cooldown))
             raise
+        except ModelTransient as exc:
+            # The SDK's own timeout on the last slice of our time is our deadline, not an outage.
+            if deadline is not None and deadline - self._clock() <= 0.05 and exc.status is None:
+                raise self._timed_out(request, str(exc)) from None
+            raise
+        except ModelTimeout as exc:
+            tell(request, {"kind": "timeout", "timeout": request.timeout, "message": str(exc)[:500]})
+            raise
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        backoff = self._backoff(state)
-        retry_after = exc.retry_after if isinstance(exc, ModelTransient) else None
-        if retry_after is None:
-            return backoff
+    def _timed_out(self, request: Request, why: str) -> ModelTimeout:
+        message = (f"{self.name}: the call did not finish within the {request.timeout or 0:.1f}s left for it ({why}); "
+                   "the attempt stops by its time limit")
+        tell(request, {"kind": "timeout", "timeout": request.timeout, "message": message[:500]})
+        return ModelTimeout(message)
+
+    def _wait(self, exc: ModelTransient, attempt: int) -> float:
+        if exc.retry_after is None:
+            # Full jitter: attempt n waits uniformly in [0, base * 2**(n-1)], capped.
+            return random.uniform(0, min(self.policy.max_wait, self.policy.base_wait * 2.0 ** min(attempt - 1, 60)))
         # The server said when; add a little jitter so the colony does not return in lockstep.
-        return min(self.policy.max_wait, retry_after + random.uniform(0, 0.1 * retry_after))
+        return min(self.policy.max_wait, exc.retry_after + random.uniform(0, 0.1 * exc.retry_after))
+
