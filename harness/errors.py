@@ -166,7 +166,14 @@ class ModelBadRequest(ModelError):
 
 class ModelContextOverflow(ModelBadRequest):
     """400 (or 413) saying the prompt exceeds the model's context window: shrinking the
-    conversation may help where resending it as it is never will."""
+    conversation may help where resending it as it is never will. ``window`` and
+    ``prompt_tokens`` where the server says them: a server that counts the reply's max_tokens
+    against the window (llama-cpp-python, vLLM) may refuse a prompt that fits."""
+
+    def __init__(self, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.window = window
+        self.prompt_tokens = prompt_tokens
 
 
 class ModelTimeout(ModelError):

@@ -13,14 +13,17 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 
 # An environment variable whose name matches holds a secret: hidden from the model's commands,
-# redacted from what is written down, looked for by the secrets scan of `report`.
+# redacted from what is written down, looked for by the secrets scan of `report`. A name that
+# ends by saying it holds a place (TIKTOKEN_CACHE_DIR, which litellm sets on import, or
+# SSH_KEY_PATH) holds a path, not the secret itself.
 SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
+PLACE_NAME = re.compile(r"(?i)_(DIR|PATH|FILE|HOME)$")
 
 
 def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
     """Name -> value of the variables in ``environ`` whose name looks secret and whose value is
     long enough to be worth redacting (``MIN_SECRET_LENGTH``)."""
-    return {k: v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    return {k: v for k, v in environ.items() if SECRET_NAME.search(k) and not PLACE_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -224,6 +224,32 @@ def test_a_prompt_over_the_context_window_is_a_context_overflow(kind: str, diale
     assert "400" in message and "context window of 300 tokens" in message and "old tool output" in message
 
 
+@pytest.mark.parametrize(("kind", "dialect"), [("openai", "llama.cpp"), ("openai", "vllm"), ("litellm", "vllm")])
+def test_a_reply_cap_over_the_room_left_is_lowered_once_and_the_call_goes_through(kind: str, dialect: str) -> None:
+    # These servers count max_tokens (4096 unless configured) against a 1000-token window: a short
+    # prompt that fits must not be taken for an overflow.
+    events: list[dict[str, Any]] = []
+    with FakeServer(ONE_CALL, api_key=KEY, context_tokens=1000, dialect=dialect) as srv:
+        model = make_model(kind, srv, tool_choice=None) if dialect == "vllm" else make_model(kind, srv)
+        assert model.complete(request("list the files", on_event=events.append)).tool_calls
+        sent = [b["max_tokens"] for b in bodies(srv)]
+        lowered = [e for e in events if e["kind"] == "max_tokens_lowered"]
+        assert sent[0] == 4096 and len(sent) == 2 and 64 <= sent[1] < 1000, sent
+        assert lowered and lowered[0]["to"] == sent[1] and lowered[0]["window"] == 1000
+        assert sent[1] + lowered[0]["prompt_tokens"] <= 1000
+        # Configured to fit, the first request goes through as it is.
+        capped = make_model(kind, srv, max_tokens=500, **({"tool_choice": None} if dialect == "vllm" else {}))
+        assert capped.complete(request("list the files")).tool_calls
+        assert [b["max_tokens"] for b in bodies(srv)][2:] == [500]
+
+
+def test_a_prompt_that_leaves_no_room_for_a_reply_is_still_an_overflow() -> None:
+    with FakeServer(ONE_CALL, api_key=KEY, context_tokens=600, dialect="llama.cpp") as srv:
+        with pytest.raises(ModelContextOverflow):
+            make_model("openai", srv).complete(request("list the files " + "x" * 2000))
+        assert len(srv.requests) == 1  # nothing to gain from a lower cap: not sent again
+
+
 @pytest.mark.parametrize(
     ("status", "detail"),
     [

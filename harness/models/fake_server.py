@@ -48,8 +48,9 @@ Server-wide options (``FakeServer(...)`` keywords; ``--dialect``, ``--context-to
     messages, system and tools): a request above it gets a 400 in the API's own words: Anthropic
     ``prompt is too long: X tokens > N maximum`` (``invalid_request_error``), OpenAI ``This model's
     maximum context length is N tokens. However, your messages resulted in X tokens...`` with code
-    ``context_length_exceeded`` (llama.cpp and vLLM: their own variant of that sentence). A request
-    shrunk below it passes.
+    ``context_length_exceeded`` (llama.cpp and vLLM: their own variant of that sentence, and like
+    those servers they count the request's max_tokens against the window). A request shrunk below
+    it passes.
 ``dialect="llama.cpp"``
     llama-cpp-python's server, on chat completions: an assistant message with ``"content": null``
     gets HTTP 500 ``{"error": {"message": "1 validation error for CreateChatCompletionRequest ...
@@ -498,11 +499,15 @@ def _prompt_tokens(api: str, body: dict[str, Any]) -> int:
     return total
 
 
+def _completion_cap(body: dict[str, Any]) -> int:
+    return int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+
+
 def _overflow(fake: FakeServer, api: str, body: dict[str, Any], used: int) -> dict[str, Any]:
     limit = fake.context_tokens
     if api == "anthropic":
         return _anthropic_error(400, f"prompt is too long: {used} tokens > {limit} maximum")
-    completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+    completion = _completion_cap(body)
     asked = (f"This model's maximum context length is {limit} tokens. However, you requested {used + completion} "
              f"tokens ({used} in the messages, {completion} in the completion). Please reduce the length of the "
              "messages or completion.")
@@ -533,7 +538,9 @@ def _dialect_refusal(fake: FakeServer, api: str, body: dict[str, Any]) -> tuple[
                      "type": "BadRequestError", "param": None, "code": 400}
     if fake.context_tokens is not None and api in ("anthropic", "openai"):
         used = _prompt_tokens(api, body)
-        if used > fake.context_tokens:
+        # llama-cpp-python and vLLM count the reply's max_tokens against the window too.
+        counted = used + (_completion_cap(body) if fake.dialect in ("llama.cpp", "vllm") else 0)
+        if counted > fake.context_tokens:
             return 400, _overflow(fake, api, body, used)
     return None
 

@@ -85,13 +85,14 @@ def load_model(
     api_key: str | None = None,
     cooldown: CoolDown | None = None,
     retry: RetryPolicy | dict[str, Any] | None = None,
+    max_tokens: int | None = None,
     **opts: Any,
 ) -> Model:
     """Build the model named by ``spec``.
 
     Network providers come wrapped in ``RetryingModel`` (``retry`` policy, optional shared
     ``cooldown``; ``model_options: {retry: {attempts: 3, base_wait: 0.5, ...}}`` arrives here as a
-    dict of RetryPolicy fields). ``opts`` go to the provider: its settings (``price={"input":..,
+    dict of RetryPolicy fields; ``max_tokens`` caps each reply, 4096 unless given). ``opts`` go to the provider: its settings (``price={"input":..,
     "output":..}``, ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai)) and the request
     options it sends with every call (``harness.models.dialect``: temperature, tool_choice, extra_body,
     ...; ``tool_choice: null`` sends none). Anything else is refused with the accepted names.
@@ -115,5 +116,5 @@ def load_model(
         except TypeError as exc:
             raise UsageError(f"model spec {spec!r}: unsupported option ({exc})") from None
         inner = cls(model, api_base=api_base, api_key=api_key, **opts)
-        return RetryingModel(inner, policy=retry, cooldown=cooldown)
+        return RetryingModel(inner, policy=retry, cooldown=cooldown, max_tokens=max_tokens)
     raise AssertionError("check_spec accepted a spec no provider takes")

@@ -128,6 +128,9 @@ OVERFLOW_STATUSES = frozenset({400, 413, 422, 500})
 # The window's size where the server says it, so the message can name the limit that was hit.
 _LIMIT = re.compile(r"maximum context length is (\d+)|> (\d+) maximum|context window of (\d+)"
                     r"|available context size \((\d+)")
+# OpenAI's wording, copied by vLLM and llama-cpp-python: "you requested 5395 tokens (5195 in the
+# messages, 200 in the completion)".
+_PROMPT_TOKENS = re.compile(r"\((\d+) in the messages")
 _OVERFLOW_FIX = ("the conversation is longer than the model's context window{window}; the tool loop drops old "
                  "tool output and retries; if it keeps happening, give the server a larger context (e.g. "
                  "llama.cpp --n_ctx, vLLM --max-model-len, Ollama num_ctx) or lower max_tokens")
@@ -146,8 +149,10 @@ def error_for_status(
     text = detail if body is None else f"{detail} {body if isinstance(body, str) else json.dumps(body, default=str)}"
     if status in OVERFLOW_STATUSES and _OVERFLOW.search(text):
         limit = _LIMIT.search(text)
-        window = f" of {next(g for g in limit.groups() if g)} tokens" if limit else ""
-        return ModelContextOverflow(f"{detail}; {_OVERFLOW_FIX.format(window=window)}")
+        size = int(next(g for g in limit.groups() if g)) if limit else None
+        prompt = _PROMPT_TOKENS.search(text)
+        return ModelContextOverflow(f"{detail}; {_OVERFLOW_FIX.format(window=f' of {size} tokens' if size else '')}",
+                                    window=size, prompt_tokens=int(prompt.group(1)) if prompt else None)
     if status in (422, 500) and _VALIDATION.search(text):
         return ModelBadRequest(f"{detail}; {BAD_REQUEST_FIX}")
     if status == 429:
@@ -270,12 +275,29 @@ class CoolDown:
         return waited
 
 
+# Fewer tokens left for the reply than this is no room: the prompt itself must shrink.
+MIN_REPLY_TOKENS = 64
+
+
+def _room(exc: ModelContextOverflow, max_tokens: int) -> int | None:
+    """The reply cap that fits beside the prompt, where the server's numbers say a smaller cap
+    than ``max_tokens`` is all it takes; None when the prompt itself is too long."""
+    if exc.window is None or exc.prompt_tokens is None:
+        return None
+    room = exc.window - exc.prompt_tokens - 8  # a margin for the server's own template tokens
+    return room if MIN_REPLY_TOKENS <= room < max_tokens else None
+
+
 class RetryingModel:
     """Any ``Model`` made patient: retries ``ModelTransient`` and honours the colony cool-down.
 
     ``Request.timeout`` bounds the whole call, waits included: no attempt or wait starts past
     it, each wait is cut to the time left, each attempt is given only the time left, and running
     out raises ``ModelTimeout`` (not an outage: the cool-down is left alone).
+
+    ``max_tokens`` (``model_options: {max_tokens: N}``) caps every reply. A server that counts the
+    cap against the context window and says how long the prompt was gets the call once more with
+    the cap lowered to the room left, instead of a prompt that fits being taken for an overflow.
     """
 
     def __init__(
@@ -284,10 +306,12 @@ class RetryingModel:
         *,
         policy: RetryPolicy | None = None,
         cooldown: CoolDown | None = None,
+        max_tokens: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self.max_tokens = max_tokens
         self.name = inner.name
         self.policy = policy or RetryPolicy()
         self.cooldown = cooldown
@@ -300,14 +324,25 @@ class RetryingModel:
 
     def complete(self, request: Request) -> Reply:
         deadline = None if request.timeout is None else self._clock() + max(0.0, request.timeout)
+        if self.max_tokens is not None:
+            request = dataclasses.replace(request, max_tokens=self.max_tokens)
         attempts = max(1, self.policy.attempts)
         attempt = 0
+        lowered = False
         while True:
             attempt += 1
             try:
                 reply = self._attempt(request, deadline)
             except ModelCoolingDown:
                 raise  # someone else's outage: already counted once
+            except ModelContextOverflow as exc:
+                room = _room(exc, request.max_tokens)
+                if lowered or room is None:
+                    raise
+                tell(request, {"kind": "max_tokens_lowered", "from": request.max_tokens, "to": room,
+                                "window": exc.window, "prompt_tokens": exc.prompt_tokens})
+                request, lowered, attempt = dataclasses.replace(request, max_tokens=room), True, attempt - 1
+                continue
             except ModelTransient as exc:
                 if attempt >= attempts:
                     # Every retry spent: an outage, not this task's fault. The whole colony holds
