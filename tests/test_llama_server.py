@@ -159,20 +159,24 @@ LONG_CALL = {"tool_choice": "none", "extra_body": {"repeat_penalty": 0.5, "logit
 
 
 def test_the_tool_loop_runs_against_llama_cpp(server: LlamaServer, colony: Colony, tmp_path: Path) -> None:
-    # Short replies, so a model that rambles on this machine still ends each step in seconds.
+    # llama-cpp-python's chatml-function-calling handler generates tool calls with max_tokens=None
+    # whatever the request says, so a call's arguments can run on until --max-seconds: the attempt
+    # is bounded by time, and what is checked is the round trip, not that the model finishes.
     colony = colony_on(server, colony, max_tokens=256)
     colony.add(Task(id="list-files", title="List the files in the repository",
                     body="Use the bash tool to run `ls`, then call finish."))
     before = len(server.statuses())
-    agent = start_agent(colony, tmp_path, "--max-steps", "3", "--max-seconds", "150")
-    assert finished(agent, tmp_path, colony, "list-files", 240) == 0, (tmp_path / "agent.log").read_text()
+    agent = start_agent(colony, tmp_path, "--max-steps", "3", "--max-seconds", "90")
+    assert finished(agent, tmp_path, colony, "list-files", 180) == 0, (tmp_path / "agent.log").read_text()
     events = transcript(colony, "list-files")
     replies = [e for e in events if e["kind"] == "reply"]
     results = [e for e in events if e["kind"] == "tool_result"]
     # The model's calls reached our tools, and their results went back in the next request.
     assert replies and replies[0]["tool_calls"], (tmp_path / "agent.log").read_text()
     assert results and results[0]["id"] == replies[0]["tool_calls"][0]["id"]
-    assert len(replies) >= 2
+    if replies[0]["tool_calls"][0]["name"] != "finish":
+        second = [e for e in events if e["kind"] == "request" and e["step"] == 2]
+        assert second and second[0]["messages"] == 3, events
     # No request was rejected: neither the tools (tool_choice) nor the tool round trip (content).
     statuses = server.statuses()[before:]
     assert statuses and set(statuses) == {200}, server.log.read_text()[-3000:]
