@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, faults, filing, integrate, roles, sandbox, tasks
+from harness import deadline, faults, filing, integrate, notes, roles, sandbox, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
@@ -227,7 +227,7 @@ class Agent:
                 if got is None:
                     if self.opts.until_empty and self.nothing_left():
                         break
-                    self.nap(idle)
+                    self.nap(self.until_due(idle))
                     idle = min(idle * 2, self.opts.max_idle_sleep)
                     continue
                 idle = 0.2
@@ -286,8 +286,10 @@ class Agent:
         system = (self.prompts.render("system_command", agent=self.id, role=self.role,
                                       max_new_tasks=self.cfg.max_new_tasks_per_attempt)
                   if self.command is not None else self.prompts.render("system", agent=self.id, role=self.role))
-        prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=self.colony.notes(
-            task.id), verify=" && ".join(self.verify_commands(task)), context=self.repo_context())
+        shown, hidden = notes.for_prompt(self.colony.notes(task.id), self.cfg.prompt_notes_chars)
+        prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=shown,
+                                     notes_hidden=hidden, verify=" && ".join(self.verify_commands(task)),
+                                     context=self.repo_context())
         outcome, again = self.session(task, run, env, system, prompt)
         self.last_outcome = outcome
         rounds = self.cfg.verify_rounds
@@ -365,7 +367,7 @@ class Agent:
         said = (self.last_outcome.summary if self.last_outcome else "") or "(none)"
         note = f"done without a change: {why}; nothing landed. Last output:\n{said}"
         self.say(note)
-        self.colony.add_note(task.id, self.id, note[:4000], kind="unchanged")
+        self.colony.add_note(task.id, self.id, notes.brief(note), kind="unchanged")
         self.colony.done(task.id, self.id, claim.token, landed=False, change=False)
 
     def _tree(self, commit: str) -> str:
@@ -454,7 +456,12 @@ class Agent:
         return {"log": log.strip(), "files": ", ".join(files[:60])}
 
     def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
-        note = note[:4000]
+        if len(note) > notes.NOTE_CHARS:  # the whole text to the run's folder, a brief to the note
+            log = self.colony.run_dir(claim.task_id, f"{claim.generation:03d}") / "release.log"
+            with open(log, "a") as f:
+                f.write(note + "\n")
+            where = f"\n(whole text: {log.relative_to(self.colony.home)})"
+            note = notes.brief(note, notes.NOTE_CHARS - len(where)) + where
         try:
             if task is not None and task.skip_count + 1 >= self.cfg.max_attempts:
                 # An impossible task must not burn the budget all night: after max_attempts it fails.
@@ -582,6 +589,11 @@ class Agent:
         deadline, size = time.monotonic() + seconds, self._log_size()
         while time.monotonic() < deadline and not self.stopping() and self._log_size() == size:
             time.sleep(min(0.2, seconds))
+
+    def until_due(self, idle: float) -> float:
+        """How long to nap: `idle`, or less when a task's back-off ends sooner (that writes no event)."""
+        due = self.colony.pool(self.role.name).next_due()
+        return idle if due is None else max(0.05, min(idle, due - time.time()))
 
     def _log_size(self) -> int:
         try:

@@ -239,9 +239,12 @@ def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]
         row = t.to_dict() | {"status": st, "effective_priority": round(
             effective_priority(colony.config, Entry.of(t), role, now), 1)}
         if st == "pending":
-            row["ready"] = not waiting
+            retry_in = (t.not_before or 0) - now  # > 0: backing off after a failed attempt
+            row["ready"] = not waiting and retry_in <= 0
             if waiting:
                 row["waiting_on"] = waiting
+            if retry_in > 0:
+                row["retry_in"] = max(1, round(retry_in))
             if t.id in cycle:
                 row["cycle"] = True
         rows.append(row)
@@ -256,7 +259,7 @@ def cmd_task_list(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         flag = "" if r.get("ready", True) else (" [cycle]" if r.get("cycle") else " [waiting: " + ",".join(
-            r["waiting_on"]) + "]")
+            r["waiting_on"]) + "]" if r.get("waiting_on") else f" [retry in {r['retry_in']}s]")
         print(f"{r['effective_priority']:6.1f}  {r['status']:<8} {r['id']:<40} {r['title']}{flag}")
     return 0
 

@@ -430,7 +430,7 @@ class Colony:
             return None
         pending = self.task_dir("pending") / f"{task_id}.yaml"
         task = self.read_task(pending)  # None: gone (done, failed, reaped elsewhere) or quarantined
-        if task is None or not self.deps_done(task):
+        if task is None or not self.ready(task):
             self._release_generation(claim, "not pending" if task is None else "not ready")
             return task
         try:
@@ -442,8 +442,18 @@ class Colony:
                    claimed_at=claim.claimed_at)
         return claim, task
 
-    def deps_done(self, task: Task) -> bool:
+    def ready(self, task: Task) -> bool:
+        """Claimable by what its file says: every dependency done, and not backing off."""
+        if task.not_before is not None and task.not_before > time.time():
+            return False
         return all((self.task_dir("done") / f"{d}.yaml").exists() for d in task.depends_on)
+
+    def backoff(self, task: Task) -> None:
+        """A counted failure: no claim for retry_backoff * 2^(skips-1) seconds (capped), so a
+        repeatable error cannot spend max_attempts in a second and other tasks go first meanwhile."""
+        step, cap = self.config.retry_backoff, self.config.retry_backoff_max
+        wait = min(step * 2 ** max(task.skip_count - 1, 0), cap) if step > 0 else 0
+        task.not_before = round(time.time() + wait, 3) if wait > 0 else None
 
     def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
         """Claim the best ready task for this agent and role, or None when nothing is ready."""
@@ -490,16 +500,20 @@ class Colony:
 
     def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None,
                 skip: bool = True) -> int:
-        """Back to pending with skip_count + 1 (so it grows more urgent); returns the new skip_count.
+        """Back to pending with skip_count + 1 (so it grows more urgent, once its back-off is over);
+        returns the new skip_count.
         skip=False is for an agent that stops (STOP, budget, SIGTERM): the task did not fail it."""
         claim = self._owned(task_id, agent, token)
         if note:
             self.add_note(task_id, agent, note, kind="release")
         def count(task: Task) -> None:
-            task.skip_count += 1 if skip else 0
+            if skip:
+                task.skip_count += 1
+                self.backoff(task)
         task = self._move(claim, "pending", count)
         skips = task.skip_count if task else 0
-        self.event("release", task_id, agent=agent, skip_count=skips, note=note)
+        self.event("release", task_id, agent=agent, skip_count=skips, not_before=task.not_before if task else None,
+                   note=note)
         return skips
 
     def done(self, task_id: str, agent: str, token: str | None = None, **fields: Any) -> None:
@@ -525,7 +539,7 @@ class Colony:
             where = self.locate(task_id)
             raise UnknownTask(f"task {task_id!r} is not failed" + (f" (it is {where[0]})" if where else
                               " (no such task)") + "; `stigmergy task list --status failed` shows the failed ones")
-        task.skip_count = 0
+        task.skip_count, task.not_before = 0, None
         fsutil.atomic_write(path, task.to_yaml())
         try:
             os.rename(path, self.task_dir("pending") / f"{task_id}.yaml")
@@ -572,12 +586,12 @@ class Colony:
             self.settle(task.resolves, by, via)
 
     def idle(self) -> bool:
-        """Nothing to do for anyone: no task active and none ready."""
+        """Nothing to do for anyone: no task active, none ready and none backing off."""
         if any(self.task_dir("active").glob("*.yaml")):
             return False
         pool = self.pool(None)
         pool.refresh(force_scan=True)
-        return not pool.candidates()
+        return not pool.candidates() and pool.next_due() is None
 
     # -- reaping --------------------------------------------------------------------------------------
     def _reap(self, task_id: str, gen: int, reaper: str) -> bool:
@@ -590,7 +604,7 @@ class Colony:
         note = f"claim abandoned by {abandoned} (lease expired or process gone); reaped by {reaper}"
         self.add_note(task_id, reaper, note, kind="reap")
         def requeue(task: Task) -> None:
-            task.skip_count += 1
+            task.skip_count += 1  # no back-off: an owner's death (kill, OOM, reboot) is no sign the task is at fault
             # An owner that died between filing a merge_conflict task for this one and deferring it
             # left the resolution in the pool: wait for it, or the work would land twice.
             index = self._index()

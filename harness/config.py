@@ -43,6 +43,14 @@ verify_timeout: 1800      # seconds
 verify_rounds: 3          # feed a failing verify back to the model this many times, then release
 max_attempts: 5           # a task released this many times is marked failed (with its notes)
 red_main_attempts: 1      # while main itself fails verify, attempts at its fix before the colony waits
+# A task that just failed an attempt is not claimed again for retry_backoff * 2^(skips-1) seconds
+# (30, 60, 120 ... capped at retry_backoff_max): a repeatable error does not spend max_attempts in
+# a second, and other ready tasks go first meanwhile. 0 = retry at once.
+retry_backoff: 30
+retry_backoff_max: 900
+# Characters of earlier attempts' notes one prompt carries, the newest first (each note keeps its
+# cause and the end of its log; the whole text of a long one is in runs/<task>/<attempt>/release.log).
+prompt_notes_chars: 3000
 
 # Tasks one agent may file (create_task, or `stigmergy task add` from an agent CLI): per attempt at
 # a task and per hour; beyond that the filing is refused with a note on the task. 0 = none at all.
@@ -100,6 +108,9 @@ class Config:
     verify_timeout: float = 1800
     verify_rounds: int = 3
     max_attempts: int = 5
+    retry_backoff: float = 30
+    retry_backoff_max: float = 900
+    prompt_notes_chars: int = 3000
     red_main_attempts: int = 1
     max_new_tasks_per_attempt: int = 10
     max_new_tasks_per_hour: int = 30

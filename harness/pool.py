@@ -10,7 +10,8 @@ Ordering: effective priority = priority + min(skip_count*skip_step, skip_cap) + 
 + aging_per_hour * hours waiting. Aging is linear and uncapped, so nothing starves, and because
 it grows at the same rate for every task the order is a static key (the `now` term is common to
 all tasks) and a heap stays valid over time. The overlap penalty depends on which tasks are active,
-so it is applied only among the top few candidates at pick time.
+so it is applied only among the top few candidates at pick time. A task backing off after a failed
+attempt (not_before in the future) waits in a second heap, by when it is due, and rejoins the first.
 """
 
 from __future__ import annotations
@@ -47,25 +48,27 @@ class Entry:
     depends_on: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     resolves: str | None = None
+    not_before: float | None = None
     version: int = 0
 
     @classmethod
     def of(cls, task: Task) -> Entry:
         return cls(task.id, task.priority, task.created_at, task.skip_count, task.role, task.kind,
-                   list(task.depends_on), list(task.outputs), task.resolves)
+                   list(task.depends_on), list(task.outputs), task.resolves, task.not_before)
 
     @classmethod
     def from_meta(cls, task_id: str, meta: dict[str, Any]) -> Entry:
         return cls(task_id, int(meta.get("priority", 50)), float(meta.get("created_at", 0)),
                    int(meta.get("skip_count", 0)), meta.get("role"), meta.get("kind", "task"),
-                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])), meta.get("resolves"))
+                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])), meta.get("resolves"),
+                   meta.get("not_before"))
 
 
 def meta_of(task: Task) -> dict[str, Any]:
     """The scheduling fields an `add` event carries (what Entry.from_meta reads back)."""
     return {"priority": task.priority, "created_at": task.created_at, "skip_count": task.skip_count,
             "role": task.role, "kind": task.kind, "depends_on": task.depends_on, "outputs": task.outputs,
-            "resolves": task.resolves}
+            "resolves": task.resolves, "not_before": task.not_before}
 
 
 def suits(role: str | None, task_role: str | None, kind: str) -> bool:
@@ -101,6 +104,7 @@ class Pool:
         self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
         self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
         self.heap: list[tuple[float, float, str, int]] = []
+        self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
         self.offset = 0
         self.seen_tail = b""
         self.partial = b""
@@ -154,6 +158,7 @@ class Pool:
             e = self.entries.get(tid)
             if e is not None:
                 e.skip_count = int(ev.get("skip_count", e.skip_count))
+                e.not_before = ev.get("not_before", e.not_before)
                 self._set_pending(e)
         elif kind == "done":
             self._mark_done(tid)
@@ -199,20 +204,42 @@ class Pool:
                 self._set_pending(self.entries[tid])
 
     # -- picking ------------------------------------------------------------------------------------
-    def ready(self, e: Entry) -> bool:
+    def ready(self, e: Entry, now: float) -> bool:
+        """Claimable as far as the index knows: its dependencies are done (else it waits on them)
+        and it is not backing off (else it waits in `backing_off` until it is due)."""
         missing = [d for d in e.depends_on if d not in self.done]
         for d in missing:
             self.waiters.setdefault(d, set()).add(e.id)
+        if not missing and e.not_before is not None and e.not_before > now:
+            heapq.heappush(self.backing_off, (e.not_before, e.id, e.version))
+            return False
         return not missing
+
+    def _current(self, tid: str, version: int) -> Entry | None:
+        """The pending entry a heap item names, or None when the item is stale."""
+        e = self.entries.get(tid)
+        return e if e is not None and e.version == version and self.status.get(tid) == "pending" else None
+
+    def next_due(self) -> float | None:
+        """When the earliest task that is backing off may be claimed (epoch), or None: as of the
+        last candidates(), which is what sets a task aside when it is found backing off."""
+        while self.backing_off and self._current(*self.backing_off[0][1:]) is None:
+            heapq.heappop(self.backing_off)
+        return self.backing_off[0][0] if self.backing_off else None
 
     def candidates(self) -> list[str]:
         """Up to TOP_K ready pending ids, best first, with the overlap penalty applied among them."""
+        now = time.time()
+        while self.backing_off and self.backing_off[0][0] <= now:  # due again: back into the heap
+            _, tid, version = heapq.heappop(self.backing_off)
+            if (e := self._current(tid, version)) is not None:
+                heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
         picked: list[Entry] = []
         while self.heap and len(picked) < TOP_K:
             _, _, tid, version = self.heap[0]
-            e = self.entries.get(tid)
-            if e is None or e.version != version or self.status.get(tid) != "pending" or not self.ready(e):
-                heapq.heappop(self.heap)  # stale, claimed, or blocked (re-pushed when its deps are done)
+            e = self._current(tid, version)
+            if e is None or not self.ready(e, now):
+                heapq.heappop(self.heap)  # stale, claimed, blocked or backing off (each re-pushed when it can go)
                 continue
             picked.append(e)
             heapq.heappop(self.heap)

@@ -43,6 +43,7 @@ class Task:
     discovered_from: str | None = None
     resolves: str | None = None  # a merge_conflict task names the task whose work it lands
     skip_count: int = 0
+    not_before: float | None = None  # epoch before which nobody claims it: it just failed (back-off)
     created_at: float = field(default_factory=time.time)
     meta: dict[str, Any] = field(default_factory=dict)  # machine data, e.g. a conflict's refs
 
@@ -58,7 +59,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,), "title": (str,), "kind": (str,), "priority": (int, str), "role": (str, type(None)),
     "depends_on": (list,), "inputs": (list,), "outputs": (list,), "verify": (str, type(None)),
     "body": (str, type(None)), "created_by": (str,), "discovered_from": (str, type(None)),
-    "resolves": (str, type(None)), "skip_count": (int,), "created_at": (int, float), "meta": (dict,),
+    "resolves": (str, type(None)), "skip_count": (int,),
+    "not_before": (int, float, type(None)), "created_at": (int, float), "meta": (dict,),
 }
 
 

@@ -123,7 +123,7 @@ def test_agent_paused_past_its_lease_cannot_land(colony: Colony, tmp_path: Path)
 def test_main_never_gets_a_tree_that_fails_verify(colony: Colony, tmp_path: Path) -> None:
     # verify fails when both a.txt and b.txt exist, or when any file says BAD
     verify = "! grep -rq BAD --exclude-dir=.git . && ! { test -f a.txt && test -f b.txt; }"
-    colony = set_config(colony, verify=verify, verify_rounds=1, max_attempts=2)
+    colony = set_config(colony, verify=verify, verify_rounds=1, max_attempts=2, retry_backoff=0.5)
     model = write_script(tmp_path / "script.yaml", [
         {"match": "^bad$", "actions": [{"write": {"path": "bad.txt", "content": "BAD\n"}}, {"finish": "x"}],
          "on_verify_failure": [{"write": {"path": "bad.txt", "content": "still BAD\n"}}, {"finish": "y"}]},
@@ -211,7 +211,7 @@ def test_sigterm_aborts_a_long_command_and_frees_the_task(colony: Colony, tmp_pa
     assert a.wait(timeout=30) == 0
     assert time.monotonic() - started < 15  # not the 120 s of the command, nor its 300 s timeout
     status, task = colony.get("long")
-    assert (status, task.skip_count) == ("pending", 0) and colony.current_claim("long") is None
+    assert (status, task.skip_count, task.not_before) == ("pending", 0, None) and colony.current_claim("long") is None
     assert landed_ids(colony.repo) == []
 
 
@@ -230,3 +230,39 @@ def test_conflict_markers_never_land_even_without_a_verify_command(colony: Colon
         assert grep.returncode == 1, commit
     transcripts = "".join(p.read_text() for p in (colony.home / "runs").glob("conflict-*/*/transcript.jsonl"))
     assert "merge-conflict markers" in transcripts and "app.py:" in transcripts  # the model was told where
+
+
+def test_a_repeatable_failure_backs_off_and_leaves_short_notes(colony: Colony, tmp_path: Path) -> None:
+    """As seen: an error that repeats spent every attempt in under a second, and its raw text, as
+    each note, went into every later prompt. Now each retry waits longer, another task goes first
+    meanwhile, and the notes (and the prompt's notes section) stay short."""
+    colony = set_config(colony, max_attempts=3, verify_rounds=0, retry_backoff=1, retry_backoff_max=10,
+                        prompt_notes_chars=900)
+    model = write_script(tmp_path / "script.yaml", [
+        {"match": "^broken$", "actions": [{"write": {"path": "b.txt", "content": "b\n"}}, {"finish": "b"}]},
+        {"match": "^other$", "actions": [{"write": {"path": "o.txt", "content": "o\n"}}, {"finish": "o"}]},
+    ])
+    # Its own verify always fails, with a long log: the task's fault, every time.
+    colony.add(Task(id="broken", title="broken", priority=60, verify="seq 1 2000 | sed 's/$/: a long line of log, as test runners print them/'; exit 1"))
+    colony.add(Task(id="other", title="other", priority=50))
+    a = start_agent(colony, "a1", model, tmp_path, "--until-empty")
+    assert a.wait(timeout=60) == 0
+    claims = [(e["task"], e["ts"]) for e in colony.events() if e["event"] == "claim"]
+    # The skip bonus (60 + 5) would put broken ahead of other: the back-off lets other go first.
+    assert [t for t, _ in claims] == ["broken", "other", "broken", "broken"]
+    at = [ts for t, ts in claims if t == "broken"]
+    assert at[1] - at[0] >= 1 and at[2] - at[1] >= 2  # 1 s, then 2 s: it grows with the skip count
+    releases = [e for e in colony.events() if e["event"] == "release" and e["task"] == "broken"]
+    assert [round(e["not_before"] - e["ts"]) for e in releases] == [1, 2]
+    assert colony.get("broken")[0] == "failed" and landed_ids(colony.repo) == ["other"]
+    notes = colony.notes("broken")
+    assert len(notes) == 3 and all(len(n["text"]) <= 800 for n in notes), [len(n["text"]) for n in notes]
+    assert "verify still failed" in notes[0]["text"] and "2000: a long line" in notes[0]["text"]
+    # The whole text is in the attempt's run folder, and the note says where.
+    whole = colony.home / "runs" / "broken" / "001" / "release.log"
+    assert "1970: a long line" in whole.read_text() and "runs/broken/001/release.log" in notes[0]["text"]
+    # The third attempt's prompt carried the newest notes within the budget, and said what it left out.
+    prompt = next(json.loads(line)["text"] for line in (colony.home / "runs/broken/003/transcript.jsonl")
+                  .read_text().splitlines() if json.loads(line)["kind"] == "user")
+    section = prompt.split("Notes from earlier attempts")[1].split("Repository:")[0]
+    assert len(section) < 900 + 200 and "1 earlier note left out" in section, section

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, set_config
+from conftest import cli, set_config, wait_for
 from harness import tasks
 from harness.colony import Colony
 from harness.errors import InvalidId, InvalidTask, NotOwner
@@ -118,6 +119,7 @@ def test_dependencies_gate_readiness_and_cycles_are_reported(colony: Colony) -> 
 
 
 def test_release_keeps_note_for_next_claimant_and_counts_skips(colony: Colony) -> None:
+    colony = set_config(colony, retry_backoff=0)  # claimed again at once (the back-off is tested below)
     colony.add(Task(id="t", title="t"))
     colony.claim("a1")
     assert cli("task", "release", "t", "--agent", "a2", "--repo", str(colony.repo)).returncode == 2
@@ -132,6 +134,45 @@ def test_release_keeps_note_for_next_claimant_and_counts_skips(colony: Colony) -
     assert colony.get("t")[0] == "failed"
     kinds = [e["event"] for e in colony.events()]
     assert kinds == ["add", "claim", "release", "claim", "fail"]
+
+
+def test_a_released_task_backs_off_while_others_go_first_and_retry_clears_it(colony: Colony) -> None:
+    colony = set_config(colony, retry_backoff=1, retry_backoff_max=1.5)
+    colony.add(Task(id="flaky", title="flaky", priority=60))
+    colony.add(Task(id="other", title="other", priority=50))
+    claim, _ = colony.claim("a1") or pytest.fail("nothing to claim")
+    assert claim.task_id == "flaky"
+    colony.release("flaky", "a1", note="it broke", token=claim.token)
+    got = colony.claim("a1")
+    assert got is not None and got[1].id == "other"  # 60 + its skip bonus, but it is backing off
+    # The live index (this colony's pool) learnt the back-off from the event; the file says it too.
+    due = colony.pool(None).next_due()
+    status, task = colony.get("flaky")
+    assert status == "pending" and task.not_before == due and 0.5 < due - time.time() <= 1
+    assert colony.claim("a2") is None and not colony.idle()  # a task still to be retried is work left
+    # A second process, its own index built from the log, agrees; and the listing says when.
+    proc = cli("task", "claim", "--agent", "a3", "--repo", str(colony.repo))
+    assert proc.returncode == 3, proc.stdout
+    listed = cli("task", "list", "--repo", str(colony.repo), check=True).stdout
+    assert re.search(r"flaky +flaky \[retry in 1s\]", listed), listed
+    row = next(r for r in json.loads(cli("task", "list", "--json", "--repo", str(colony.repo), check=True).stdout)
+               if r["id"] == "flaky")
+    assert row["ready"] is False and row["retry_in"] == 1
+    wait_for(lambda: time.time() > due, 5, "the back-off to pass")
+    claim, task = colony.claim("a2") or pytest.fail("flaky is due again")
+    assert task.id == "flaky" and task.skip_count == 1
+    colony.release("flaky", "a2", token=claim.token)  # twice the wait, but capped
+    due = colony.get("flaky")[1].not_before or pytest.fail("not backing off")
+    assert 1.2 < due - time.time() <= 1.5
+    wait_for(lambda: time.time() > due, 5, "the second back-off to pass")
+    claim, _ = colony.claim("a3") or pytest.fail("flaky is due again")
+    colony.fail("flaky", "a3", note="impossible", token=claim.token)
+    # `task retry`, a person's decision, starts afresh: no skips, no back-off.
+    assert cli("task", "retry", "flaky", "--repo", str(colony.repo), check=True).returncode == 0
+    status, task = colony.get("flaky")
+    assert (status, task.skip_count, task.not_before) == ("pending", 0, None)
+    got = colony.claim("a3")
+    assert got is not None and got[1].id == "flaky"
 
 
 def test_claim_exit_codes_and_both_entry_points(colony: Colony) -> None:

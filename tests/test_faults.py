@@ -206,6 +206,7 @@ def test_an_unreachable_endpoint_cools_the_colony_down_without_counting_attempts
 
 
 def test_task_retry_reopens_failed_tasks_with_their_notes(colony: Colony) -> None:
+    colony = set_config(colony, retry_backoff=0)  # each released task is claimed again at once
     for tid in ("a", "b", "c"):
         colony.add(Task(id=tid, title=tid))
         claim, _ = colony.claim("me") or pytest.fail("nothing to claim")
