@@ -10,6 +10,7 @@ Streaming is turned on the way a user does it: `model_options: {stream: true}` i
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import signal
@@ -198,6 +199,12 @@ def test_429_retry_after_holds_every_agent_until_it_has_passed(
     assert [turn(r["body"]) for r in steady] == [0, 1, 2, 3]
     assert steady[0]["ts"] < refused < steady[-1]["ts"]
     assert json.loads((colony.home / "cooldown.json").read_text())["until"] >= deadline
+    # The retry is told where a person looks: the attempt's transcript and the agent's log.
+    said = [json.loads(line) for line in next((colony.home / "runs" / "limited").glob("*/transcript.jsonl"))
+            .read_text().splitlines()]
+    retry = [e for e in said if e["kind"] == "retry"]
+    assert len(retry) == 1 and retry[0]["error"] == "ModelRateLimited" and retry[0]["status"] == 429, said
+    assert re.search(r"limited.*retry.*ModelRateLimited", (tmp_path / "a1.log").read_text())
 
 
 # -- the colony budget -------------------------------------------------------------------------------
