@@ -422,7 +422,7 @@ def cmd_fake_server(args: argparse.Namespace) -> int:
     # Imported here: the server is a test/demo tool, and every other command should not load it.
     from harness.models.fake_server import serve
 
-    serve(args.port, args.script, api_key=args.api_key)
+    serve(args.port, args.script, api_key=args.api_key, dialect=args.dialect, context_tokens=args.context_tokens)
     return 0
 
 
@@ -543,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port; the URL is printed)")
     fake.add_argument("--script", required=True, help="YAML/JSON script of conversations (see models/fake_server.py)")
     fake.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    fake.add_argument("--dialect", help="behave like this local server: llama.cpp or vllm")
+    fake.add_argument("--context-tokens", type=int, help="a context window: longer prompts get the server's 400")
     fake.set_defaults(func=cmd_fake_server)
     return p
 
