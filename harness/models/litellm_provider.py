@@ -8,7 +8,6 @@ so the OpenAI provider's translation is reused both ways.
 from __future__ import annotations
 
 import os
-import time
 from types import ModuleType
 from typing import Any
 
@@ -16,10 +15,10 @@ import httpx
 import httpx2
 import openai
 
-from harness.errors import ModelBadRequest, ModelError, ModelTimeout, ModelTransient
+from harness.errors import ModelError, ModelTimeout, ModelTransient
 from harness.meter import cost_usd, price_for
 from harness.models.base import Reply, Request
-from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, after, call_timeout, deadline_http_client,
+from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
                                     request_options)
 from harness.models.openai_provider import ToolChoice, reply_from_completion, to_openai_messages, to_openai_tools
 from harness.models.retry import OVERFLOW_STATUSES, error_for_status
@@ -104,20 +103,13 @@ class LiteLLMModel:
         }
         if request.tools:
             params["tools"] = to_openai_tools(request.tools)
-        self._tool_choice.apply(params)
         if self.base_url:
             params["api_base"] = self.base_url
         if self._api_key:
             params["api_key"] = self._api_key
         if self._client is not None:
             params["client"] = self._client
-        started = time.monotonic()
-        try:
-            return self._call(params, request)
-        except ModelBadRequest as exc:
-            if not self._tool_choice.fall_back(exc, params, request, self.name):
-                raise
-        return self._call(params, after(request, time.monotonic() - started))
+        return self._tool_choice.send(params, request, self.name, self._call)
 
     def _call(self, params: dict[str, Any], request: Request) -> Reply:
         timeout, deadline_bound = call_timeout(self._timeout, request)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import openai
 
-from harness.errors import ModelBadRequest, ModelError, ModelTimeout, ModelTransient, UsageError
+from harness.errors import ModelBadRequest, ModelTimeout, ModelTransient, UsageError
 from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
 from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, after, call_timeout, deadline_http_client,
@@ -144,19 +145,23 @@ class ToolChoice:
         self.defaulted = "tool_choice" not in options
         self.value: Any = options.pop("tool_choice", "auto")
 
-    def apply(self, params: dict[str, Any]) -> None:
+    def send(self, params: dict[str, Any], request: Request, name: str,
+             call: Callable[[dict[str, Any], Request], Reply]) -> Reply:
+        """``call(params, request)`` with tool_choice set; once more without it (in the time left)
+        when the server refused our default."""
         if params.get("tools") and self.value is not None:
             params["tool_choice"] = self.value
-
-    def fall_back(self, error: ModelError, params: dict[str, Any], request: Request, name: str) -> bool:
-        """True when ``error`` is a server refusing our default tool_choice: then it is off from now on."""
-        if not (self.defaulted and "tool_choice" in params and mentions_tool_choice(error)):
-            return False
-        self.value = None
-        del params["tool_choice"]
-        tell(request, {"kind": "dialect", "model": name, "option": "tool_choice", "action": "dropped",
-                       "reason": str(error)[:500]})
-        return True
+        started = time.monotonic()
+        try:
+            return call(params, request)
+        except ModelBadRequest as exc:
+            if not (self.defaulted and "tool_choice" in params and mentions_tool_choice(exc)):
+                raise
+            self.value = None  # off from now on for this model
+            del params["tool_choice"]
+            tell(request, {"kind": "dialect", "model": name, "option": "tool_choice", "action": "dropped",
+                           "reason": str(exc)[:500]})
+        return call(params, after(request, time.monotonic() - started))
 
 
 class OpenAIModel:
@@ -208,14 +213,7 @@ class OpenAIModel:
         }
         if request.tools:
             params["tools"] = to_openai_tools(request.tools)
-        self._tool_choice.apply(params)
-        started = time.monotonic()
-        try:
-            return self._call(params, request)
-        except ModelBadRequest as exc:
-            if not self._tool_choice.fall_back(exc, params, request, self.name):
-                raise
-        return self._call(params, after(request, time.monotonic() - started))
+        return self._tool_choice.send(params, request, self.name, self._call)
 
     def _call(self, params: dict[str, Any], request: Request) -> Reply:
         timeout, deadline_bound = call_timeout(self._timeout, request)
