@@ -217,9 +217,13 @@ def test_ctrl_c_twice_kills_the_agents_and_the_colony_recovers(colony: Colony, l
     stubborn = {"bash": "trap '' TERM; sleep 10"}
     launcher.start([write_task(t, stubborn) for t in ("t1", "t2")], "--agents", "2")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
-    wait_for(lambda: len(colony.listing("active")) == 2, 30, "both tasks claimed")
+    # Both agents inside the stubborn step: its call is in their transcripts (written just before it runs).
+    def stubborn_started() -> bool:
+        said = "".join(p.read_text() for p in colony.home.glob("runs/t*/*/transcript.jsonl"))
+        return said.count("trap '' TERM") >= 2
+    wait_for(stubborn_started, 30, "both agents in the stubborn step")
     assert launcher.proc is not None
-    time.sleep(0.5)  # inside the stubborn step
+    time.sleep(0.5)
     os.killpg(launcher.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole group
     time.sleep(0.2)
     os.killpg(launcher.proc.pid, signal.SIGINT)
