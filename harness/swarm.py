@@ -15,7 +15,8 @@ What the launcher adds is supervision:
 - restarts: an agent that exits non-zero or is killed by a signal is started again after 1 s,
   2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
   means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
-  exit 2 means it refused its arguments (bad --model, config), which no restart can fix. An agent
+  exit 2 means it refused its arguments (bad --model, config), which no restart can fix (the
+  launcher quotes the agent's own error line from its agent.log). An agent
   that crashes ``crash_limit`` (3) times in a row before it ever heartbeat (an import error, a
   broken install) is not restarted again: the launcher says so with the tail of its agent.log and,
   once no agent is left, exits 1.
