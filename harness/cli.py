@@ -20,7 +20,7 @@ import yaml
 
 from harness import sandbox, tasks
 from harness.colony import Colony
-from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UsageError
+from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task
 
@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.models.registry import check_spec
 
     colony = _colony(args)
+    guard_agents(len(swarm.plan(args.agents, args.roles)), args.force)
     model = args.model or colony.config.model
     if model:
         check_spec(model)  # here, once, rather than in N agent logs
@@ -123,6 +124,30 @@ def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None) -> 
     return usd, tokens
 
 
+AGENTS_PER_CORE = 4  # more than this many agents a core is refused without --force
+
+
+def guard_agents(count: int, force: bool) -> None:
+    """Far more agents than cores is refused (exit 2) unless --force: each agent is a process that
+    runs the model's commands and the tests in its own worktree, so they would starve each other."""
+    cores = _cores()
+    if count <= AGENTS_PER_CORE * cores or force:
+        return
+    raise UsageError(f"{count} agents is far more than this machine's {cores} core(s) can run (over "
+                     f"{AGENTS_PER_CORE} a core): each agent is a process that runs commands and tests, and so "
+                     f"many would starve each other and time out. Use at most --agents {AGENTS_PER_CORE * cores}, "
+                     "or pass --force to launch them anyway (e.g. when the model's latency, not the CPU, is "
+                     "what limits them)")
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _warn(text: str) -> None:
     print(f"stigmergy: {text}", file=sys.stderr, flush=True)
 
@@ -166,6 +191,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from harness import demo
 
+    guard_agents(args.agents, args.force)
     return demo.run(Path(args.dir), agents=args.agents, timeout=args.timeout)
 
 
@@ -178,6 +204,8 @@ def _read_body(args: argparse.Namespace) -> str:
             return Path(args.body_file).read_text()
         except OSError as e:
             raise UsageError(f"--body-file {args.body_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--body-file {args.body_file}: not UTF-8 text; a task body must be text") from None
     return args.body or ""
 
 
@@ -210,10 +238,24 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     if agent and working_on and args.created_by == "human":
         colony.check_filing(agent, working_on)
         data["created_by"] = agent
-    task = colony.add(tasks.from_dict(data, "task add"))
+    task = tasks.from_dict(data, "task add")
+    check_depends(colony, [task], "task add")
+    colony.add(task)
     _warn_cycles(colony)
     print(task.id)
     return 0
+
+
+def check_depends(colony: Colony, new: list[Task], source: str) -> None:
+    """Every dependency names a task that exists in any status, or one filed along with it: a typo
+    would leave the task waiting forever on a task nobody will ever file."""
+    filed = {t.id for t in new}
+    for task in new:
+        unknown = [d for d in task.depends_on if d not in filed and colony.locate(d) is None]
+        if unknown:
+            raise UnknownTask(f"{source}: task {task.id!r} depends on {', '.join(map(repr, unknown))}, but no task "
+                              "has that id: check the spelling (`stigmergy task list --status all` shows every "
+                              "id), or file that task first")
 
 
 def _worktree(cwd: Path) -> Path:
@@ -278,12 +320,25 @@ def cmd_task_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_import(text: str, source: str) -> list[Task]:
-    """A YAML list of tasks, or a markdown checklist (`- [ ] title`; checked boxes are skipped)."""
-    boxes = re.findall(r"^\s*[-*]\s+\[( |x|X)\]\s+(.+?)\s*$", text, flags=re.M)
+# One line each: `[ \t]`, not `\s`, which would let an empty box take the next line as its title.
+_BOX = re.compile(r"[ \t]*[-*][ \t]+\[( |x|X)\](?:[ \t]+(.*?))?[ \t]*\Z")
+
+
+def parse_import(text: str, source: str, warn: Callable[[str], None] = _warn) -> list[Task]:
+    """A YAML list of tasks, or a markdown checklist (`- [ ] title`; checked boxes are skipped, and
+    so is an empty box, with a warning naming its line)."""
+    boxes = [(n, m) for n, line in enumerate(text.splitlines(), 1) if (m := _BOX.match(line))]
     if boxes:
-        return [tasks.from_dict({"id": tasks.new_id(title), "title": title}, f"{source}: {title!r}")
-                for mark, title in boxes if mark == " "]
+        out = []
+        for n, m in boxes:
+            mark, title = m.groups()
+            if mark != " ":
+                continue
+            if not title:
+                warn(f"warning: {source} line {n}: an empty checklist item has no title: skipped")
+                continue
+            out.append(tasks.from_dict({"id": tasks.new_id(title), "title": title}, f"{source} line {n}: {title!r}"))
+        return out
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -309,6 +364,7 @@ def cmd_task_import(args: argparse.Namespace) -> int:
     dupes = {i for i in ids if ids.count(i) > 1} | {i for i in ids if colony.locate(i)}
     if dupes:
         raise InvalidTask(f"{args.file}: task id(s) already exist or repeat: {', '.join(sorted(dupes))}")
+    check_depends(colony, new, args.file)
     colony.add_many(new)
     _warn_cycles(colony)
     print(f"imported {len(new)} task(s)")
@@ -432,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--repo", help="target git repository (default: current directory)")
 
     p = argparse.ArgumentParser(prog="stigmergy", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", parents=[common], help="create .stigmergy/ in a git repository")
@@ -447,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--workspaces", metavar="DIR", help="root of agents' worktrees (default ./workspaces)")
     launch.add_argument("--verify", metavar="CMD", help="repo-wide verify command (overrides config.yaml)")
     launch.add_argument("--branch", metavar="NAME", help="the branch work lands on (overrides config.yaml)")
+    launch.add_argument("--force", action="store_true", help=f"launch more than {AGENTS_PER_CORE} agents a core")
     _add_agent_flags(launch)
     launch.set_defaults(func=cmd_run)
 
@@ -458,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--agents", type=int, default=4)
     demo.add_argument("--dir", default="stigmergy-demo", help="where to create the target (must not exist)")
     demo.add_argument("--timeout", type=float, default=600, help="seconds before the demo stops its colony")
+    demo.add_argument("--force", action="store_true", help=f"run more than {AGENTS_PER_CORE} agents a core")
     demo.set_defaults(func=cmd_demo)
 
     st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
@@ -549,14 +608,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def version() -> str:
+    """The installed package's version; a checkout run without installing has harness.__version__."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("stigmergy-harness")
+    except metadata.PackageNotFoundError:
+        from harness import __version__
+        return __version__
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked: reading package metadata costs every other command."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone: poll says POLLERR for it."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")  # `python -m harness --agents 16 ...` is the launcher
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is met inside this try
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a pipe of ours to some other process: a real error
+        # The reader stopped reading (`| head`): it has what it wanted. The documented way (the
+        # Python docs' "Note on SIGPIPE"): stdout to devnull, so the final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except HarnessError as e:
         print(f"stigmergy: {e}", file=sys.stderr)
         return e.exit_code

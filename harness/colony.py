@@ -248,14 +248,16 @@ class Colony:
 
     def add_many(self, new: list[Task]) -> None:
         """File tasks whose ids exist nowhere yet. A batch is synced once, not file by file."""
+        files = []
         for task in new:
             tasks.check_id(task.id)
             if self.locate(task.id):
                 raise InvalidTask(f"task {task.id!r} already exists; choose another --id or leave it out")
+            files.append(tasks.serialise(task))  # every one, before any is written: all or nothing
         staged = []
-        for task in new:
+        for task, raw in zip(new, files):
             tmp = self.task_dir("pending") / f".{task.id}.{secrets.token_hex(4)}.tmp"
-            fsutil.atomic_write(tmp, task.to_yaml(), fsync=len(new) == 1)
+            fsutil.atomic_write(tmp, raw, fsync=len(new) == 1)
             staged.append((task, tmp))
         if len(new) > 1:
             os.sync()

@@ -15,7 +15,8 @@ What the launcher adds is supervision:
 - restarts: an agent that exits non-zero or is killed by a signal is started again after 1 s,
   2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
   means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
-  exit 2 means it refused its arguments (bad --model, config), which no restart can fix. An agent
+  exit 2 means it refused its arguments (bad --model, config), which no restart can fix (the
+  launcher quotes the agent's own error line from its agent.log). An agent
   that crashes ``crash_limit`` (3) times in a row before it ever heartbeat (an import error, a
   broken install) is not restarted again: the launcher says so with the tail of its agent.log and,
   once no agent is left, exits 1.
@@ -65,6 +66,7 @@ from harness.errors import AlreadyRunning, UsageError
 from harness.launchlog import LauncherLog
 from harness.meter import budget_reached, ledger_totals
 from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder, launcher_lock
+from harness.redact import redact, secret_env
 
 DEFAULT_ROLE = "coder"
 DEFAULT_AGENTS = 4
@@ -371,9 +373,14 @@ class Swarm:
             self._say(f"main is red: `{main['command']}` fails on unmodified main ({main['task']} holds the "
                       "output); fix main or the verify command, then launch again")
             return FAULT_EXIT
-        refused = [a.spec.id for a in self.agents if a.exit_code == USAGE_EXIT]
+        refused: dict[str, list[str]] = {}  # the agent's own words -> the agents that said them
+        for a in self.agents:
+            if a.exit_code == USAGE_EXIT:
+                refused.setdefault(self._refusal(a), []).append(a.spec.id)
+        for why, ids in refused.items():
+            self._say(f"agent(s) {', '.join(ids)} refused their arguments (exit 2): {why} (from "
+                      f"{self.colony.home / 'agents' / ids[0] / 'agent.log'})")
         if refused:
-            self._say(f"agent(s) {', '.join(refused)} refused their arguments (exit 2): see their agent.log")
             return USAGE_EXIT
         crashed = [a.spec.id for a in self.agents if a.gave_up]
         if crashed:
@@ -447,6 +454,21 @@ class Swarm:
         self._say(f"{agent.spec.id} died ({how}) after {ran:.1f}s, {agent.gave_up} before it ever "
                   f"heartbeat: not restarting it. The end of {agent.log}:\n{self._log_tail(agent)}")
         return True
+
+    @staticmethod
+    def _refusal(agent: _Agent, lines: int = 3) -> str:
+        """Why an agent refused to start, in its own words: the last `stigmergy: ...` line its
+        latest start wrote to agent.log (where the CLI puts the error), else that start's last lines."""
+        try:
+            text = agent.log.read_text(errors="replace")
+        except OSError as e:
+            return f"its agent.log is unreadable ({e})"
+        every = text.splitlines()
+        starts = [i for i, line in enumerate(every) if line.startswith("--- launcher ")]
+        own = every[starts[-1] + 1:] if starts else every  # this start's lines, not an earlier run's
+        said = [line.removeprefix("stigmergy: ").strip() for line in own if line.startswith("stigmergy: ")]
+        why = said[-1] if said else " | ".join(line.strip() for line in own[-lines:] if line.strip())
+        return redact(why or "its agent.log says nothing", secret_env(os.environ).values())
 
     @staticmethod
     def _log_tail(agent: _Agent, lines: int = 12) -> str:

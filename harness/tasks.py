@@ -133,19 +133,44 @@ def load(path: Path) -> Task:
     st = path.lstat()
     if not path.is_file() or path.is_symlink():
         raise InvalidTask(f"{path.name}: not a regular file (symlinks are refused)")
-    if st.st_size > MAX_TASK_BYTES:
-        raise InvalidTask(f"{path.name}: {st.st_size} bytes is too large for a task (limit {MAX_TASK_BYTES})")
-    raw = path.read_bytes()
+    _check_size(st.st_size, path.name)  # before reading: a huge file is never read into memory
+    return check_bytes(path.read_bytes(), path.name)
+
+
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_TASK_BYTES:
+        raise InvalidTask(f"{name}: {size} bytes is too large for a task (limit {MAX_TASK_BYTES})")
+
+
+def check_bytes(raw: bytes, name: str) -> Task:
+    """The task a file named ``name`` holding ``raw`` is, by the rules every read applies."""
+    _check_size(len(raw), name)
     if b"\0" in raw:
-        raise InvalidTask(f"{path.name}: binary content")
+        raise InvalidTask(f"{name}: binary content")
     try:
         text = raw.decode()
     except UnicodeDecodeError:
-        raise InvalidTask(f"{path.name}: not UTF-8 text") from None
-    task = parse(text, path.name)
-    if f"{task.id}.yaml" != path.name:
-        raise InvalidTask(f"{path.name}: its id {task.id!r} does not match the file name")
+        raise InvalidTask(f"{name}: not UTF-8 text") from None
+    task = parse(text, name)
+    if f"{task.id}.yaml" != name:
+        raise InvalidTask(f"{name}: its id {task.id!r} does not match the file name")
     return task
+
+
+def serialise(task: Task) -> bytes:
+    """The file for ``task``, refused (InvalidTask) unless a read would accept it: a file every read
+    quarantines must never be written, or its id is printed and then the task vanishes."""
+    try:
+        raw = task.to_yaml().encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from an argument that was not UTF-8
+        raise InvalidTask(f"task {task.id!r}: its text is not valid UTF-8") from None
+    try:
+        check_bytes(raw, f"{task.id}.yaml")
+    except InvalidTask as e:
+        fix = (": shorten it; a long text belongs in a file of the repository, named in its inputs"
+               if len(raw) > MAX_TASK_BYTES else "")
+        raise InvalidTask(f"task {task.id!r} would be quarantined when read back ({e}){fix}") from None
+    return raw
 
 
 def slug(title: str, limit: int = 40) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -294,6 +295,8 @@ def test_an_agent_that_refuses_its_arguments_is_not_restarted(colony: Colony, tm
                            "--model", f"scripted:{tmp_path / 'no-such-script.yaml'}", "--until-empty"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert "refused their arguments" in proc.stderr
+    # The agent's own error line, not just a pointer to its log.
+    assert re.search(r"coder-01 refused their arguments \(exit 2\): scripted model: cannot read "
+                     rf"{re.escape(str(tmp_path / 'no-such-script.yaml'))}", proc.stderr), proc.stderr
     assert [e["code"] for e in events(colony, "agent_exit", by="launcher")] == [2]
     assert not events(colony, "agent_restart")
