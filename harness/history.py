@@ -32,7 +32,8 @@ def build(colony: Colony, task_id: str) -> dict[str, Any]:
         kind = e.get("event")
         if kind == "claim":
             gen = int(e.get("generation") or 0)
-            attempts.append({"generation": gen, "agent": e.get("agent"), "claimed_at": e.get("claimed_at") or e.get("ts"),
+            attempts.append({"generation": gen, "agent": e.get("agent"), "ts": e.get("ts"),
+                             "claimed_at": e.get("claimed_at") or e.get("ts"),
                              "outcome": None, "verify": verify_result(colony.home / "runs" / task_id / f"{gen:03d}")})
         elif kind == "reap":
             open_ = _open_attempt(attempts, generation=e.get("generation"))
@@ -111,7 +112,7 @@ def render(h: dict[str, Any]) -> list[str]:
             lines.append(f"  {'':19}    verify {verdict}: {v['log']}")
         o = a["outcome"]
         lines.append(f"  {_when(o['ts']) if o else '':19}    -> {_describe(o)}")
-        items.append((float(a["claimed_at"] or 0), lines))
+        items.append((float(a["ts"] or 0), lines))  # the event's time: ordered among the other events
     out = ["history:"] + [line for _, lines in sorted(items, key=lambda i: i[0]) for line in lines]
     landed = h["landed"]
     if landed and landed.get("via"):
