@@ -435,16 +435,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise UsageError(f"-n/--lines must be 0 or more, got {args.lines}")
     out = sys.stdout.buffer
-    out.write(b"".join(agentlog.last_lines(log, args.lines)))
-    out.flush()
-    if args.follow:
-        def write(chunk: bytes) -> None:
-            out.write(chunk)
-            out.flush()
-        try:
+
+    def write(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+    try:
+        write(b"".join(agentlog.last_lines(log, args.lines)))
+        if args.follow:
             agentlog.follow(log, write)
-        except KeyboardInterrupt:
-            return 0  # Ctrl-C is how a follow ends: quietly
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a follow ends: quietly
+    except BrokenPipeError:  # `logs a1 | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
