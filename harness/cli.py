@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from harness import sandbox, tasks
+from harness import history, sandbox, tasks
 from harness.colony import Colony
 from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
@@ -313,11 +313,21 @@ def cmd_task_show(args: argparse.Namespace) -> int:
     info = task.to_dict() | {"status": status, "notes": colony.notes(task.id)}
     if claim:
         info["claim"] = {"agent": claim.agent, "generation": claim.generation, "claimed_at": claim.claimed_at}
+    info = _redacted(info)
+    past = _redacted(history.build(colony, task.id))  # notes and release notes may hold a leaked key
     if args.json:
-        _print_json(info)
+        _print_json(info | {"history": past})
     else:
         print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
+        print("\n".join(history.render(past)))
     return 0
+
+
+def _redacted(data: Any) -> Any:
+    from harness.redact import redact_data, secret_env
+    from harness.secrets_scan import literals
+
+    return redact_data(data, literals(secret_env(os.environ)))
 
 
 # One line each: `[ \t]`, not `\s`, which would let an empty box take the next line as its title.
@@ -469,6 +479,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from harness import agentlog
+
+    colony = _colony(args)
+    tasks.check_id(args.agent, "agent")
+    log = colony.home / "agents" / args.agent / "agent.log"
+    if not log.parent.is_dir():
+        known = sorted(p.name for p in (colony.home / "agents").iterdir() if p.is_dir())
+        raise UsageError(f"no agent {args.agent!r} in this colony; known: {', '.join(known) or 'none yet'}")
+    if args.lines < 0:
+        raise UsageError(f"-n/--lines must be 0 or more, got {args.lines}")
+    out = sys.stdout.buffer
+
+    def write(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+    try:
+        write(b"".join(agentlog.last_lines(log, args.lines)))
+        if args.follow:
+            agentlog.follow(log, write)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a follow ends: quietly
+    except BrokenPipeError:  # `logs a1 | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from harness import gc
+
+    if args.runs_older_than < 0:
+        raise UsageError(f"--runs-older-than must be 0 or more days, got {args.runs_older_than}")
+    result = gc.collect(_colony(args), dry_run=args.dry_run, runs_older_than_days=args.runs_older_than)
+    print(gc.render(result))
+    return 0
+
+
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
     _colony(args).heartbeat(args.agent, pid=args.pid)
     return 0
@@ -527,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(func=cmd_report)
 
+    logs = sub.add_parser("logs", parents=[common], help="an agent's log: its last lines, or -f to follow it")
+    logs.add_argument("agent", metavar="AGENT")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many of the last lines (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="then print what is appended, until Ctrl-C")
+    logs.set_defaults(func=cmd_logs)
+
+    gcp = sub.add_parser("gc", parents=[common], help="remove what finished work and stopped agents left behind")
+    gcp.add_argument("--dry-run", action="store_true", help="print what would go and change nothing")
+    gcp.add_argument("--runs-older-than", type=float, default=14, metavar="DAYS",
+                     help="remove run folders of finished tasks older than this (default 14)")
+    gcp.set_defaults(func=cmd_gc)
+
     task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
     add = task.add_parser("add", parents=[common], help="file a new pending task")
     add.add_argument("title")
@@ -549,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_task_list)
 
-    show = task.add_parser("show", parents=[common], help="one task with its notes and claim")
+    show = task.add_parser("show", parents=[common], help="one task with its notes, claim and history")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_task_show)

@@ -61,6 +61,10 @@ max_new_tasks_per_hour: 30
 # this many seconds is stopped (it waits on a prompt, or hangs); 0 = only its time limit stops it.
 cli_stall_seconds: 600
 
+# An agent's log (.stigmergy/agents/<id>/agent.log) larger than this is rotated when the launcher
+# (re)starts the agent: agent.log -> agent.log.1 (3 kept). 0 = never rotate.
+log_max_bytes: 10485760
+
 # Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
 # (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
 lease_ttl: 120
@@ -115,6 +119,7 @@ class Config:
     max_new_tasks_per_attempt: int = 10
     max_new_tasks_per_hour: int = 30
     cli_stall_seconds: float = 600
+    log_max_bytes: int = 10 * 1024 * 1024
     lease_ttl: float = 120
     heartbeat_interval: float = 5
     budget_usd: float | None = None

@@ -60,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import deadline, faults, fsutil, gate, report
+from harness import agentlog, deadline, faults, fsutil, gate, report
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, UsageError
 from harness.launchlog import LauncherLog
@@ -204,6 +204,8 @@ class Swarm:
 
     def _start(self, agent: _Agent) -> None:
         agent.log.parent.mkdir(parents=True, exist_ok=True)
+        if agentlog.rotate(agent.log, int(self.colony.config.log_max_bytes)):  # only here: see agentlog.py
+            self._say(f"rotated {agent.log} (over {self.colony.config.log_max_bytes} bytes) to {agent.log.name}.1")
         env = {**os.environ, "STIGMERGY_AGENT": agent.spec.id, "STIGMERGY_ROLE": agent.spec.role,
                "STIGMERGY_REPO": str(self.colony.repo)}
         with open(agent.log, "ab") as log:
