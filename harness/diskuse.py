@@ -2,8 +2,10 @@
 the model's commands leave behind) can fill a disk, and `status` should say so before it does.
 
 The worktrees are found the way git knows them (`git worktree list --porcelain`): those on a
-branch `stigmergy/<agent>`, the branch every agent's worktree is reset onto. That finds them
-wherever `--workspaces` put them, without asking any agent.
+branch `stigmergy/<agent>`, the branch every agent's worktree is reset onto, and those named
+after a known agent (`<workspaces>/<agent>`: after a landing the worktree is left detached on the
+merged commit, on no branch). That finds them wherever `--workspaces` put them, without asking
+any agent.
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from harness.git import Git
 AGENT_BRANCH = "refs/heads/stigmergy/"
 
 
-def agent_worktrees(repo: Path) -> dict[str, Path]:
-    """Agent id -> its worktree, for the worktrees of `repo` on a `stigmergy/<agent>` branch."""
+def agent_worktrees(repo: Path, agents: set[str]) -> dict[str, Path]:
+    """Agent id -> its worktree: the worktrees of `repo` on a `stigmergy/<agent>` branch, or named
+    after one of `agents` (the main checkout never counts)."""
     try:
         out = Git(repo).run("worktree", "list", "--porcelain")
     except (GitError, OSError):
         return {}
     found: dict[str, Path] = {}
-    for block in out.split("\n\n"):
+    for i, block in enumerate(out.split("\n\n")):
         fields = {}
         for line in block.splitlines():
             key, _, value = line.partition(" ")
             fields[key] = value
         branch, path = fields.get("branch", ""), fields.get("worktree")
-        if path and branch.startswith(AGENT_BRANCH) and os.path.isdir(path):
+        if not path or i == 0 or not os.path.isdir(path):  # the first one is the main checkout
+            continue
+        if branch.startswith(AGENT_BRANCH):
             found[branch[len(AGENT_BRANCH):]] = Path(path)
+        elif Path(path).name in agents:
+            found[Path(path).name] = Path(path)
     return found
 
 
@@ -59,9 +66,9 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-def usage(repo: Path) -> dict[str, Any]:
+def usage(repo: Path, agents: set[str]) -> dict[str, Any]:
     """The agents' worktrees: where they are, bytes per agent and in all."""
-    trees = agent_worktrees(repo)
+    trees = agent_worktrees(repo, agents)
     by_agent = {agent: tree_bytes(path) for agent, path in sorted(trees.items())}
     return {"bytes": sum(by_agent.values()), "by_agent": by_agent,
             "roots": sorted({str(path.parent) for path in trees.values()})}

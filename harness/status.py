@@ -101,12 +101,14 @@ def progress(colony: Colony, timeline: Timeline, now: float | None = None) -> di
     }
 
 
-def snapshot(colony: Colony, disk: bool = True) -> dict[str, Any]:
-    """Everything `status` knows (the JSON of `status --json`)."""
+def snapshot(colony: Colony, disk: bool = True, tail: EventTail | None = None) -> dict[str, Any]:
+    """Everything `status` knows (the JSON of `status --json`). `tail` follows the event log
+    across calls (`--watch`); `disk=False` leaves out the one costly figure."""
     now = time.time()
-    timeline = EventTail(colony.events_path).read()
+    timeline = (tail or EventTail(colony.events_path)).read()
     s = progress(colony, timeline, now)
     pool = colony.pool(None)  # the scheduling index: kinds and back-offs without parsing task files
+    pool.refresh()
     conflicts = sorted((tid, pool.status.get(tid), e.resolves) for tid, e in pool.entries.items()
                        if e.kind == "merge_conflict" and pool.status.get(tid) in ("pending", "active"))
     backing = sorted((e.not_before, tid) for tid, e in pool.entries.items()
@@ -118,7 +120,8 @@ def snapshot(colony: Colony, disk: bool = True) -> dict[str, Any]:
         "open_conflicts": [{"task": t, "status": st, "resolves": r} for t, st, r in conflicts],
         "backing_off": [{"task": t, "until": nb, "in_s": round(nb - now, 1)} for nb, t in backing],
         "cooldown": {"until": until, "in_s": round(until - now, 1), "outages": cool.outages()} if until > now else None,
-        "disk": diskuse.usage(colony.repo) if disk else None,
+        "disk": diskuse.usage(colony.repo, {p.name for p in (colony.home / "agents").iterdir() if p.is_dir()})
+        if disk else None,
         "stop_requested": colony.stop_path.exists(),
         "fault": faults.read(colony.home),
         "main": gate.main_now(colony),
@@ -172,31 +175,33 @@ def _wrap(head: str, text: str) -> list[str]:
                          break_on_hyphens=False, break_long_words=True) or [head]
 
 
-def _cost(s: dict[str, Any]) -> str:
+def _cost(s: dict[str, Any], short: bool = False) -> str:
     sp = s["spend"]
     usd = f"${sp['cost_usd']:.2f}"
     if s.get("budget_usd"):
-        usd += f" of ${s['budget_usd']:g} ({100 * sp['cost_usd'] / s['budget_usd']:.0f}%)"
-    tokens = f"{fmt_count(sp['tokens'])} tokens"
+        usd += f"/${s['budget_usd']:g}" if short else \
+            f" of ${s['budget_usd']:g} ({100 * sp['cost_usd'] / s['budget_usd']:.0f}%)"
+    tokens = f"{fmt_count(sp['tokens'])} tok" if short else f"{fmt_count(sp['tokens'])} tokens"
     if s.get("budget_tokens"):
-        tokens += f" of {fmt_count(s['budget_tokens'])} ({100 * sp['tokens'] / s['budget_tokens']:.0f}%)"
-    return f"{usd}; {tokens}"
+        tokens += f"/{fmt_count(s['budget_tokens'])}" if short else \
+            f" of {fmt_count(s['budget_tokens'])} ({100 * sp['tokens'] / s['budget_tokens']:.0f}%)"
+    return f"{usd}, {tokens}" if short else f"{usd}; {tokens}"
 
 
 def progress_line(s: dict[str, Any]) -> str:
-    """One line for the launcher and `status --watch` without a terminal: done/total, agents,
-    cost, ETA."""
+    """One line for the launcher and `status --watch` without a terminal: landed/total, the ETA,
+    agents alive, cost; the most telling first, since a narrow terminal cuts the end off."""
     t = s["tasks"]
     total = sum(t[k] for k in STATUSES)
     alive = sum(1 for a in s["agents"] if a["alive"])
     dead = sum(1 for a in s["agents"] if a["state"] == "dead")
+    left = t["pending"] + t["active"]
     eta = s.get("eta_s")
-    parts = [f"{t['done']}/{total} done ({s['landed_since_start']} landed), {t['active']} active"
-             + (f", {t['failed']} failed" if t["failed"] else ""),
-             f"{alive} agent{'s' * (alive != 1)} alive" + (f", {dead} dead" if dead else ""),
-             _cost(s),
-             "ETA " + (fmt_dur(eta) if eta is not None else "?")]
-    return " | ".join(parts)
+    return " | ".join([
+        f"landed {s['landed_tasks']}/{total}, {t['active']} active" + (f", {t['failed']} failed" if t["failed"] else ""),
+        "nothing left" if not left else "ETA " + (fmt_dur(eta) if eta is not None else "?"),
+        f"{alive} agent{'s' * (alive != 1)} alive" + (f", {dead} dead" if dead else ""),
+        _cost(s, short=True)])
 
 
 def render(s: dict[str, Any]) -> str:
@@ -215,10 +220,12 @@ def render(s: dict[str, Any]) -> str:
         lines.append(clip(f"last     {_clock(last['ts'], now)} {str(last['commit'])[:10]} "
                           f"{last['task']} ({last['agent']})", WIDTH))
     left = t["pending"] + t["active"]
-    if s.get("rate_per_hour"):
+    if not left:
+        lines.append("pace     nothing left to do")
+    elif s.get("rate_per_hour"):
         lines.append(f"pace     {s['rate_per_hour']:.1f} tasks/h ({s['rate_window']}); ETA {fmt_dur(s['eta_s'])} "
                      f"for {left} pending + active")
-    elif left:
+    else:
         lines.append(f"pace     no task finished yet: no ETA for {left} pending + active")
     lines.append(f"cost     {_cost(s)}; {int(sp['calls'])} calls")
     lines.append(clip(f"tokens   in {fmt_count(sp['input_tokens'])}, out {fmt_count(sp['output_tokens'])}, "

@@ -25,6 +25,7 @@ class Timeline:
     landings: list[float] = field(default_factory=list)  # `done` with a commit: work put on main
     finished: list[float] = field(default_factory=list)  # `done` of any kind and `fail`: left the backlog
     last_landing: dict[str, Any] | None = None
+    landed_tasks: int = 0  # tasks whose work is on main: landed, or through their conflict task
     deferred: int = 0  # conflicts turned into tasks
     reaped: int = 0
 
@@ -40,6 +41,7 @@ class Timeline:
             self.launch_ts = ts
         elif kind == "done":
             self.finished.append(ts)
+            self.landed_tasks += bool(ev.get("commit") or ev.get("via"))
             if ev.get("commit"):
                 self.landings.append(ts)
                 self.last_landing = {"ts": ts, "task": ev.get("task"), "commit": ev.get("commit"),
@@ -72,7 +74,7 @@ class Timeline:
             "started_at": start, "elapsed_s": round(now - start, 1) if start is not None else None,
             "landed_last_hour": sum(1 for t in self.landings if t >= now - 3600),
             "landed_since_start": sum(1 for t in self.landings if start is not None and t >= start),
-            "finished_since_start": len(since),
+            "finished_since_start": len(since), "landed_tasks": self.landed_tasks,
             "rate_per_hour": round(rate * 3600, 2) if rate else None, "rate_window": window,
             "eta_s": round(remaining / rate, 1) if rate and remaining else (0.0 if rate else None),
             "last_landing": self.last_landing,
