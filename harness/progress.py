@@ -16,7 +16,7 @@ from harness.colony import Colony
 from harness.launchlog import LauncherLog
 from harness.timeline import EventTail
 
-EVERY = 5.0  # seconds between two computations (and redraws)
+EVERY = 2.0  # seconds between two computations (and redraws)
 QUIET_EVERY = 60.0  # the longest stretch without a plain line
 
 
