@@ -272,7 +272,7 @@ def _agent_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"  {'agent':<16} {'role':<8} {'state':<8} {'task':<26} {'on task':>7} {'beat':>6}")
     for a in shown:
         lines.append(f"  {clip(a['agent'], 16):<16} {clip(a['role'], 8):<8} {a['state']:<8} "
-                     f"{clip(a['task'] if a['alive'] else None, 26):<26} {fmt_dur(a['on_task_s']):>7} "
+                     f"{clip(a['task'], 26):<26} {fmt_dur(a['on_task_s']):>7} "
                      f"{fmt_dur(a['beat_age_s']):>6}")
         if a.get("why"):
             lines.append(clip(f"    {a['why']}", WIDTH))

@@ -28,8 +28,8 @@ class _Snapshots:
         self.disk: dict[str, Any] | None = None
         self.disk_at = float("-inf")
 
-    def take(self) -> dict[str, Any]:
-        measure = time.monotonic() - self.disk_at >= DISK_EVERY
+    def take(self, disk: bool = True) -> dict[str, Any]:
+        measure = disk and time.monotonic() - self.disk_at >= DISK_EVERY
         snap = status.snapshot(self.colony, disk=measure, tail=self.tail)
         if measure:
             self.disk, self.disk_at = snap["disk"], time.monotonic()
@@ -47,7 +47,7 @@ def watch(colony: Colony, interval: float, out: TextIO | None = None) -> int:
             _live(snaps, interval, out)
         else:
             while True:
-                line = status.progress_line(snaps.take())
+                line = status.progress_line(snaps.take(disk=False))  # the line has no disk figure
                 print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=out, flush=True)
                 time.sleep(interval)
     except KeyboardInterrupt:  # the way to end it: quietly
