@@ -454,6 +454,12 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from harness import status
 
+    if args.watch is not None:
+        if args.json:
+            raise UsageError("--watch and --json do not go together: `status --json` is one snapshot "
+                             "(run it in a loop for a series)")
+        from harness import watch
+        return watch.watch(_colony(args), args.watch)
     snap = status.snapshot(_colony(args))
     if args.json:
         _print_json(snap)
@@ -568,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=2.0,
+                    help="redraw every SECONDS (default 2) until Ctrl-C; without a terminal, one line each")
     st.set_defaults(func=cmd_status)
 
     rep = sub.add_parser("report", parents=[common], help="per task: what landed, what failed and why, the cost; then a secrets scan")

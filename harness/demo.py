@@ -20,41 +20,21 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from harness import swarm, tasks
+from harness import summary, swarm, tasks
 from harness.colony import Colony
 from harness.errors import UsageError
 from harness.git import Git, Identity
+from harness.summary import Summary
 
 DATA = "textkit.yaml"
 IDENTITY = Identity("stigmergy demo", "demo@stigmergy.local")
 SCRIPT_NAME = "demo-script.yaml"  # inside .stigmergy/, whose .gitignore keeps it out of git
-_TRAILER = re.compile(r"^(Task-Id|Resolves):\s*(\S+)\s*$", re.M)
-
-
-@dataclass
-class Summary:
-    tasks: list[str]  # every task the colony knows of, the backlog plus what agents filed
-    statuses: dict[str, str]
-    landed: list[str]  # Task-Id trailers on main's first-parent line, oldest first
-    resolved: list[str]  # Resolves trailers: tasks whose work landed through a conflict task
-    conflicts: list[str]  # merge_conflict tasks
-    discovered: list[str]  # tasks filed by agents (conflicts excluded)
-    commits: int
-    dirty: list[str]
-    seconds: float
-    launcher_status: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def load_data() -> dict[str, Any]:
@@ -131,57 +111,24 @@ def prepare(directory: Path) -> tuple[Colony, Path, int]:
     return colony, script, len(new)
 
 
-def summarize(colony: Colony, seconds: float, launcher_status: int) -> Summary:
-    git, branch = Git(colony.repo), colony.config.branch
-    known = colony.listing("all")
-    log = git.run("log", "--first-parent", "--format=%B%x00", branch)
-    landed: list[str] = []
-    resolved: list[str] = []
-    for message in log.split("\0"):
-        for key, value in _TRAILER.findall(message):
-            (landed if key == "Task-Id" else resolved).append(value)
-    landed.reverse()
-    status = git.run("status", "--porcelain")
-    s = Summary(
-        tasks=[t.id for _, t in known], statuses={t.id: st for st, t in known}, landed=landed, resolved=resolved,
-        conflicts=[t.id for _, t in known if t.kind == "merge_conflict"],
-        discovered=[t.id for _, t in known if t.discovered_from and t.kind != "merge_conflict"],
-        commits=int(git.run("rev-list", "--count", branch).strip()), dirty=status.splitlines(),
-        seconds=seconds, launcher_status=launcher_status)
+def problems(s: Summary, launcher_status: int) -> list[str]:
+    """What keeps the demo from being a success: every task done and landed exactly once, and the
+    target's checkout clean."""
+    found = []
     not_done = sorted(t for t, st in s.statuses.items() if st != "done")
     if not_done:
-        s.problems.append(f"not done: {', '.join(f'{t} ({s.statuses[t]})' for t in not_done)}")
-    twice = sorted({t for t in landed if landed.count(t) > 1})
+        found.append(f"not done: {', '.join(f'{t} ({s.statuses[t]})' for t in not_done)}")
+    twice = sorted({t for t in s.landed if s.landed.count(t) > 1})
     if twice:
-        s.problems.append(f"landed more than once: {', '.join(twice)}")
-    missing = sorted(set(s.tasks) - set(landed) - set(resolved))
+        found.append(f"landed more than once: {', '.join(twice)}")
+    missing = sorted(set(s.tasks) - set(s.landed) - set(s.resolved))
     if missing:
-        s.problems.append(f"done but not on main: {', '.join(missing)}")
+        found.append(f"done but not on main: {', '.join(missing)}")
     if s.dirty:
-        s.problems.append(f"git status is not clean: {len(s.dirty)} entries")
+        found.append(f"git status is not clean: {len(s.dirty)} entries")
     if launcher_status != 0:
-        s.problems.append(f"the launcher exited with status {launcher_status}")
-    return s
-
-
-def report(s: Summary, directory: Path, out: TextIO) -> None:
-    count = {st: sum(1 for v in s.statuses.values() if v == st) for st in ("pending", "active", "failed")}
-    lines = [
-        "",
-        f"demo finished in {s.seconds:.1f}s: {directory}",
-        f"  tasks created        {len(s.tasks)} ({len(s.discovered)} discovered by agents, "
-        f"{len(s.conflicts)} merge conflict{'s' * (len(s.conflicts) != 1)})",
-        f"  tasks landed         {len(s.landed)} Task-Id commits on main"
-        + (f" (+{len(s.resolved)} landed through their conflict task)" if s.resolved else ""),
-        f"  conflicts -> tasks   {len(s.conflicts)}" + (f": {', '.join(s.conflicts)}" if s.conflicts else ""),
-        f"  failed / pending     {count['failed']} / {count['pending'] + count['active']}",
-        f"  commits on main      {s.commits}",
-        f"  git status           {'clean' if not s.dirty else f'{len(s.dirty)} entries'}",
-        "",
-        "see: git -C DIR log --first-parent main; python -m harness status --repo DIR".replace("DIR", str(directory)),
-    ]
-    lines += [f"PROBLEM: {p}" for p in s.problems]
-    print("\n".join(lines), file=out, flush=True)
+        found.append(f"the launcher exited with status {launcher_status}")
+    return found
 
 
 def run(directory: Path, agents: int = 4, timeout: float = 600, out: TextIO | None = None) -> int:
@@ -204,6 +151,9 @@ def run(directory: Path, agents: int = 4, timeout: float = 600, out: TextIO | No
     status = swarm.run(swarm.Options(
         repo=directory, agents=agents, model=f"scripted:{script}", until_empty=True,
         workspaces=colony.home / "workspaces", max_hours=timeout / 3600))
-    summary = summarize(colony, time.monotonic() - started, status)
-    report(summary, directory, out)
-    return 0 if summary.ok else 1
+    # The launcher has printed the account (summary.lines); the demo adds its verdict on it.
+    found = problems(summary.collect(colony, time.monotonic() - started), status)
+    lines = ["", f"demo finished in {time.monotonic() - started:.1f}s: {directory}",
+             "see: git -C DIR log --first-parent main; python -m harness status --repo DIR".replace("DIR", str(directory))]
+    print("\n".join(lines + [f"PROBLEM: {p}" for p in found]), file=out, flush=True)
+    return 0 if not found else 1

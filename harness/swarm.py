@@ -36,8 +36,11 @@ What the launcher adds is supervision:
 - faults: ``.stigmergy/FAULT`` (a configuration fault an agent met: see faults.py) stops restarts
   like STOP; once the agents are gone the launcher prints its message and exits 2. A FAULT from an
   earlier run is removed at launch, and red verdicts of main are dropped so main is checked again.
-- summary: when the agents are gone, one line of what landed, failed and is left, and the spend;
-  another when a colony budget (USD or tokens) was reached, which is why work is left.
+- progress: a line of done/total, agents alive, cost and ETA, redrawn in place on a terminal,
+  else said as a plain line when the finished count changes and at least once a minute (progress.py).
+- summary: when the agents are gone, what landed, failed and is left, the conflicts, the commits
+  and the spend (summary.py, which the demo shows too); a line more when a colony budget (USD or
+  tokens) was reached, which is why work is left.
 
 Output: one line per lifecycle change on stderr and in ``<home>/launcher.log``; each agent's
 stdout and stderr are appended to ``<home>/agents/<id>/agent.log``; events ``launch``,
@@ -60,12 +63,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import agentlog, deadline, faults, fsutil, gate, report
+from harness import agentlog, deadline, faults, fsutil, gate, summary
 from harness.colony import Colony
-from harness.errors import AlreadyRunning, UsageError
+from harness.errors import AlreadyRunning, GitError, UsageError
 from harness.launchlog import LauncherLog
 from harness.meter import budget_reached, ledger_totals
 from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder, launcher_lock
+from harness.progress import Progress
 from harness.redact import redact, secret_env
 
 DEFAULT_ROLE = "coder"
@@ -179,6 +183,8 @@ class Swarm:
         self.colony = colony
         self.opts = options
         self.log = LauncherLog(colony.home / "launcher.log", out if out is not None else sys.stderr, colony.repo)
+        self.progress = Progress(colony, self.log)
+        self.began = time.monotonic()
         self.agents = [self._agent(spec) for spec in plan(options.agents, options.roles)]
         self.signals = 0
         self.hangups = 0
@@ -360,9 +366,11 @@ class Swarm:
                     self._restart_due()
                 if not any(a.proc or a.adopted or a.restart_at is not None for a in self.agents):
                     break
+                self.progress.tick()
                 time.sleep(self.opts.poll)
         finally:
             restore()
+            self.progress.finish()
             deadline.clear(self.colony.home, launcher=os.getpid())  # nobody is left to hold to it
             lock.release()
         self._summary()
@@ -402,14 +410,15 @@ class Swarm:
 
     def _summary(self) -> None:
         try:
-            self._say(report.summary_line(report.build(self.colony)))
+            for line in summary.lines(summary.collect(self.colony, time.monotonic() - self.began)):
+                self._say(line)
             o, cfg = self.opts, self.colony.config
             reached = budget_reached(ledger_totals(self.colony.home / "ledger"),
                                      o.budget_usd if o.budget_usd is not None else cfg.budget_usd,
                                      o.budget_tokens if o.budget_tokens is not None else cfg.budget_tokens)
             if reached:  # why work is left: the colony did not fail, it was told where to stop
                 self._say(f"{reached}: agents claimed nothing more")
-        except (OSError, ValueError) as e:  # the account is a courtesy: it must not change the exit
+        except (OSError, ValueError, GitError) as e:  # the account is a courtesy: it must not change the exit
             self._say(f"no summary: {e}")
 
     def _pid(self, agent: _Agent) -> int | None:
