@@ -399,7 +399,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
 
-    built = report.account(_colony(args), os.environ)
+    colony = _colony(args)
+    html = _html_target(args.html) if args.html else None
+    built = report.account(colony, os.environ)
+    if html:
+        _write_html(html, built, colony.repo)
     if args.json:
         _print_json(built)
     else:
@@ -411,6 +415,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"stigmergy: the secrets scan found {len(hits)} secret(s) written down by this run: see the end "
               "of the report, and rotate those keys", file=sys.stderr)
     return 0
+
+
+def _html_target(given: str) -> Path:
+    """Refused before the report is built: a wrong path should not cost a scan of the whole run."""
+    path = Path(given)
+    if path.is_dir() or not path.parent.is_dir():
+        raise UsageError(f"--html {given}: " + ("that is a folder" if path.is_dir() else
+                         f"folder {path.parent} does not exist") + "; name a file in an existing folder")
+    return path
+
+
+def _write_html(path: Path, built: dict[str, Any], repo: Path) -> None:
+    from harness import fsutil, report_html
+
+    try:
+        fsutil.atomic_write(path, report_html.render(built, title=f"stigmergy morning report: {repo.name}"))
+    except OSError as exc:
+        raise UsageError(f"--html {path}: cannot write it ({exc.strerror}); name a file you may write") from None
+    print(f"stigmergy: report written to {path}", file=sys.stderr)
 
 
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
@@ -466,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", parents=[common], help="per task: what landed, what failed and why, the cost; then a secrets scan")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML page")
     rep.set_defaults(func=cmd_report)
 
     task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
