@@ -165,12 +165,16 @@ def test_html_flag_refuses_a_path_it_cannot_write(run: Colony, tmp_path: Path) -
 
 
 # -- the page, in a real browser ------------------------------------------------------------------------
+# Read at import: conftest's no_stigmergy_env removes every STIGMERGY_* variable before each test.
+REQUIRE_CHROMIUM = os.environ.get("STIGMERGY_REQUIRE_CHROMIUM") == "1"
+
+
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
     why = "no chromium here: `apt-get install -y chromium` (as root) to render the HTML report for real"
-    if os.environ.get("STIGMERGY_REQUIRE_CHROMIUM") == "1":
+    if REQUIRE_CHROMIUM:
         pytest.fail(why)
     pytest.skip(why)
 
