@@ -471,7 +471,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
 
-    built = report.account(_colony(args), os.environ)
+    colony = _colony(args)
+    html = _html_target(args.html) if args.html else None
+    built = report.account(colony, os.environ)
+    if html:
+        _write_html(html, built, colony.repo)
     if args.json:
         _print_json(built)
     else:
@@ -506,9 +510,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if args.follow:
             agentlog.follow(log, write)
     except KeyboardInterrupt:
-        return 0  # Ctrl-C is how a follow ends: quietly
-    except BrokenPipeError:  # `logs a1 | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0  # Ctrl-C is how a follow ends: quietly (a closed pipe is main()'s to end quietly)
     return 0
 
 
@@ -520,6 +522,25 @@ def cmd_gc(args: argparse.Namespace) -> int:
     result = gc.collect(_colony(args), dry_run=args.dry_run, runs_older_than_days=args.runs_older_than)
     print(gc.render(result))
     return 0
+
+
+def _html_target(given: str) -> Path:
+    """Refused before the report is built: a wrong path should not cost a scan of the whole run."""
+    path = Path(given)
+    if path.is_dir() or not path.parent.is_dir():
+        raise UsageError(f"--html {given}: " + ("that is a folder" if path.is_dir() else
+                         f"folder {path.parent} does not exist") + "; name a file in an existing folder")
+    return path
+
+
+def _write_html(path: Path, built: dict[str, Any], repo: Path) -> None:
+    from harness import fsutil, report_html
+
+    try:
+        fsutil.atomic_write(path, report_html.render(built, title=f"stigmergy morning report: {repo.name}"))
+    except OSError as exc:
+        raise UsageError(f"--html {path}: cannot write it ({exc.strerror}); name a file you may write") from None
+    print(f"stigmergy: report written to {path}", file=sys.stderr)
 
 
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
@@ -580,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", parents=[common], help="per task: what landed, what failed and why, the cost; then a secrets scan")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML page")
     rep.set_defaults(func=cmd_report)
 
     logs = sub.add_parser("logs", parents=[common], help="an agent's log: its last lines, or -f to follow it")

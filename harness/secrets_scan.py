@@ -19,6 +19,7 @@ import bisect
 import mmap
 import os
 import re
+import textwrap
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -314,21 +315,25 @@ def scan(colony: Colony, secrets: Mapping[str, str]) -> Scan:
     return result
 
 
-def render(s: dict[str, Any]) -> str:
-    """The scan's paragraph of the report: one line when clean, every hit when not."""
+def render(s: dict[str, Any], width: int = 80) -> str:
+    """The scan's paragraph of the report: one sentence when clean, every hit when not; wrapped
+    to ``width`` columns, except that a place (a path, a commit) is never cut."""
     looked = (f"{', '.join(s['variables'])} and known key shapes" if s["variables"] else
               "known key shapes only (no variable named like KEY, TOKEN, SECRET or PASSWORD is set here)")
     checked = f"{s['artefacts']} artefacts, {s['commits']} commits checked"
+    def wrap(text: str) -> list[str]:
+        return textwrap.wrap(text, width, subsequent_indent="    ", break_on_hyphens=False, break_long_words=False)
     out = []
     if not s["hits"]:
-        out.append(f"secrets scan: {checked}, no secret found (looked for {looked})")
+        out += wrap(f"secrets scan: {checked}, no secret found (looked for {looked})")
     else:
         n = len(s["hits"])
-        out.append(f"!!! SECRETS SCAN: {n} SECRET{'S' if n > 1 else ''} FOUND ({checked}; looked for {looked}) !!!")
+        out += wrap(f"!!! SECRETS SCAN: {n} SECRET{'S' if n > 1 else ''} FOUND ({checked}; looked for {looked}) !!!")
         for h in s["hits"]:
             what = f"{h['variable']}, {h['encoding']}" if h["variable"] else h["encoding"]
-            out.append(f"  {h['where']}:{h['line']}  {what}  {h['masked']}")
-        out.append("!!! rotate these keys, and delete or scrub the files and commits named above !!!")
+            line = f"  {h['where']}:{h['line']}  {what}  {h['masked']}"
+            out += [line] if len(line) <= width else [f"  {h['where']}:{h['line']}", f"      {what}  {h['masked']}"]
+        out += wrap("!!! rotate these keys, and delete or scrub the files and commits named above !!!")
     if s["branch_missing"]:
         out.append(f"  (branch {s['branch_missing']!r} does not exist: no landed commit was checked)")
     for where in s["unreadable"]:

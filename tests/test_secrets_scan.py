@@ -80,7 +80,10 @@ def test_report_lists_every_planted_secret_with_its_place_and_never_prints_it(co
     assert text.returncode == 0
     assert "!!! SECRETS SCAN: 4 SECRETS FOUND" in text.stdout
     assert "runs/leaky/1/transcript.jsonl:3  ANTHROPIC_API_KEY, raw  sk-a…" in text.stdout
-    assert f"commit {sha[:10]} (leaky) deploy.yaml:2  ANTHROPIC_API_KEY, base64 of ANTHROPIC_API_KEY=…" in text.stdout
+    # Too long for 80 columns: the place on its line, never cut; what was found below it.
+    assert (f"\n  commit {sha[:10]} (leaky) deploy.yaml:2\n      ANTHROPIC_API_KEY, base64 of ANTHROPIC_API_KEY=…"
+            in text.stdout)
+    assert max(len(line) for line in text.stdout.splitlines()) <= 80
     assert "[REDACTED]" in text.stdout  # the pending task's last note, whose base64 was cut out
     for out in (proc.stdout, proc.stderr, text.stdout, text.stderr):
         for form in every_form(KEY):
@@ -93,7 +96,10 @@ def test_a_clean_colony_says_no_secret_found(colony: Colony) -> None:
     commit(colony.repo, "a.txt", "hello\n", "Add a\n\nTask-Id: t\nAgent: coder-01\n")
     proc = cli("report", "--repo", str(colony.repo), env={NAME: KEY})
     assert proc.returncode == 0 and proc.stderr == ""
-    last = proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    at = max(i for i, line in enumerate(lines) if line.startswith("secrets scan: "))
+    last = " ".join(line.strip() for line in lines[at:])  # the last paragraph, wrapped to 80 columns
+    assert max(len(line) for line in lines) <= 80
     assert last.startswith("secrets scan: ") and last.split(": ", 1)[1].split(" (")[0] == (
         f"{sum(1 for p in colony.home.rglob('*') if p.is_file())} artefacts, 1 commits checked, no secret found")
     assert f"looked for {NAME} and known key shapes" in last
