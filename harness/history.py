@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from harness.colony import Colony
+from harness.report import replay
 
 ENDINGS = ("release", "done", "fail", "defer")
 OTHER = ("add", "retry", "undefer", "quarantine", "landing_blocked", "filing_capped", "filing_refused")
@@ -25,44 +27,22 @@ _FAILED = "[verify failed:"
 def build(colony: Colony, task_id: str) -> dict[str, Any]:
     events = colony.events()
     mine = [e for e in events if e.get("task") == task_id]
-    attempts: list[dict[str, Any]] = []
-    other: list[dict[str, Any]] = []
-    landed: dict[str, Any] | None = None
-    for e in mine:
-        kind = e.get("event")
-        if kind == "claim":
-            gen = int(e.get("generation") or 0)
-            attempts.append({"generation": gen, "agent": e.get("agent"), "ts": e.get("ts"),
-                             "claimed_at": e.get("claimed_at") or e.get("ts"),
-                             "outcome": None, "verify": verify_result(colony.home / "runs" / task_id / f"{gen:03d}")})
-        elif kind == "reap":
-            open_ = _open_attempt(attempts, generation=e.get("generation"))
-            if open_ is not None:
-                open_["outcome"] = _outcome(e) | {"abandoned_by": e.get("abandoned_by")}
-        elif kind in ENDINGS and not (kind == "done" and e.get("via")):
-            open_ = _open_attempt(attempts, agent=e.get("agent"))
-            if open_ is not None:
-                open_["outcome"] = _outcome(e)
-            else:
-                other.append(_outcome(e))
-        elif kind in OTHER:
-            other.append(_outcome(e))
-        if kind == "done":
-            landed = _landing(e, events)
-    return {"attempts": attempts, "events": other, "landed": landed}
+    attempts = replay(mine)  # the report's replay: one reading of what ends an attempt
+    ending = {id(a.ended) for a in attempts if a.ended is not None}
+    # What no attempt accounts for: filing, retries, and an ending whose claim the log lost.
+    other = [_outcome(e) for e in mine if e.get("event") in OTHER or (
+        e.get("event") in ENDINGS and id(e) not in ending and not (e.get("event") == "done" and e.get("via")))]
+    done = [e for e in mine if e.get("event") == "done"]
+    return {"attempts": [{"generation": a.generation, "agent": a.agent, "ts": a.start, "claimed_at": a.start,
+                          "outcome": _outcome(a.ended) if a.ended is not None else None,
+                          "verify": verify_result(colony.home / "runs" / task_id / f"{int(a.generation or 0):03d}")}
+                         for a in attempts],
+            "events": other, "landed": _landing(done[-1], events) if done else None}
 
 
-def _open_attempt(attempts: list[dict[str, Any]], agent: object = None, generation: object = None) -> dict[str, Any] | None:
-    """The latest attempt still open, of this agent or at this generation."""
-    found: dict[str, Any]
-    for found in reversed(attempts):
-        if found["outcome"] is None and agent in (None, found["agent"]) and generation in (None, found["generation"]):
-            return found
-    return None
-
-
-def _outcome(e: dict[str, Any]) -> dict[str, Any]:
-    keep = ("agent", "note", "commit", "via", "waits_on", "change", "skip_count", "created_by", "reason")
+def _outcome(e: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("agent", "note", "commit", "via", "waits_on", "change", "skip_count", "created_by", "reason",
+            "abandoned_by")
     return {"event": e.get("event"), "ts": e.get("ts"), **{k: e[k] for k in keep if e.get(k) is not None}}
 
 

@@ -77,6 +77,7 @@ class Attempt:
     start: float
     end: float | None = None
     outcome: str = "open"  # landed unchanged obsolete resolved conflict released failed reaped open
+    ended: Mapping[str, Any] | None = None  # the event that ended it (None: open, or taken over unseen)
 
 
 def _done_outcome(ev: Mapping[str, Any]) -> str:
@@ -87,9 +88,11 @@ def _done_outcome(ev: Mapping[str, Any]) -> str:
     return "obsolete" if ev.get("obsolete") else "unchanged"
 
 
-def _attempts(events: Iterable[Mapping[str, Any]], accounts: dict[str, TaskAccount]) -> list[Attempt]:
+def replay(events: Iterable[Mapping[str, Any]], accounts: dict[str, TaskAccount] | None = None) -> list[Attempt]:
     """Replay the event log: a claim opens an attempt on its task (one holder at a time), the
-    holder's release, done, fail or defer closes it, and so does a reap, at the reaper's time."""
+    holder's release, done, fail or defer closes it, and so does a reap, at the reaper's time.
+    ``accounts`` (by task id), when given, gather each task's claims, agents and ending."""
+    accounts = {} if accounts is None else accounts
     out: list[Attempt] = []
     open_: dict[str, Attempt] = {}
     for ev in events:
@@ -108,13 +111,13 @@ def _attempts(events: Iterable[Mapping[str, Any]], accounts: dict[str, TaskAccou
                     acc.agents.append(a.agent)
         elif kind == "done":
             if tid in open_:
-                _close(open_.pop(tid), ts, _done_outcome(ev))
+                _close(open_.pop(tid), ts, _done_outcome(ev), ev)
             if acc is not None:
                 acc.commit, acc.via, acc.finished = ev.get("commit"), ev.get("via"), ts
                 acc.outcome = _done_outcome(ev)
         elif kind in ATTEMPT_END:
             if tid in open_:
-                _close(open_.pop(tid), ts, ATTEMPT_END[str(kind)])
+                _close(open_.pop(tid), ts, ATTEMPT_END[str(kind)], ev)
             if acc is not None:
                 if kind == "fail":
                     acc.finished = ts
@@ -125,8 +128,8 @@ def _attempts(events: Iterable[Mapping[str, Any]], accounts: dict[str, TaskAccou
     return out
 
 
-def _close(a: Attempt, ts: float, outcome: str) -> None:
-    a.end, a.outcome = ts, outcome
+def _close(a: Attempt, ts: float, outcome: str, ev: Mapping[str, Any] | None = None) -> None:
+    a.end, a.outcome, a.ended = ts, outcome, ev
 
 
 def _roles(colony: Colony) -> dict[str, str]:
@@ -150,7 +153,7 @@ def build(colony: Colony) -> dict[str, Any]:
         accounts[t.id] = TaskAccount(t.id, t.title, st, kind=t.kind, role=t.role, resolves=t.resolves,
                                      skip_count=t.skip_count)
     events = colony.events()
-    attempts = _attempts(events, accounts)
+    attempts = replay(events, accounts)
     roles = _roles(colony)
 
     by_agent: dict[str, float] = defaultdict(float)
