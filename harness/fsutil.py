@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def atomic_write(path: Path, data: str | bytes, fsync: bool = True) -> None:
@@ -59,6 +59,49 @@ def append_lines(path: Path, objs: list[Any]) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+class Tail:
+    """A JSONL file read a piece at a time: each `read` parses only the lines appended since the
+    last one (a line still being written waits for its newline), and says whether the file was
+    truncated or replaced meanwhile, in which case it is read again from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.seen = b""  # the last bytes read: a log truncated and grown back past `offset` lacks them
+        self.partial = b""
+
+    def read(self) -> tuple[list[dict[str, Any]], bool]:
+        """(the objects appended since the last read, whether the file started over)."""
+        restarted = False
+        try:
+            with open(self.path, "rb") as f:
+                if not self._same(f):
+                    self.offset, self.seen, self.partial, restarted = 0, b"", b"", True
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return [], False
+        self.offset += len(chunk)
+        self.seen = (self.seen + chunk)[-64:]
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out, restarted
+
+    def _same(self, f: BinaryIO) -> bool:
+        if os.fstat(f.fileno()).st_size < self.offset:
+            return False
+        f.seek(self.offset - len(self.seen))
+        return f.read(len(self.seen)) == self.seen
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

@@ -17,15 +17,15 @@ attempt (not_before in the future) waits in a second heap, by when it is due, an
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from harness.config import Config
+from harness.fsutil import Tail
 
 if TYPE_CHECKING:
     from harness.colony import Colony
@@ -93,6 +93,7 @@ class Pool:
         self.colony = colony
         self.cfg = colony.config
         self.role = role
+        self.tail = Tail(colony.events_path)
         self._forget_everything()
 
     def _forget_everything(self) -> None:
@@ -105,9 +106,6 @@ class Pool:
         self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
         self.heap: list[tuple[float, float, str, int]] = []
         self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
-        self.offset = 0
-        self.seen_tail = b""
-        self.partial = b""
         self.scanned_at = 0.0
 
     # -- keeping the index fresh -------------------------------------------------------------------
@@ -117,35 +115,13 @@ class Pool:
             self._rescan()
 
     def _tail_events(self) -> None:
-        try:
-            with open(self.colony.events_path, "rb") as f:
-                if not self._same_log(f):  # truncated or replaced: start over from it, and
-                    self._forget_everything()  # rescan the folders at once
-                    self.scanned_at = -RESCAN_SECONDS
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(chunk)
-        self.seen_tail = (self.seen_tail + chunk)[-64:]
-        data = self.partial + chunk
-        lines = data.split(b"\n")
-        self.partial = lines.pop()  # a line still being written has no newline yet
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and isinstance(ev.get("task"), str):
+        events, restarted = self.tail.read()
+        if restarted:  # truncated or replaced: start over from it, and rescan the folders at once
+            self._forget_everything()
+            self.scanned_at = -RESCAN_SECONDS
+        for ev in events:
+            if isinstance(ev.get("task"), str):
                 self.apply(ev)
-
-    def _same_log(self, f: BinaryIO) -> bool:
-        """Is this still the log we read up to `offset`? Its size alone cannot tell a log that was
-        truncated and has grown back past our offset, so the last bytes we read must still be there."""
-        if os.fstat(f.fileno()).st_size < self.offset:
-            return False
-        f.seek(self.offset - len(self.seen_tail))
-        return f.read(len(self.seen_tail)) == self.seen_tail
 
     def apply(self, ev: dict[str, Any]) -> None:
         tid, kind = ev["task"], ev.get("event")

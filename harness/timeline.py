@@ -8,11 +8,11 @@ not the events themselves, so a launcher that follows the log all night holds a 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.fsutil import Tail
 
 RATE_WINDOW_S = 1800.0  # the recent rate: tasks finished over the last 30 minutes ...
 RATE_MIN_RECENT = 3  # ... when at least this many finished in it; else the run's average
@@ -82,33 +82,17 @@ class Timeline:
 
 
 class EventTail:
-    """`events.jsonl` read a piece at a time: each `read` parses only the lines appended since the
-    last one (a line still being written waits for its newline). A log that shrank was replaced:
-    it is read again from the start, into a fresh Timeline."""
+    """`events.jsonl` folded as it grows: each `read` feeds the Timeline only what was appended
+    since the last one; a log that was replaced is folded again from its start, afresh."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.tail = Tail(path)
         self.timeline = Timeline()
-        self._offset = 0
-        self._partial = b""
 
     def read(self) -> Timeline:
-        try:
-            with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self._offset:
-                    self.timeline, self._offset, self._partial = Timeline(), 0, b""
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return self.timeline
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict):
-                self.timeline.feed(ev)
+        events, restarted = self.tail.read()
+        if restarted:
+            self.timeline = Timeline()
+        for ev in events:
+            self.timeline.feed(ev)
         return self.timeline
