@@ -215,8 +215,9 @@ def test_ctrl_c_twice_kills_the_agents_and_the_colony_recovers(colony: Colony, l
     add_tasks(colony, "t1", "t2")
     # A step that shrugs off SIGTERM (ignored by the command and its children), so the first Ctrl-C
     # cannot end it and the agents are still there for the second one.
+    # Unsandboxed: under bwrap a SIGTERM ends the sandbox itself, whatever the command ignores.
     stubborn = {"bash": "trap '' TERM; sleep 10"}
-    launcher.start([write_task(t, stubborn) for t in ("t1", "t2")], "--agents", "2")
+    launcher.start([write_task(t, stubborn) for t in ("t1", "t2")], "--agents", "2", "--sandbox", "none")
     pids = [launcher.agent_pid("coder-01"), launcher.agent_pid("coder-02")]
     # Both agents inside the stubborn step: its call is in their transcripts (written just before it runs).
     def stubborn_started() -> bool:
