@@ -35,7 +35,7 @@ class Templates:
             return self.env.get_template(f"{name}.j2").render(**context)
         except jinja2.TemplateSyntaxError as e:
             where = f"{e.filename or self.source(name)}:{e.lineno}"
-            raise UsageError(f"{where}: template syntax error: {e.message}. Fix the template, or delete the "
+            raise UsageError(f"{where}: template syntax error: {(e.message or '').rstrip('.')}. Fix the template, or delete the "
                              f"override to use the shipped one") from None
         except jinja2.TemplateError as e:  # UndefinedError and friends, raised while rendering
             raise UsageError(f"{self._line(e, name)}: {e.message or type(e).__name__} (the variables a "

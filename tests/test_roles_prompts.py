@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import briefing, roles, shipped
+from harness import briefing, roles, shipped, tasks
 from harness.colony import Colony
 from harness.templates import Templates
 
@@ -39,10 +39,11 @@ def test_the_source_checkout_ships_its_roles_and_templates_from_the_top_level_fo
 @pytest.mark.parametrize("cli_backend", [False, True])
 def test_each_shipped_role_renders_into_both_system_prompts_and_the_task(colony: Colony, role_name: str,
                                                                          cli_backend: bool) -> None:
-    task_id = add_task(colony, "--body", "Print hello.", "--output", "hello.py")
+    task = colony.add(tasks.from_dict({"id": "greet-0001", "title": "Add a greeting", "body": "Print hello.",
+                                       "outputs": ["hello.py"]}, "test"))
+    task_id = task.id
     role = roles.load_role(role_name, colony.home)
     assert role.name == role_name and role.description and role.source == ROOT / "roles" / f"{role_name}.md"
-    _, task = colony.get(task_id)
     system, prompt = briefing.opening(Templates(colony.home), colony, task, agent="a-01", role=role,
                                       verify=["pytest -q"], context={"log": "abc init", "files": "README.md"},
                                       cli=cli_backend)
@@ -101,7 +102,7 @@ def test_prompt_render_refuses_an_unknown_task_or_role(colony: Colony) -> None:
 
 
 BROKEN = [
-    ("prompts/task.j2", "Task {{ task.id }}\n{% if task.body %}\nunclosed\n", ":3: template syntax error"),
+    ("prompts/task.j2", "Task {{ task.id }}\n\n{{ task.title +* 2 }}\n", ":3: template syntax error"),
     ("prompts/system.j2", "You are {{ agent }}.\n\n{{ role.promt }}\n", ":3: "),
     ("prompts/verify_failure.j2", "Failed:\n{{ excerp }}\n", ":2: "),
     ("roles/coder.md", "---\nname: coder\ndescription: [unclosed\n---\nbody\n", ":3: front matter is not valid YAML"),
@@ -125,9 +126,9 @@ def test_a_broken_override_stops_the_launch_naming_file_and_line(colony: Colony,
     proc = cli(*command.split(), *args, "--until-empty", timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"{path}{expected}" in proc.stderr
-    if "prompts/" in relpath and "syntax" not in expected:
-        assert "is undefined" in proc.stderr  # StrictUndefined: the typo is named
-    assert not (colony.home / "agents").exists() and not (tmp_path / "ws").exists()  # no agent started
+    if "prompts/" in relpath and "syntax" not in expected:  # StrictUndefined: the typo is named
+        assert "'excerp' is undefined" in proc.stderr or "no attribute 'promt'" in proc.stderr
+    assert list(colony.home.glob("agents/*/heartbeat.json")) == [] and not (tmp_path / "ws").exists()  # no agent
     assert [t.id for _, t in colony.listing("done")] == []
 
 
