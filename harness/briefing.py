@@ -84,4 +84,5 @@ def check(colony: Colony) -> None:
             try:
                 templates.env.get_template(path.name)
             except jinja2.TemplateSyntaxError as e:
-                raise UsageError(f"{path}:{e.lineno}: template syntax error: {(e.message or '').rstrip('.')}. Fix the template") from None
+                raise UsageError(f"{path}:{e.lineno}: template syntax error: {(e.message or '').rstrip('.')}. "
+                                 "Fix the template") from None

@@ -21,11 +21,11 @@ class Role:
     description: str
     prompt: str
     source: Path  # the file it was read from
-    meta: dict[str, object]  # the whole front matter, as written
 
 
 def _parse(text: str, source: Path) -> Role:
-    fix = "a role file starts with a line '---', YAML front matter (name:, description:), a line '---', then the prompt"
+    fix = ("a role file starts with a line '---', YAML front matter (name:, description:), a line '---', "
+           "then the prompt")
     if not text.startswith("---\n") or "\n---\n" not in text[4:]:
         raise UsageError(f"{source}:1: no front matter: {fix}")
     head, body = text[4:].split("\n---\n", 1)
@@ -38,7 +38,7 @@ def _parse(text: str, source: Path) -> Role:
         raise UsageError(f"{source}{line}: front matter is not valid YAML ({problem}): {fix}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise UsageError(f"{source}:2: front matter needs `name: <role>`: {fix}")
-    return Role(meta["name"], str(meta.get("description", "")), body.strip(), source, dict(meta))
+    return Role(meta["name"], str(meta.get("description", "")), body.strip(), source)
 
 
 def shipped() -> list[str]:
@@ -51,10 +51,6 @@ def source(name: str, home: Path) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def is_override(path: Path, home: Path) -> bool:
-    return path.parent == home / "roles"
 
 
 def load_role(name: str, home: Path) -> Role:
