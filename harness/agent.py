@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import deadline, faults, filing, integrate, notes, roles, sandbox, tasks
+from harness import briefing, deadline, faults, filing, integrate, notes, roles, sandbox, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
@@ -41,12 +41,12 @@ from harness.meter import Ledger, budget_reached, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
-from harness.prompts import Prompts
 from harness.redact import SECRET_NAME, secret_env
 from harness.roles import load_role
 from harness.sandbox import Sandbox
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
+from harness.templates import Templates
 from harness.tools import Toolbox
 from harness.verify import run_checked, run_verify
 from harness.workspace import Workspace
@@ -146,7 +146,7 @@ class Agent:
         self.colony, self.opts, self.cfg = colony, opts, colony.config
         self.id = tasks.check_id(opts.agent, "agent id")
         self.role = load_role(opts.role, colony.home)
-        self.prompts = Prompts(colony.home)
+        self.templates = Templates(colony.home)
         self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
         self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600,
                                       stall_seconds=self.cfg.cli_stall_seconds) if opts.agent_cmd else None
@@ -282,14 +282,9 @@ class Agent:
         else:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
-        # An agent CLI has its own tools, not our tool loop's: its prompt speaks in its terms.
-        system = (self.prompts.render("system_command", agent=self.id, role=self.role,
-                                      max_new_tasks=self.cfg.max_new_tasks_per_attempt)
-                  if self.command is not None else self.prompts.render("system", agent=self.id, role=self.role))
-        shown, hidden = notes.for_prompt(self.colony.notes(task.id), self.cfg.prompt_notes_chars)
-        prompt = self.prompts.render("merge_conflict" if conflict else "task", task=task, notes=shown,
-                                     notes_hidden=hidden, verify=" && ".join(self.verify_commands(task)),
-                                     context=self.repo_context())
+        system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=self.role,
+                                          verify=self.verify_commands(task), context=self.repo_context(),
+                                          cli=self.command is not None)
         outcome, again = self.session(task, run, env, system, prompt)
         self.last_outcome = outcome
         rounds = self.cfg.verify_rounds
@@ -310,8 +305,8 @@ class Agent:
             if round_ > rounds:
                 raise GiveUp(f"verify still failed after {rounds} repair rounds. Approach tried: "
                              f"{outcome.summary or '(no summary)'}\n{verdict.log}")
-            outcome = again(outcome, self.prompts.render("verify_failure", excerpt=verdict.log, round=round_,
-                                                         rounds=rounds, cli=self.command is not None))
+            outcome = again(outcome, briefing.feedback(self.templates, verdict.log, round_, rounds,
+                                                       self.command is not None))
             self.last_outcome = outcome
         raise AssertionError("unreachable")
 
@@ -451,9 +446,7 @@ class Agent:
         return env
 
     def repo_context(self) -> dict[str, str]:
-        log = self.ws.git.run("log", "--oneline", "-8", f"refs/heads/{self.ws.main}", check=False)
-        files = sorted(p.name + ("/" if p.is_dir() else "") for p in self.ws.path.iterdir() if p.name != ".git")
-        return {"log": log.strip(), "files": ", ".join(files[:60])}
+        return briefing.repo_context(self.ws.wt, f"refs/heads/{self.ws.main}", "HEAD")
 
     def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
         if len(note) > notes.NOTE_CHARS:  # the whole text to the run's folder, a brief to the note

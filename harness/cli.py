@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.models.registry import check_spec
 
     colony = _colony(args)
+    check_prompts(colony)
     guard_agents(len(swarm.plan(args.agents, args.roles)), args.force)
     model = args.model or colony.config.model
     if model:
@@ -443,6 +444,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd), sandbox=args.sandbox)
     colony = _colony(args)
+    check_prompts(colony)
     model = args.model or colony.config.model
     if model or args.backend == "command":
         guard_spend(colony, args, model)
@@ -553,6 +555,59 @@ def cmd_fake_server(args: argparse.Namespace) -> int:
     from harness.models.fake_server import serve
 
     serve(args.port, args.script, api_key=args.api_key, dialect=args.dialect, context_tokens=args.context_tokens)
+    return 0
+
+
+# -- roles and prompts --------------------------------------------------------------------------------
+def check_prompts(colony: Colony) -> None:
+    """Every role parsed and every template rendered once, before any agent starts (exit 2 if broken)."""
+    from harness import briefing
+    briefing.check(colony)
+
+
+def _where(path: Path, colony: Colony) -> str:
+    return f"{'override' if path.is_relative_to(colony.home) else 'shipped'} {path}"
+
+
+def cmd_roles_list(args: argparse.Namespace) -> int:
+    from harness import roles
+    colony = _colony(args)
+    found = roles.load_all(colony.home)
+    name_w, desc_w = max(len(r.name) for r in found), max(len(r.description) for r in found)
+    for r in found:
+        print(f"{r.name:<{name_w}}  {r.description:<{desc_w}}  {_where(r.source, colony)}")
+    return 0
+
+
+def cmd_roles_show(args: argparse.Namespace) -> int:
+    from harness import roles
+    colony = _colony(args)
+    role = roles.load_role(args.name, colony.home)
+    print(f"# {_where(role.source, colony)}")
+    print(role.source.read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def cmd_prompt_render(args: argparse.Namespace) -> int:
+    from harness import briefing, roles
+    from harness.git import Git
+    from harness.templates import Templates
+    colony = _colony(args)
+    _, task = colony.get(args.task)
+    role = roles.load_role(args.role or task.role or "coder", colony.home)
+    templates = Templates(colony.home)
+    branch = colony.landing_branch()
+    verify = [c for c in (colony.config.verify, task.verify) if c and c.strip()]
+    # The agent's worktree is reset to the tip of the landing branch before it works: read the same from git.
+    context = briefing.repo_context(Git(colony.repo), f"refs/heads/{branch}", f"refs/heads/{branch}")
+    cli = args.backend == "command"
+    system, prompt = briefing.opening(templates, colony, task, agent=args.agent or f"{role.name}-01", role=role,
+                                      verify=verify, context=context, cli=cli)
+    first = "merge_conflict" if task.kind == "merge_conflict" and "ref" in task.meta else "task"
+    print(f"===== system prompt ({templates.source('system_command' if cli else 'system')}) =====")
+    print(system, end="" if system.endswith("\n") else "\n")
+    print(f"===== first user message ({templates.source(first)}) =====")
+    print(prompt, end="" if prompt.endswith("\n") else "\n")
     return 0
 
 
@@ -686,6 +741,24 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--agent", required=True)
     hb.add_argument("--pid", type=int)
     hb.set_defaults(func=cmd_agent_heartbeat)
+
+    rl = sub.add_parser("roles", help="the colony's roles: shipped and overridden").add_subparsers(
+        dest="roles_command", required=True)
+    rls = rl.add_parser("list", parents=[common], help="each role: name, description, the file it comes from")
+    rls.set_defaults(func=cmd_roles_list)
+    rsh = rl.add_parser("show", parents=[common], help="one role's file: front matter and prompt, and where it is")
+    rsh.add_argument("name")
+    rsh.set_defaults(func=cmd_roles_show)
+
+    pr = sub.add_parser("prompt", help="the prompts agents send").add_subparsers(dest="prompt_command", required=True)
+    prr = pr.add_parser("render", parents=[common], help="print what an agent would send for a task: the system "
+                        "prompt and the first user message")
+    prr.add_argument("--task", required=True, metavar="ID")
+    prr.add_argument("--role", help="the agent's role (default: the task's role, else coder)")
+    prr.add_argument("--agent", metavar="ID", help="the agent id the prompt names (default: ROLE-01)")
+    prr.add_argument("--backend", choices=("model", "command"), default="model",
+                     help="command: as an agent CLI gets it (the system_command template)")
+    prr.set_defaults(func=cmd_prompt_render)
 
     fake = sub.add_parser("fake-server", help="scripted fake Anthropic/OpenAI API on 127.0.0.1 (tests, demos)")
     fake.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port; the URL is printed)")

@@ -1,0 +1,88 @@
+"""What an agent sends its model: the system prompt, the first user message, the verify feedback.
+
+One code path for the agent (agent.py), for `stigmergy prompt render` (what an agent would send for
+a task, without running one) and for the launch check (every template rendered with a sample, so a
+broken override stops `run` before any agent starts rather than an agent mid-run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+from harness import notes, roles, tasks
+from harness.colony import Colony
+from harness.errors import UsageError
+from harness.git import Git
+from harness.roles import Role
+from harness.tasks import Task
+from harness.templates import Templates
+
+TEMPLATES = ("system", "system_command", "task", "merge_conflict", "verify_failure")
+
+
+def repo_context(git: Git, log_ref: str, tree_ref: str) -> dict[str, str]:
+    """Recent commits on ``log_ref`` and the top-level entries of ``tree_ref`` (directories end in /).
+
+    Read from git, not the file system, so it is the same with or without an agent worktree."""
+    log = git.run("log", "--oneline", "-8", log_ref, check=False)
+    entries = []
+    for line in git.run("ls-tree", tree_ref, check=False).splitlines():
+        meta, _, name = line.partition("\t")
+        entries.append(name + ("/" if meta.split()[1:2] in (["tree"], ["commit"]) else ""))
+    return {"log": log.strip(), "files": ", ".join(sorted(entries)[:60])}
+
+
+def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, role: Role, verify: list[str],
+            context: dict[str, str], cli: bool, task_notes: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+    """The system prompt and the first user message of an attempt at ``task``.
+
+    ``cli``: the agent is an agent CLI (--backend command), which has its own tools, not our tool
+    loop's, so its system prompt speaks in its terms. ``task_notes``: the task's notes (default:
+    read from the colony)."""
+    cfg = colony.config
+    system = (templates.render("system_command", agent=agent, role=role, max_new_tasks=cfg.max_new_tasks_per_attempt)
+              if cli else templates.render("system", agent=agent, role=role))
+    all_notes = colony.notes(task.id) if task_notes is None else task_notes
+    shown, hidden = notes.for_prompt(all_notes, cfg.prompt_notes_chars)
+    conflict = task.kind == "merge_conflict" and "ref" in task.meta
+    prompt = templates.render("merge_conflict" if conflict else "task", task=task, notes=shown, notes_hidden=hidden,
+                              verify=" && ".join(verify), context=context)
+    return system, prompt
+
+
+def feedback(templates: Templates, excerpt: str, round_: int, rounds: int, cli: bool) -> str:
+    """The message after a failed verify: its excerpt, and which repair round this is."""
+    return templates.render("verify_failure", excerpt=excerpt, round=round_, rounds=rounds, cli=cli)
+
+
+def check(colony: Colony) -> None:
+    """Parse every role and render every template once with a sample task: a bad role file or
+    template raises UsageError naming the file and line, before any agent starts."""
+    home = colony.home
+    role_list = roles.load_all(home)
+    templates = Templates(home)
+    role = role_list[0]
+    sample = {"kind": "note", "agent": "coder-01", "text": "a sample note"}
+    context = {"log": "0123abc a sample commit", "files": "README.md, src/"}
+    plain = tasks.from_dict({"id": "sample-0000", "title": "A sample task", "body": "Do the sample thing.",
+                             "inputs": ["README.md"], "outputs": ["src/app.py"], "verify": "true",
+                             "skip_count": 1}, "the sample task")
+    conflict = tasks.from_dict({"id": "sample-0001", "title": "Resolve a conflict", "kind": "merge_conflict",
+                                "resolves": "sample-0000", "meta": {"ref": "refs/x", "paths": ["src/app.py"]},
+                                "body": "The conflicting work."}, "the sample conflict")
+    for task in (plain, conflict):
+        for cli in (False, True):
+            opening(templates, colony, task, agent="coder-01", role=role, verify=["true"], context=context,
+                    cli=cli, task_notes=[sample, sample])
+    for cli in (False, True):
+        feedback(templates, "E   assert 1 == 2", 1, 2, cli)
+    # Any other override (an {% include %}d partial, say) is at least parsed.
+    for path in sorted((home / "prompts").glob("*.j2")):
+        if path.stem not in TEMPLATES:
+            try:
+                templates.env.get_template(path.name)
+            except jinja2.TemplateSyntaxError as e:
+                raise UsageError(f"{path}:{e.lineno}: template syntax error: {(e.message or '').rstrip('.')}. "
+                                 "Fix the template") from None

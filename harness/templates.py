@@ -1,0 +1,49 @@
+"""Prompt templates (jinja2): `<colony>/prompts/<name>.j2` overrides the shipped one (top-level
+`prompts/` of the harness's repository, see harness/shipped.py)."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from harness import shipped
+from harness.errors import UsageError
+
+
+class Templates:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(home / "prompts")),
+                                        jinja2.FileSystemLoader(str(shipped.folder("prompts")))]),
+            undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not silently empty
+            keep_trailing_newline=True,
+            autoescape=False,
+        )
+
+    def source(self, name: str) -> Path:
+        """The file template ``name`` is read from: the colony's override, else the shipped one."""
+        override = self.home / "prompts" / f"{name}.j2"
+        return override if override.is_file() else shipped.folder("prompts") / f"{name}.j2"
+
+    def render(self, name: str, **context: Any) -> str:
+        """Render ``name``; a broken template raises UsageError naming its file and line."""
+        try:
+            return self.env.get_template(f"{name}.j2").render(**context)
+        except jinja2.TemplateSyntaxError as e:
+            where = f"{e.filename or self.source(name)}:{e.lineno}"
+            raise UsageError(f"{where}: template syntax error: {(e.message or '').rstrip('.')}. Fix the template, or delete the "
+                             f"override to use the shipped one") from None
+        except jinja2.TemplateError as e:  # UndefinedError and friends, raised while rendering
+            raise UsageError(f"{self._line(e, name)}: {e.message or type(e).__name__} (the variables a "
+                             f"template may use are those of the shipped {name}.j2). Fix the template, or "
+                             "delete the override to use the shipped one") from None
+
+    def _line(self, e: Exception, name: str) -> str:
+        # jinja2 rewrites the traceback so that template frames carry the template's file and line.
+        source = str(self.source(name))
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == source]
+        return f"{source}:{frames[-1].lineno}" if frames else source
