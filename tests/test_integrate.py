@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from harness.integrate import (
     land,
     prepare_conflict_worktree,
 )
-from conftest import advance_main, make_repo
+from conftest import advance_main, make_repo, wait_for
 from harness.workspace import Workspace
 
 
@@ -288,6 +287,7 @@ LANDER = textwrap.dedent("""
     (ws.path / f"{agent}.txt").write_text(agent + "\\n")
     commit = ws.commit_all(f"work by {agent}")
     fence = Fence.acquire(ws.git, f"task-{agent}", 1, f"tok-{agent}")
+    (go.parent / f"ready-{agent}").write_text("")
     while not go.exists():
         time.sleep(0.005)
     pause, attempts = (float(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 5 else (0.0, 50)
@@ -307,7 +307,7 @@ def test_eight_concurrent_landers_all_land_exactly_once(target: Path, tmp_path: 
     procs = [subprocess.Popen([sys.executable, "-c", LANDER, str(target), str(tmp_path / "ws"),
                                agent, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for agent in agents]
-    time.sleep(0.5)  # let them get ready; each waits for the go file anyway
+    wait_for(lambda: all((tmp_path / f"ready-{a}").exists() for a in agents), 60, "every lander ready")
     go.write_text("")
     outputs = [p.communicate(timeout=60) for p in procs]
 
@@ -334,7 +334,7 @@ def test_slow_verify_landers_queue_instead_of_invalidating_each_other(target: Pa
     procs = [subprocess.Popen([sys.executable, "-c", LANDER, str(target), str(tmp_path / "ws"), agent, str(go),
                                "0.4", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for agent in agents]
-    time.sleep(0.5)
+    wait_for(lambda: all((tmp_path / f"ready-{a}").exists() for a in agents), 60, "every lander ready")
     go.write_text("")
     results = [json.loads(out) for out, _ in (p.communicate(timeout=90) for p in procs) if out.strip()]
     assert [r["kind"] for r in results] == ["Landed"] * 6
