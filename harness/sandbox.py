@@ -138,9 +138,12 @@ class Sandbox:
         home = Path(os.path.expanduser("~")).absolute()
         hide = [p for p in (Path("/tmp"), home, colony_home, workspaces) if p != Path("/") and p.exists()]
         # What our own interpreter and package need, in case they live under a hidden folder
-        # (a venv in the user's home): the task CLI and `python -m pytest` must still start.
-        ours = [Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parent.parent]
-        ro = [git_dir.resolve(), *(p for p in ours if _under(p, hide))]
+        # (a venv in the user's home): the task CLI and `python -m pytest` must still start. Its
+        # import path too: a .pth file may add folders outside the venv. Never the colony's own.
+        ours = [Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parent.parent,
+                *(Path(p).resolve() for p in sys.path if p and os.path.isdir(p))]
+        private = [colony_home, workspaces, colony_home.resolve(), workspaces.resolve()]
+        ro = [git_dir.resolve(), *(p for p in ours if _under(p, hide) and not _under(p, private))]
         ro += [p for p in map(expand, read) if p is not None and p.exists()]
         rw = [worktree.resolve()] + ([colony_home.resolve()] if colony_writable else [])
         for p in map(expand, write):
