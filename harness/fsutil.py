@@ -87,15 +87,7 @@ class Tail:
         self.seen = (self.seen + chunk)[-64:]
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
-        out = []
-        for line in lines:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-        return out, restarted
+        return _objects(lines), restarted
 
     def _same(self, f: BinaryIO) -> bool:
         if os.fstat(f.fileno()).st_size < self.offset:
@@ -110,8 +102,12 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return []
+    return _objects(text.splitlines())
+
+
+def _objects(lines: list[str] | list[bytes]) -> list[dict[str, Any]]:
     out = []
-    for line in text.splitlines():
+    for line in lines:
         try:
             obj = json.loads(line)
         except ValueError:
