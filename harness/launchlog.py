@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from harness.textfmt import clip
+
 CLEAR_LINE = "\r\x1b[K"  # back to the start of the line and erase it
 
 
@@ -106,4 +108,4 @@ def _fit(text: str, terminal: TextIO) -> str:
         width = os.get_terminal_size(terminal.fileno()).columns
     except (OSError, ValueError):
         width = 80
-    return text if len(text) < width else text[:max(width - 2, 0)] + "…"
+    return clip(text, width - 1)

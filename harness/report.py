@@ -21,6 +21,7 @@ from harness.colony import Colony
 from harness.fsutil import read_json, read_lines
 from harness.meter import TOKEN_KEYS
 from harness.redact import redact_data, secret_env
+from harness.textfmt import clip, duration
 
 WIDTH = 80
 # A task's outcome. Done tasks split by what their `done` event says: a commit on main, the
@@ -272,24 +273,11 @@ def summary_line(r: dict[str, Any]) -> str:
 # -- the text form ------------------------------------------------------------------------------------
 def fit(text: str, width: int) -> str:
     """``text`` on one line in at most ``width`` characters, cut with … when longer."""
-    one = " ".join(text.split())
-    return one if len(one) <= width else one[:max(width - 1, 0)] + "…"
+    return clip(" ".join(text.split()), width)
 
 
 def clock(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def took(seconds: float | None) -> str:
-    """A duration in at most 6 characters: 42s, 12m05s, 3h20m."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def plural(n: int, word: str) -> str:
@@ -314,7 +302,7 @@ def _rows(group: list[dict[str, Any]], detail: str) -> list[str]:
         agents = (t["agents"][0] + (f"+{len(t['agents']) - 1}" if len(t["agents"]) > 1 else "")) if t["agents"] else "-"
         what = {"COMMIT": (t["commit"] or "")[:10], "VIA": t["via"] or "", "STATUS": t["status"]}.get(detail, "")
         row = (f"  {fit(t['id'], idw):<{idw}} {t['claims']:>2} {fit(agents, 11):<11} {clock(t['first_claim']):<8} "
-               f"{took(t['duration_s']):>6} {money(t['cost_usd']):>8}")
+               f"{duration(t['duration_s']):>6} {money(t['cost_usd']):>8}")
         out.append(row + (f"  {fit(what, dw)}" if what else ""))
         if t["outcome"] not in ("landed", "resolved"):  # a person reads these: the title and why
             out.append("      " + fit(t["title"], WIDTH - 6))
@@ -332,7 +320,7 @@ def render(r: dict[str, Any]) -> str:
     run = r.get("run") or {}
     if run.get("start"):
         day = time.strftime("%Y-%m-%d", time.localtime(run["start"]))
-        out += _wrapped(f"run {day} {clock(run['start'])} to {clock(run['end'])} ({took(run['seconds'])}): "
+        out += _wrapped(f"run {day} {clock(run['start'])} to {clock(run['end'])} ({duration(run['seconds'])}): "
                         f"{plural(run['agents'], 'agent')}, {plural(run['attempts'], 'attempt')}, "
                         f"{plural(len(r['conflicts']), 'conflict')}")
     for title, outcomes, detail in GROUPS:

@@ -11,6 +11,7 @@ from typing import Any
 
 from harness import report, secrets_scan
 from harness.report_svg import OUTCOMES, e, step_chart, timeline
+from harness.textfmt import duration
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2329; }
@@ -51,7 +52,7 @@ def _when(ts: float | None, full: bool = False) -> str:
 def _task_rows(tasks: Iterable[dict[str, Any]]) -> list[list[str]]:
     return [[f'<span class="task-id">{e(t["id"])}</span>', e(t["title"]), _outcome(t["outcome"]),
              e(", ".join(t["agents"]) or "-"), str(t["claims"]), _when(t["first_claim"]), _when(t["finished"]),
-             e(report.took(t["duration_s"])), e(report.money(t["cost_usd"])),
+             e(duration(t["duration_s"])), e(report.money(t["cost_usd"])),
              e((t["commit"] or "")[:10] or (f"via {t['via']}" if t["via"] else ""))] for t in tasks]
 
 
@@ -79,7 +80,7 @@ def render(r: dict[str, Any], title: str = "stigmergy morning report") -> str:
     parts = [f"<h1>{e(title)}</h1>", f'<p class="summary">{e(report.summary_line(r))}</p>']
     if run.get("start"):
         parts.append(f'<p class="muted">run from {_when(run["start"], True)} to {_when(run["end"], True)} '
-                     f'({e(report.took(run["seconds"]))}): {e(report.plural(run["agents"], "agent"))}, '
+                     f'({e(duration(run["seconds"]))}): {e(report.plural(run["agents"], "agent"))}, '
                      f'{e(report.plural(run["attempts"], "attempt"))}, '
                      f'{e(report.plural(len(r["conflicts"]), "conflict"))}</p>')
         parts.append(_section("Timeline: every attempt, per agent", timeline(
@@ -111,11 +112,11 @@ def render(r: dict[str, Any], title: str = "stigmergy morning report") -> str:
         for t in skipped), numeric=[2, 3], wrap=[0, 1]), bool(skipped)))
     slowest = _top(tasks, lambda t: float(t["duration_s"] or 0))
     parts.append(_section("Slowest (first claim to finish)", _table(["task", "title", "took", "held", "outcome"], (
-        [e(t["id"]), e(t["title"]), e(report.took(t["duration_s"])), e(report.took(t["busy_s"])),
+        [e(t["id"]), e(t["title"]), e(duration(t["duration_s"])), e(duration(t["busy_s"])),
          _outcome(t["outcome"])] for t in slowest), numeric=[2, 3], wrap=[0, 1]), bool(slowest)))
     parts.append(_section("Per role", _table(["role", "agents", "attempts", "how they ended", "held", "cost"], (
         [e(role), str(x["agents"]), str(x["attempts"]),
-         e(", ".join(f"{o} {n}" for o, n in sorted(x["ended"].items()))), e(report.took(x["busy_s"])),
+         e(", ".join(f"{o} {n}" for o, n in sorted(x["ended"].items()))), e(duration(x["busy_s"])),
          e(report.money(x["cost_usd"]))] for role, x in sorted(r["by_role"].items())), numeric=[1, 2, 4, 5], wrap=[3]),
         bool(r["by_role"])))
     parts.append(_section("Per model", _table(

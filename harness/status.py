@@ -22,6 +22,7 @@ from harness.meter import ledger_totals
 from harness.models.retry import CoolDown
 from harness.pidlock import agent_lock, holder, running
 from harness.timeline import EventTail, Timeline
+from harness.textfmt import clip, duration
 
 WIDTH = 80
 ALIVE = ("working", "idle", "starting")
@@ -49,7 +50,7 @@ def agent_state(colony: Colony, beat: dict[str, Any], now: float) -> tuple[str, 
         return "dead", gone + " without its goodbye heartbeat"
     age = now - float(beat.get("ts", 0))
     if age > colony.config.lease_ttl:
-        return "dead", f"no heartbeat for {fmt_dur(age)} (lease {fmt_dur(colony.config.lease_ttl)})"
+        return "dead", f"no heartbeat for {duration(age)} (lease {duration(colony.config.lease_ttl)})"
     return ("working" if beat.get("task") else "idle"), None
 
 
@@ -131,19 +132,6 @@ def snapshot(colony: Colony, disk: bool = True, tail: EventTail | None = None) -
 
 
 # -- drawing ----------------------------------------------------------------------------------------
-def fmt_dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def fmt_count(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -156,12 +144,6 @@ def fmt_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def clip(text: object, width: int) -> str:
-    """`text` in at most `width` characters: a long id keeps its start and ends in an ellipsis."""
-    s = "-" if text is None else str(text)
-    return s if len(s) <= width else s[:max(width - 1, 0)] + "…"
 
 
 def _clock(ts: float, now: float) -> str:
@@ -199,7 +181,7 @@ def progress_line(s: dict[str, Any]) -> str:
     eta = s.get("eta_s")
     return " | ".join([
         f"landed {s['landed_tasks']}/{total}, {t['active']} active" + (f", {t['failed']} failed" if t["failed"] else ""),
-        "nothing left" if not left else "ETA " + (fmt_dur(eta) if eta is not None else "?"),
+        "nothing left" if not left else "ETA " + (duration(eta) if eta is not None else "?"),
         f"{alive} agent{'s' * (alive != 1)} alive" + (f", {dead} dead" if dead else ""),
         _cost(s, short=True)])
 
@@ -209,7 +191,7 @@ def render(s: dict[str, Any]) -> str:
     now, t, sp = s["now"], s["tasks"], s["spend"]
     lines = [clip(f"colony   {s['repo']} (lands on {s['branch']})", WIDTH)]
     if s.get("started_at"):
-        lines.append(f"started  {_clock(s['started_at'], now)}, {fmt_dur(s['elapsed_s'])} ago "
+        lines.append(f"started  {_clock(s['started_at'], now)}, {duration(s['elapsed_s'])} ago "
                      f"(now {time.strftime('%H:%M:%S', time.localtime(now))})")
     lines.append("tasks    " + ", ".join(f"{k} {t[k]}" for k in STATUSES)
                  + (f", quarantined {t['quarantine']}" if t.get("quarantine") else ""))
@@ -223,7 +205,7 @@ def render(s: dict[str, Any]) -> str:
     if not left:
         lines.append("pace     nothing left to do")
     elif s.get("rate_per_hour"):
-        lines.append(f"pace     {s['rate_per_hour']:.1f} tasks/h ({s['rate_window']}); ETA {fmt_dur(s['eta_s'])} "
+        lines.append(f"pace     {s['rate_per_hour']:.1f} tasks/h ({s['rate_window']}); ETA {duration(s['eta_s'])} "
                      f"for {left} pending + active")
     else:
         lines.append(f"pace     no task finished yet: no ETA for {left} pending + active")
@@ -242,11 +224,11 @@ def render(s: dict[str, Any]) -> str:
         lines.append("stop     STOP requested: agents finish their task and exit")
     if s.get("cooldown"):
         c = s["cooldown"]
-        lines.append(f"cooldown no model calls for {fmt_dur(c['in_s'])} more (rate limit or outage"
+        lines.append(f"cooldown no model calls for {duration(c['in_s'])} more (rate limit or outage"
                      + (f"; {c['outages']} outage{'s' * (c['outages'] != 1)} in a row" if c["outages"] else "") + ")")
     if s.get("backing_off"):
         b = s["backing_off"]
-        lines.append(clip(f"backoff  {len(b)}: " + ", ".join(f"{x['task']} in {fmt_dur(x['in_s'])}" for x in b), WIDTH))
+        lines.append(clip(f"backoff  {len(b)}: " + ", ".join(f"{x['task']} in {duration(x['in_s'])}" for x in b), WIDTH))
     if s.get("open_conflicts"):
         c = s["open_conflicts"]
         lines.append(clip(f"conflict {len(c)} open: " + ", ".join(f"{x['task']} ({x['status']})" for x in c), WIDTH))
@@ -272,8 +254,8 @@ def _agent_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"  {'agent':<16} {'role':<8} {'state':<8} {'task':<26} {'on task':>7} {'beat':>6}")
     for a in shown:
         lines.append(f"  {clip(a['agent'], 16):<16} {clip(a['role'], 8):<8} {a['state']:<8} "
-                     f"{clip(a['task'], 26):<26} {fmt_dur(a['on_task_s']):>7} "
-                     f"{fmt_dur(a['beat_age_s']):>6}")
+                     f"{clip(a['task'], 26):<26} {duration(a['on_task_s']):>7} "
+                     f"{duration(a['beat_age_s']):>6}")
         if a.get("why"):
             lines.append(clip(f"    {a['why']}", WIDTH))
         if a.get("waiting") and a["alive"]:
@@ -283,5 +265,5 @@ def _agent_lines(s: dict[str, Any]) -> list[str]:
     for c in s["active"]:  # a claim whose holder has no live heartbeat: an external agent, or reaped soon
         if c["agent"] not in known:
             lines.append(clip(f"  claim {c['task']} held by {c['agent']} (generation {c['generation']}, "
-                              f"{fmt_dur(c['for_s'])})", WIDTH))
+                              f"{duration(c['for_s'])})", WIDTH))
     return lines
