@@ -44,11 +44,12 @@ def load_data() -> dict[str, Any]:
     return data
 
 
-def script_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The scripted model's script: the extra entries first, then one per backlog task by exact id."""
+def script_entries(data: dict[str, Any], agents: int) -> list[dict[str, Any]]:
+    """The scripted model's script: the extra entries first, then one per backlog task by exact id.
+    A lone agent would wait at each meet for a partner that never comes: it skips them."""
     entries = list(data["script"])
     for item in data["tasks"]:
-        actions = list(item["actions"])
+        actions = [a for a in item["actions"] if agents > 1 or "meet" not in a]
         if not any("finish" in a for a in actions):
             actions.append({"finish": f"done: {item['title']}"})
         entries.append({"match": f"^{re.escape(item['id'])}$", "actions": actions})
@@ -97,14 +98,14 @@ def configure(colony: Colony, git: Git) -> None:
             str(rel / "config.yaml"), str(rel / ".gitignore"))
 
 
-def prepare(directory: Path) -> tuple[Colony, Path, int]:
+def prepare(directory: Path, agents: int) -> tuple[Colony, Path, int]:
     """Target repo, colony, script and backlog; returns the colony, script path and task count."""
     data = load_data()
     git = create_target(directory, data["target"])
     colony = Colony.init(directory)
     configure(colony, git)
     script = colony.home / SCRIPT_NAME
-    script.write_text(yaml.safe_dump(script_entries(data), sort_keys=False, allow_unicode=True, width=1000),
+    script.write_text(yaml.safe_dump(script_entries(data, agents), sort_keys=False, allow_unicode=True, width=1000),
                       encoding="utf-8")
     new = backlog(data)
     colony.add_many(new)
@@ -141,7 +142,7 @@ def run(directory: Path, agents: int = 4, timeout: float = 600, out: TextIO | No
     if timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout}")
     started = time.monotonic()
-    colony, script, n = prepare(directory)
+    colony, script, n = prepare(directory, agents)
     print(f"demo: target repository {directory} with {n} tasks; {agents} scripted agents at work "
           f"(agent logs in {colony.home / 'agents'})", file=out, flush=True)
     if agents == 1:

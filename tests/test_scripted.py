@@ -118,6 +118,48 @@ def test_sleep_happens_before_the_next_reply(tmp_path: Path, worktree: Path, col
     assert time.monotonic() - started >= 0.3
 
 
+def test_meet_holds_each_task_until_the_other_arrives(tmp_path: Path, colony: RecordingColony) -> None:
+    import threading
+    model = script(tmp_path, """\
+        - match: "."
+          actions:
+            - meet: {name: pair, parties: 2, timeout: 20}
+            - finish: "met"
+        """)
+    finished: dict[str, float] = {}
+
+    def run(task_id: str, delay: float) -> None:
+        time.sleep(delay)
+        wt = tmp_path / task_id
+        wt.mkdir()
+        assert attempt(model, wt, colony, task_id=task_id).summary == "met"
+        finished[task_id] = time.monotonic()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=("early", 0.0)), threading.Thread(target=run, args=("late", 1.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert finished["early"] - started >= 1.0  # it waited for the late one, not its own timeout
+    assert finished["early"] - started < 10
+    assert sorted(p.name for p in (tmp_path / "script.yaml.meet" / "pair").iterdir()) == ["early", "late"]
+
+
+def test_a_meet_nobody_else_reaches_gives_up_after_its_timeout(
+    tmp_path: Path, worktree: Path, colony: RecordingColony
+) -> None:
+    model = script(tmp_path, """\
+        - match: "."
+          actions:
+            - meet: {name: alone, timeout: 0.3}
+            - finish: "went on alone"
+        """)
+    started = time.monotonic()
+    assert attempt(model, worktree, colony).summary == "went on alone"
+    assert time.monotonic() - started >= 0.3
+
+
 def test_on_verify_failure_actions_play_after_feedback(
     tmp_path: Path, worktree: Path, colony: RecordingColony
 ) -> None:
@@ -153,6 +195,8 @@ def test_on_verify_failure_actions_play_after_feedback(
         ("- match: x\n  actions: [{bash: a, note: b}]\n", "exactly one key"),
         ("- match: x\n  actions: [{write: {path: a}}]\n", "write needs exactly the string fields path, content"),
         ("- match: x\n  actions: [{sleep: -1}]\n", "sleep needs a number"),
+        ("- match: x\n  actions: [{meet: {name: a b}}]\n", "meet needs"),
+        ("- match: x\n  actions: [{meet: {name: a, parties: 1}}]\n", "meet needs"),
         ("- match: x\n  actions: [{create_task: {title: t, colour: red}}]\n", "unknown field"),
         ("- match: x\n  actions: [{create_task: {priority: 5}}]\n", "missing required field 'title'"),
         ("- match: x\n  actions: []\n  on_verify_failure: [{finish: 3}]\n",

@@ -9,6 +9,11 @@
         - note: "..."                                             # add_note
         - sleep: 2.5               # not a tool call: the model sleeps this long before its next
                                    # reply (lets tests SIGKILL/SIGSTOP an agent mid-task)
+        - meet: {name: pair, parties: 2, timeout: 30}
+                                   # not a tool call either: before its next reply the model waits
+                                   # until `parties` different tasks have reached a meet of this
+                                   # name (or `timeout` seconds pass), so that two agents hold
+                                   # their tasks at the same time however slowly each one started
         - finish: "summary"
       on_verify_failure:           # optional: played instead of ``actions`` after the harness
         - replace: {...}           # sends verify-failure feedback (every such round starts over)
@@ -45,10 +50,26 @@ _CREATE_TASK_SCHEMA = next(spec.input_schema for spec in TOOL_SPECS if spec.name
 
 
 @dataclass(frozen=True)
+class _Meet:
+    name: str
+    parties: int
+    timeout: float
+
+    def wait(self, folder: Path, task_id: str) -> None:
+        """Arrive (one directory per task, so a retried task counts once), then wait for the rest."""
+        here = folder / self.name
+        (here / (task_id or str(os.getpid()))).mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.timeout
+        while sum(1 for _ in here.iterdir()) < self.parties and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
 class _Step:
     name: str
     input: dict[str, Any]
     sleep: float = 0.0  # seconds to sleep before replying with this call
+    meet: _Meet | None = None  # then wait for the other parties of this meet
 
 
 @dataclass
@@ -75,6 +96,8 @@ class ScriptedModel:
         chosen = steps[step] if step < len(steps) else _Step(FINISH, {"summary": EXHAUSTED})
         if chosen.sleep:
             time.sleep(chosen.sleep)
+        if chosen.meet:  # the meeting place sits beside the script, which every agent reads
+            chosen.meet.wait(self.path.with_name(self.path.name + ".meet"), request.task_id)
         call = ToolCall(id=f"scripted-{len(assistant_turns) + 1}", name=chosen.name, input=dict(chosen.input))
         prompt_chars = len(request.system) + len(json.dumps(request.messages, default=str))
         usage = Usage(input_tokens=prompt_chars // 4, output_tokens=len(json.dumps(call.input)) // 4 + 1)
@@ -124,7 +147,7 @@ def _entry(path: Path, index: int, raw: Any) -> _Entry:
 
 def _steps(where: str, actions: list[Any]) -> list[_Step]:
     steps: list[_Step] = []
-    pending_sleep = 0.0
+    pending_sleep, pending_meet = 0.0, None
     for j, action in enumerate(actions):
         here = f"{where}[{j}]"
         if not isinstance(action, dict) or len(action) != 1:
@@ -135,12 +158,25 @@ def _steps(where: str, actions: list[Any]) -> list[_Step]:
                 raise UsageError(f"{here}: sleep needs a number of seconds >= 0, got {value!r}")
             pending_sleep += float(value)
             continue
+        if kind == "meet":
+            pending_meet = _meet(here, value)
+            continue
         name, tool_input = _tool_call(here, kind, value)
-        steps.append(_Step(name, tool_input, pending_sleep))
-        pending_sleep = 0.0
-    if pending_sleep:  # a trailing sleep delays the "exhausted" finish
-        steps.append(_Step(FINISH, {"summary": EXHAUSTED}, pending_sleep))
+        steps.append(_Step(name, tool_input, pending_sleep, pending_meet))
+        pending_sleep, pending_meet = 0.0, None
+    if pending_sleep or pending_meet:  # a trailing sleep or meet delays the "exhausted" finish
+        steps.append(_Step(FINISH, {"summary": EXHAUSTED}, pending_sleep, pending_meet))
     return steps
+
+
+def _meet(here: str, value: Any) -> _Meet:
+    ok = (isinstance(value, dict) and set(value) <= {"name", "parties", "timeout"}
+          and isinstance(value.get("name"), str) and re.fullmatch(r"[A-Za-z0-9._-]+", value["name"])
+          and type(value.get("parties", 2)) is int and value.get("parties", 2) >= 2
+          and type(value.get("timeout", 30)) in (int, float) and value.get("timeout", 30) > 0)
+    if not ok:
+        raise UsageError(f"{here}: meet needs {{name: WORD, parties: N >= 2, timeout: SECONDS > 0}}, got {value!r}")
+    return _Meet(value["name"], value.get("parties", 2), float(value.get("timeout", 30)))
 
 
 def _tool_call(here: str, kind: str, value: Any) -> tuple[str, dict[str, Any]]:
@@ -163,7 +199,7 @@ def _tool_call(here: str, kind: str, value: Any) -> tuple[str, dict[str, Any]]:
             raise UsageError(f"{here}: create_task: {problem}")
         return CREATE_TASK, dict(value)
     raise UsageError(
-        f"{here}: unknown action {kind!r}; use bash, write, replace, create_task, note, sleep or finish"
+        f"{here}: unknown action {kind!r}; use bash, write, replace, create_task, note, sleep, meet or finish"
     )
 
 
