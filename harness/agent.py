@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import briefing, deadline, faults, filing, integrate, notes, roles, sandbox, tasks
+from harness import briefing, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
 from harness.checkout import Blocked
 from harness.colony import Claim, Colony
 from harness.command import CommandBackend
@@ -42,7 +42,6 @@ from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
 from harness.redact import SECRET_NAME, secret_env
-from harness.roles import load_role
 from harness.sandbox import Sandbox
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
@@ -145,7 +144,7 @@ class Agent:
     def __init__(self, colony: Colony, opts: AgentOptions, model: Model | None = None) -> None:
         self.colony, self.opts, self.cfg = colony, opts, colony.config
         self.id = tasks.check_id(opts.agent, "agent id")
-        self.role = load_role(opts.role, colony.home)
+        self.role = roles.agent_role(opts.role, colony.home)  # `any`: each task's role (roles.for_task)
         self.templates = Templates(colony.home)
         self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
         self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600,
@@ -169,6 +168,7 @@ class Agent:
         self.waiting: str | None = None  # why the current landing waits (shown by status)
         self._reaped_at = 0.0
         self.deadline = deadline.Watch(colony.home)
+        self.swept = 0  # idle sweeps this process ran (sweep.py)
 
     def _build_sandboxes(self) -> None:
         """Probe once, here: every command of this agent then runs in the same sandbox. An agent CLI
@@ -224,6 +224,8 @@ class Agent:
                     self.say(f"{reached}: claiming nothing more")
                     break
                 got = self.claim_next()
+                if got is None and self.sweep():
+                    continue
                 if got is None:
                     if self.opts.until_empty and self.nothing_left():
                         break
@@ -282,7 +284,8 @@ class Agent:
         else:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
-        system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=self.role,
+        role = roles.for_task(self.role, task, self.colony.home)
+        system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=role,
                                           verify=self.verify_commands(task), context=self.repo_context(),
                                           cli=self.command is not None)
         outcome, again = self.session(task, run, env, system, prompt)
@@ -323,8 +326,7 @@ class Agent:
                                                     next(rounds), box))
         assert self.model is not None
         # must_abort is also polled every second during a call: SIGTERM or STOP now ends it at once.
-        metered = Metered(self.model, self.ledger, self.id, task.id, self.cooldown,
-                          lambda: self.stopping() or self.must_abort())
+        metered = self.metered(task.id)
         outcome = run_attempt(
             metered, system, prompt,
             Toolbox(self.ws.path, env, Sink(self.colony, self.id, task, self.ws.path, self.stopping),
@@ -332,6 +334,16 @@ class Agent:
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             abort_check=self.must_abort, secrets=self.secrets, on_reply=metered.record, say=self.say)
         return outcome, continue_attempt
+
+    def metered(self, task_id: str) -> Metered:
+        """Our model, its calls on our ledger under ``task_id``; a stop is heard while it waits or calls."""
+        assert self.model is not None
+        return Metered(self.model, self.ledger, self.id, task_id, self.cooldown,
+                       lambda: self.stopping() or self.must_abort())
+
+    def sweep(self) -> bool:
+        """Nothing was claimed: a role with `when_idle` may look for work instead (sweep.py). True if it did."""
+        return sweep.maybe(self)
 
     def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:
         if commit is None:  # the model finished without changing anything: nothing to land
@@ -485,7 +497,11 @@ class Agent:
         if isinstance(decision, Fix):
             got = self.colony.try_claim(decision.task, self.id, pid=os.getpid())
             return got if isinstance(got, tuple) else None
-        return self.colony.claim(self.id, self.role.name, pid=os.getpid())
+        return self.colony.claim(self.id, self.pool_role(), pid=os.getpid())
+
+    def pool_role(self) -> str | None:
+        """The role picking favours: ours; none for an `any` agent, which takes each task's role."""
+        return None if self.role.name == roles.ANY else self.role.name
 
     def gatekeep(self) -> Decision:
         """Main's verdict, from the cache or (by exactly one agent per tree) a run on main itself."""
@@ -533,7 +549,7 @@ class Agent:
         """For --until-empty: no task is ready or active, or main is red and its fix attempts are spent."""
         if self.hold is not None and self.hold.red and not any(self.colony.task_dir("active").glob("*.yaml")):
             return True
-        return self.colony.idle()
+        return self.colony.idle() and not sweep.running(self.colony)  # a sweep may yet file work
 
     def sense(self) -> None:
         if time.monotonic() - self._reaped_at > self.cfg.lease_ttl / 4:
@@ -585,7 +601,7 @@ class Agent:
 
     def until_due(self, idle: float) -> float:
         """How long to nap: `idle`, or less when a task's back-off ends sooner (that writes no event)."""
-        due = self.colony.pool(self.role.name).next_due()
+        due = self.colony.pool(self.pool_role()).next_due()
         return idle if due is None else max(0.05, min(idle, due - time.time()))
 
     def _log_size(self) -> int:

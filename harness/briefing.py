@@ -19,7 +19,8 @@ from harness.roles import Role
 from harness.tasks import Task
 from harness.templates import Templates
 
-TEMPLATES = ("system", "system_command", "task", "merge_conflict", "verify_failure")
+TEMPLATES = ("system", "system_command", "task", "merge_conflict", "verify_failure", "idle")
+SWEEP_LIST = 40  # tasks of each kind (open, recently done) an idle sweep's prompt names
 
 
 def repo_context(git: Git, log_ref: str, tree_ref: str) -> dict[str, str]:
@@ -52,6 +53,19 @@ def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, rol
     return system, prompt
 
 
+def sweep_opening(templates: Templates, *, sweep: str, agent: str, role: Role, context: dict[str, str],
+                  open_tasks: list[Task], recent_tasks: list[Task], max_tasks: int) -> tuple[str, str]:
+    """The system prompt (as for a task: the cached prefix stays the same) and the first message
+    of an idle sweep (idle.j2): the role's `when_idle`, the repository, and the tasks it must not refile."""
+    shown_open, shown_recent = open_tasks[:SWEEP_LIST], recent_tasks[:SWEEP_LIST]
+    left_out = len(open_tasks) + len(recent_tasks) - len(shown_open) - len(shown_recent)
+    system = templates.render("system", agent=agent, role=role)
+    prompt = templates.render("idle", sweep=sweep, role=role, when_idle=role.when_idle or "", context=context,
+                              open_tasks=shown_open, recent_tasks=shown_recent, left_out=left_out,
+                              max_tasks=max_tasks)
+    return system, prompt
+
+
 def feedback(templates: Templates, excerpt: str, round_: int, rounds: int, cli: bool) -> str:
     """The message after a failed verify: its excerpt, and which repair round this is."""
     return templates.render("verify_failure", excerpt=excerpt, round=round_, rounds=rounds, cli=cli)
@@ -78,6 +92,9 @@ def check(colony: Colony) -> None:
                     cli=cli, task_notes=[sample, sample])
     for cli in (False, True):
         feedback(templates, "E   assert 1 == 2", 1, 2, cli)
+    sweeper = next((r for r in role_list if r.when_idle), role)
+    sweep_opening(templates, sweep="sweep-critic-1", agent="critic-01", role=sweeper, context=context,
+                  open_tasks=[plain], recent_tasks=[conflict], max_tasks=5)
     # Any other override (an {% include %}d partial, say) is at least parsed.
     for path in sorted((home / "prompts").glob("*.j2")):
         if path.stem not in TEMPLATES:

@@ -594,7 +594,8 @@ def cmd_prompt_render(args: argparse.Namespace) -> int:
     from harness.templates import Templates
     colony = _colony(args)
     _, task = colony.get(args.task)
-    role = roles.load_role(args.role or task.role or "coder", colony.home)
+    # `--role any`: the role an `any` agent would take for this task (its hint, else the first that prefers it).
+    role = roles.for_task(roles.agent_role(args.role or task.role or "coder", colony.home), task, colony.home)
     templates = Templates(colony.home)
     branch = colony.landing_branch()
     verify = [c for c in (colony.config.verify, task.verify) if c and c.strip()]
@@ -627,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("run", parents=[common], help="launch and supervise agent processes (the default command)")
     launch.add_argument("--agents", type=int, help="how many agents (default: the sum of --roles, else 4)")
     launch.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
-    launch.add_argument("--roles", metavar="ROLE=N,...", help="e.g. coder=12,merger=2; the rest are coders")
+    launch.add_argument("--roles", metavar="ROLE=N,...", help="e.g. coder=12,merger=2 (the rest are coders); any=N: agents that take each task's "
+                        "role; default: a mix by --agents (all coders below 4, then a merger per 8, a tester "
+                        "from 8, a critic from 12)")
     launch.add_argument("--max-hours", type=float, help="then create .stigmergy/STOP and wait for the agents")
     launch.add_argument("--until-empty", action="store_true", help="agents exit when no task is ready or active")
     launch.add_argument("--workspaces", metavar="DIR", help="root of agents' worktrees (default ./workspaces)")
@@ -754,7 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     prr = pr.add_parser("render", parents=[common], help="print what an agent would send for a task: the system "
                         "prompt and the first user message")
     prr.add_argument("--task", required=True, metavar="ID")
-    prr.add_argument("--role", help="the agent's role (default: the task's role, else coder)")
+    prr.add_argument("--role", help="the agent's role (default: the task's role, else coder; any: the role an "
+                     "`any` agent would take)")
     prr.add_argument("--agent", metavar="ID", help="the agent id the prompt names (default: ROLE-01)")
     prr.add_argument("--backend", choices=("model", "command"), default="model",
                      help="command: as an agent CLI gets it (the system_command template)")

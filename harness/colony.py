@@ -444,6 +444,24 @@ class Colony:
                    claimed_at=claim.claimed_at)
         return claim, task
 
+    # -- tokens: claims on something that is no task (an idle sweep's, see sweep.py) ------------------
+    def take_token(self, name: str, agent: str, pid: int | None = None) -> Claim | None:
+        """Hold token ``name`` (never a task id: e.g. ``_sweep-critic``) as a task is claimed, by the
+        same generation compare-and-swap and lease: a dead or silent holder's token is taken over."""
+        gen = self._generation(name)
+        if self.token_held(name, gen):
+            return None
+        return self._take_generation(name, gen + 1, agent, pid)
+
+    def token_held(self, name: str, gen: int | None = None) -> bool:
+        """Token ``name`` is held by a live holder (one whose lease is good)."""
+        gen = self._generation(name) if gen is None else gen
+        return self._held(name, gen) and not self._is_stale(self._gen_dir(name, gen), self._owner(name, gen),
+                                                             time.time())
+
+    def drop_token(self, claim: Claim) -> None:
+        self._release_generation(claim, "released")
+
     def ready(self, task: Task) -> bool:
         """Claimable by what its file says: every dependency done, and not backing off."""
         if task.not_before is not None and task.not_before > time.time():

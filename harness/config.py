@@ -57,6 +57,13 @@ prompt_notes_chars: 3000
 max_new_tasks_per_attempt: 10
 max_new_tasks_per_hour: 30
 
+# Idle sweeps: an agent whose role has `when_idle:` (e.g. critic, tester) and finds nothing ready
+# inspects the repository and files what it finds (at most sweep_max_tasks tasks, none that repeat an
+# open or recently done task). One sweep of a role at a time in the colony, at most one per role every
+# sweep_interval seconds, never on a red main; 0 for either disables sweeps.
+sweep_interval: 1800
+sweep_max_tasks: 5
+
 # An agent CLI (--backend command) that prints nothing and changes nothing in its worktree for
 # this many seconds is stopped (it waits on a prompt, or hangs); 0 = only its time limit stops it.
 cli_stall_seconds: 600
@@ -118,6 +125,8 @@ class Config:
     red_main_attempts: int = 1
     max_new_tasks_per_attempt: int = 10
     max_new_tasks_per_hour: int = 30
+    sweep_interval: float = 1800
+    sweep_max_tasks: int = 5
     cli_stall_seconds: float = 600
     log_max_bytes: int = 10 * 1024 * 1024
     lease_ttl: float = 120

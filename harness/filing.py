@@ -10,17 +10,22 @@ call; tasks.from_dict still checks the schema after these.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness import tasks
 from harness.errors import FilingRefused
+from harness.tasks import Task
 
 MAX_TITLE = 200
 MAX_PATH = 200
 MAX_PATHS = 50
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Two titles name the same task when this share of their words is common (Jaccard of the word sets,
+# small words left out, plurals folded): "Add tests for the parser" and "Add parser tests" are one.
+SIMILAR = 0.6
+_SMALL = frozenset("a an and as at be by for from in into is it its of on or that the this to with".split())
 
 PATHS_ACCEPTED = (f"paths relative to the repository root, such as src/app.py, docs/ or tests/*.py (globs are "
                   f"fine), at most {MAX_PATH} characters each and {MAX_PATHS} entries, with no '..', no absolute "
@@ -84,3 +89,29 @@ def _path_problem(item: object, worktree: Path | None) -> str | None:
     if any(c.isspace() for c in item) and not (worktree is not None and (worktree / item).exists()):
         return "spaces, and no such path in the worktree"
     return None
+
+
+def words(title: str) -> frozenset[str]:
+    """A title's words for comparing: lower case, small words left out, a plural 's' folded."""
+    found = re.findall(r"[a-z0-9]+", title.lower())
+    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in found if w not in _SMALL)
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two titles are: the Jaccard index of their word sets (1.0: the same words)."""
+    wa, wb = words(a), words(b)
+    return len(wa & wb) / len(wa | wb) if wa and wb else 0.0
+
+
+def check_duplicate(fields: Mapping[str, Any], existing: Iterable[tuple[str, Task]]) -> None:
+    """Refuse (FilingRefused, reason "duplicate") a task that repeats one of ``existing`` (status,
+    task): a title at least SIMILAR alike, or the same non-empty set of outputs. An idle sweep files
+    through this, so agents that look at the same repository do not file the same finding twice."""
+    title, outputs = str(fields.get("title", "")), set(fields.get("outputs") or [])
+    for status, task in existing:
+        alike = similarity(title, task.title)
+        if alike >= SIMILAR or (outputs and outputs == set(task.outputs)):
+            why = (f"its title is {alike:.0%} alike" if alike >= SIMILAR
+                   else f"it has the same outputs ({', '.join(sorted(outputs))})")
+            raise FilingRefused("duplicate", f"not filed: it repeats task {task.id} ({status}: {task.title!r}); "
+                                f"{why}. File only what no open or recently done task covers, or finish")

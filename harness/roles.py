@@ -31,9 +31,12 @@ import yaml
 
 from harness import shipped as shipped_files
 from harness.errors import UsageError
+from harness.tasks import Task
 from harness.tools import ADD_NOTE, BASH, CREATE_TASK, EDIT, FINISH
 
 TOOLS = (BASH, EDIT, CREATE_TASK, ADD_NOTE)  # finish is always allowed: an attempt must be able to end
+ANY = "any"  # not a role: an agent that takes each task's role (agent_role, for_task)
+FALLBACK = "coder"  # an `any` agent's role for a task that no role prefers
 FIELDS = ("name", "description", "prefers", "model", "tools", "max_steps", "when_idle")
 FIX = ("a role file starts with a line '---', YAML front matter (name:, description:, and optionally "
        "prefers:, model:, tools:, max_steps:, when_idle:), a line '---', then the prompt")
@@ -149,6 +152,8 @@ def source(name: str, home: Path) -> Path | None:
 
 
 def load_role(name: str, home: Path) -> Role:
+    if name == ANY:
+        raise UsageError(f"{ANY!r} is no role file: it names an agent that takes each task's role (agent_role, for_task)")
     path = source(name, home)
     if path is None:
         raise UsageError(f"unknown role {name!r}: use one of {', '.join(known(home))} or add "
@@ -163,4 +168,29 @@ def known(home: Path) -> list[str]:
 
 def load_all(home: Path) -> list[Role]:
     """Every role, parsed: a bad file raises UsageError naming it and the line."""
+    if (home / "roles" / f"{ANY}.md").exists():
+        raise UsageError(f"{home / 'roles' / (ANY + '.md')}:1: {ANY!r} is reserved for agents that take each "
+                         "task's role (--roles any=N): rename the file and its `name:`")
     return [load_role(name, home) for name in known(home)]
+
+
+def agent_role(name: str, home: Path) -> Role:
+    """The role an agent runs as: a role file, or ``any`` (no file, no preferences, never sweeps),
+    whose agents take each task's role from for_task."""
+    if name == ANY:
+        return Role(ANY, "takes each task's role: its hint, else the first role that prefers it, else coder",
+                    "", Path(ANY))
+    return load_role(name, home)
+
+
+def for_task(agent: Role, task: Task, home: Path) -> Role:
+    """The role whose prompt an agent of role ``agent`` works ``task`` with: its own, except for an
+    ``any`` agent, which takes the task's role hint, else the first role (by name) whose ``prefers``
+    matches the task's kind, title, inputs and outputs, else coder."""
+    if agent.name != ANY:
+        return agent
+    if task.role is not None:
+        return load_role(task.role, home)
+    paths = [*task.inputs, *task.outputs]
+    suited = (r for r in load_all(home) if r.prefers.match(task.kind, task.title, paths))
+    return next(suited, None) or load_role(FALLBACK, home)

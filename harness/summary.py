@@ -45,7 +45,7 @@ def collect(colony: Colony, seconds: float) -> Summary:
         headline=report.summary_line(report.build(colony)),
         tasks=[t.id for _, t in known], statuses={t.id: st for st, t in known}, landed=landed, resolved=resolved,
         conflicts=[t.id for _, t in known if t.kind == "merge_conflict"],
-        discovered=[t.id for _, t in known if t.discovered_from and t.kind != "merge_conflict"],
+        discovered=[t.id for _, t in known if (t.discovered_from or t.discovered_by) and t.kind != "merge_conflict"],
         commits=int(git.run("rev-list", "--count", branch).strip()),
         dirty=git.run("status", "--porcelain").splitlines(), seconds=seconds, branch=branch)
 

@@ -11,7 +11,9 @@ What the launcher adds is supervision:
 - roles: ``--roles coder=12,merger=2`` with ``--agents 16`` gives 12 coders, 2 mergers and 2 more
   coders (the rest is filled with ``coder``); counts that add up to more than ``--agents`` are
   refused; without ``--agents`` the count is the sum of the roles (or 4 when no roles are given).
-  Ids are ``<role>-NN`` (``coder-01``, ``merger-02``), numbered per role.
+  Without ``--roles`` the mix is ``default_mix`` (all coders below 4 agents, then a merger per 8,
+  a tester from 8, a critic from 12). ``any`` agents (``--roles any=4``) take each task's role
+  (roles.py). Ids are ``<role>-NN`` (``coder-01``, ``merger-02``), numbered per role.
 - restarts: an agent that exits non-zero or is killed by a signal is started again after 1 s,
   2 s, 4 s ... (capped at 60 s); the delay starts over once an agent has run for a minute. Exit 0
   means the agent is done (STOP, SIGTERM, or --until-empty with nothing left) and is not restarted;
@@ -134,8 +136,19 @@ def parse_roles(text: str | None) -> dict[str, int]:
     return counts
 
 
+def default_mix(total: int) -> dict[str, int]:
+    """The roles of ``total`` agents when --roles is not given: coders, and from 4 agents on the
+    specialists that carry a long run: a merger per 8 agents (at least one: conflicts grow with
+    the square of the agents), a tester from 8, a critic from 12. Coders come first, so their ids
+    (coder-01 ...) are the same as in a colony of coders only. 16 -> coder=12, merger=2, tester=1, critic=1."""
+    if total < 4:
+        return {DEFAULT_ROLE: total}
+    rest = {"merger": max(1, total // 8), "tester": int(total >= 8), "critic": int(total >= 12)}
+    return {DEFAULT_ROLE: total - sum(rest.values()), **{k: n for k, n in rest.items() if n}}
+
+
 def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
-    """The agents to run: the roles asked for, then coders up to ``agents``."""
+    """The agents to run: the roles asked for, then coders up to ``agents``; without --roles, the default mix."""
     counts = {name: n for name, n in parse_roles(roles).items() if n > 0}
     asked = sum(counts.values())
     total = agents if agents is not None else (asked or DEFAULT_AGENTS)
@@ -143,7 +156,9 @@ def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
         raise UsageError(f"--agents must be at least 1, got {total}")
     if asked > total:
         raise UsageError(f"--roles asks for {asked} agents but --agents is {total}: raise --agents or lower the counts")
-    if asked < total:
+    if roles is None:
+        counts = default_mix(total)
+    elif asked < total:
         counts[DEFAULT_ROLE] = counts.get(DEFAULT_ROLE, 0) + total - asked
     specs = []
     for role, n in counts.items():

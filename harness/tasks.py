@@ -41,6 +41,7 @@ class Task:
     body: str = ""
     created_by: str = "human"
     discovered_from: str | None = None
+    discovered_by: str | None = None  # the agent whose idle sweep found it (sweep.py)
     resolves: str | None = None  # a merge_conflict task names the task whose work it lands
     skip_count: int = 0
     not_before: float | None = None  # epoch before which nobody claims it: it just failed (back-off)
@@ -59,7 +60,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,), "title": (str,), "kind": (str,), "priority": (int, str), "role": (str, type(None)),
     "depends_on": (list,), "inputs": (list,), "outputs": (list,), "verify": (str, type(None)),
     "body": (str, type(None)), "created_by": (str,), "discovered_from": (str, type(None)),
-    "resolves": (str, type(None)), "skip_count": (int,),
+    "discovered_by": (str, type(None)), "resolves": (str, type(None)), "skip_count": (int,),
     "not_before": (int, float, type(None)), "created_at": (int, float), "meta": (dict,),
 }
 

@@ -131,7 +131,8 @@ def test_plan_fills_with_coders_and_numbers_per_role() -> None:
         ("coder-01", "coder"), ("coder-02", "coder")]
     assert [s.id for s in swarm.plan(None, "coder=3,merger=1")] == ["coder-01", "coder-02", "coder-03", "merger-01"]
     assert len(swarm.plan(None, None)) == swarm.DEFAULT_AGENTS
-    assert [s.id for s in swarm.plan(100, None)][-1] == "coder-100"
+    assert [s.id for s in swarm.plan(100, "")][-1] == "coder-100"  # explicit: the rest are coders
+    assert [s.id for s in swarm.plan(100, None)][85:88] == ["coder-86", "merger-01", "merger-02"]  # the default mix
 
 
 @pytest.mark.parametrize("agents,roles,msg", [
