@@ -612,6 +612,26 @@ def cmd_prompt_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompt_idle(args: argparse.Namespace) -> int:
+    from harness import briefing, roles, sweep
+    from harness.git import Git
+    from harness.templates import Templates
+    colony = _colony(args)
+    role = roles.load_role(args.role, colony.home)
+    if role.when_idle is None:
+        print(f"stigmergy: role {role.name!r} has no `when_idle:`, so its agents never sweep; this is what "
+              "they would send if it had one", file=sys.stderr)
+    templates, branch = Templates(colony.home), colony.landing_branch()
+    context = briefing.repo_context(Git(colony.repo), f"refs/heads/{branch}", f"refs/heads/{branch}")
+    system, prompt = sweep.opening(colony, templates, role, args.agent or f"{role.name}-01",
+                                   sweep.next_id(colony, role.name), context)
+    print(f"===== system prompt ({templates.source('system')}) =====")
+    print(system, end="" if system.endswith("\n") else "\n")
+    print(f"===== first user message ({templates.source('idle')}) =====")
+    print(prompt, end="" if prompt.endswith("\n") else "\n")
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -763,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     prr.add_argument("--backend", choices=("model", "command"), default="model",
                      help="command: as an agent CLI gets it (the system_command template)")
     prr.set_defaults(func=cmd_prompt_render)
+    pri = pr.add_parser("idle", parents=[common], help="print what an idle sweep of a role would send now")
+    pri.add_argument("--role", required=True, help="a role with `when_idle:` (e.g. critic)")
+    pri.add_argument("--agent", metavar="ID", help="the agent id the prompt names (default: ROLE-01)")
+    pri.set_defaults(func=cmd_prompt_idle)
 
     fake = sub.add_parser("fake-server", help="scripted fake Anthropic/OpenAI API on 127.0.0.1 (tests, demos)")
     fake.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port; the URL is printed)")

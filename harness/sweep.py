@@ -34,7 +34,9 @@ from harness import briefing, filing, fsutil, roles, tasks
 from harness.colony import Colony
 from harness.errors import ColonyFault, FilingRefused, HarnessError, ToolError
 from harness.models.base import ToolCall, ToolSpec
+from harness.roles import Role
 from harness.tasks import Task
+from harness.templates import Templates
 from harness.toolloop import Outcome, Transcript, run_attempt
 from harness.tools import BASH, CREATE_TASK, FINISH, Toolbox, ToolResult
 
@@ -172,7 +174,8 @@ def _start(colony: Colony, role: str, agent: str) -> int | None:
     now = time.time()
     if not due(colony, role, now):
         return None
-    number = int(record(colony, role).get("n", 0)) + 1
+    number = int(next_id(colony, role).rsplit("-", 1)[1])
+    (colony.home / "sweeps").mkdir(exist_ok=True)
     fsutil.write_json(colony.home / "sweeps" / f"{role}.json",
                       {"n": number, "started": round(now, 3), "agent": agent}, fsync=False)
     return number
@@ -208,14 +211,25 @@ def _sweep(agent: Agent, sid: str, allowed: tuple[str, ...]) -> None:
                   + (f", {len(sink.refused)} refused" if sink.refused else ""))
 
 
+def next_id(colony: Colony, role: str) -> str:
+    """The id the role's next sweep gets (its ledger lines, run folder and events carry it)."""
+    return f"sweep-{role}-{int(record(colony, role).get('n', 0)) + 1}"
+
+
+def opening(colony: Colony, templates: Templates, role: Role, agent: str, sid: str,
+            context: dict[str, str]) -> tuple[str, str]:
+    """The system prompt and first message of sweep ``sid``: for the agent, and for `prompt idle`."""
+    open_, recent = known_tasks(colony, time.time())
+    return briefing.sweep_opening(templates, sweep=sid, agent=agent, role=role, context=context,
+                                  open_tasks=[t for _, t in open_], recent_tasks=[t for _, t in recent],
+                                  max_tasks=colony.config.sweep_max_tasks)
+
+
 def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink) -> Outcome:
     colony, role = agent.colony, agent.role
     pseudo = Task(id=sid, title=f"Idle sweep of the {role.name} role", created_by=agent.id)
     agent.ws.prepare()  # the tip of main, as a task's attempt starts
-    open_, recent = known_tasks(colony, time.time())
-    system, prompt = briefing.sweep_opening(
-        agent.templates, sweep=sid, agent=agent.id, role=role, context=agent.repo_context(),
-        open_tasks=[t for _, t in open_], recent_tasks=[t for _, t in recent], max_tasks=colony.config.sweep_max_tasks)
+    system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context())
     box = SweepTools(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed)
     limits = agent.opts.limits
     if role.max_steps is not None:
