@@ -69,8 +69,8 @@ def running(colony: Colony) -> bool:
 
 def known_tasks(colony: Colony, now: float) -> tuple[list[tuple[str, Task]], list[tuple[str, Task]]]:
     """The open tasks, and the done or failed ones that finished within RECENT_S (by the file's
-    ctime, which the move into done/ or failed/ sets), newest first: what a sweep must not refile."""
-    open_ = [*colony.listing("pending"), *colony.listing("active")]
+    ctime, which the move into done/ or failed/ sets), each newest first: what a sweep must not refile."""
+    open_ = sorted([*colony.listing("pending"), *colony.listing("active")], key=lambda st: -st[1].created_at)
     recent: list[tuple[float, str, Task]] = []
     for status in ("done", "failed"):
         for path in colony.task_dir(status).glob("*.yaml"):

@@ -213,6 +213,7 @@ def test_until_empty_critics_under_the_launcher_sweep_once_and_end(colony: Colon
     assert all(st == "done" and t.discovered_by == start["agent"] for st, t in found)
     log = (colony.home / "agents" / start["agent"] / "agent.log").read_text()
     assert "sweep sweep-critic-1 ended (finished): filed 2 task(s)" in log
+    assert "tasks created        2 (2 discovered by agents" in proc.stderr  # the launcher's summary counts them
 
 
 def test_prompt_idle_shows_what_the_next_sweep_sends(colony: Colony) -> None:
