@@ -156,7 +156,7 @@ def maybe(agent: Agent) -> bool:
         if number is None:
             return False  # one ran between our look and our token
         agent.swept += 1
-        _sweep(agent, f"sweep-{role.name}-{number}", allowed)
+        _sweep(agent, sweep_id(role.name, number), allowed)
     finally:
         colony.drop_token(held)
     return True
@@ -174,7 +174,7 @@ def _start(colony: Colony, role: str, agent: str) -> int | None:
     now = time.time()
     if not due(colony, role, now):
         return None
-    number = int(next_id(colony, role).rsplit("-", 1)[1])
+    number = int(record(colony, role).get("n", 0)) + 1
     (colony.home / "sweeps").mkdir(exist_ok=True)
     fsutil.write_json(colony.home / "sweeps" / f"{role}.json",
                       {"n": number, "started": round(now, 3), "agent": agent}, fsync=False)
@@ -211,9 +211,13 @@ def _sweep(agent: Agent, sid: str, allowed: tuple[str, ...]) -> None:
                   + (f", {len(sink.refused)} refused" if sink.refused else ""))
 
 
+def sweep_id(role: str, number: int) -> str:
+    """A sweep's id: its ledger lines, run folder and events carry it (no task has it)."""
+    return f"sweep-{role}-{number}"
+
+
 def next_id(colony: Colony, role: str) -> str:
-    """The id the role's next sweep gets (its ledger lines, run folder and events carry it)."""
-    return f"sweep-{role}-{int(record(colony, role).get('n', 0)) + 1}"
+    return sweep_id(role, int(record(colony, role).get("n", 0)) + 1)
 
 
 def opening(colony: Colony, templates: Templates, role: Role, agent: str, sid: str,
