@@ -36,7 +36,8 @@ from harness.command import CommandBackend
 from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
                             UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
-from harness.integrate import AlreadyLanded, Conflict, Fence, Fenced, Landed, Unchanged, Verdict, VerifyFailed
+from harness.integrate import (AlreadyLanded, Conflict, Contended, Fence, Fenced, Landed, Unchanged, Verdict,
+                               VerifyFailed)
 from harness.meter import Ledger, budget_reached, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
@@ -52,6 +53,7 @@ from harness.workspace import Workspace
 
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
 LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks again
+LAND_ROUNDS = 3  # landing rounds (integrate.land's tries each) before a contended landing gives up
 
 
 class GiveUp(Exception):
@@ -350,8 +352,12 @@ class Agent:
             self.unchanged(claim, task, "its work leaves the worktree as main is")
             return
         trailers = [("Resolves", task.resolves)] if task.resolves else []
-        result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
-                                wait=self.wait_to_land)
+        for _ in range(LAND_ROUNDS):  # main moving under every try of a round is a busy colony, not the work
+            result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
+                                    wait=self.wait_to_land)
+            if not isinstance(result, Contended) or self.stopping():
+                break
+            self.say(f"main moved under each of {result.attempts} landing tries of {task.id}: landing again")
         if isinstance(result, Unchanged):
             self.unchanged(claim, task, f"merged into main ({result.main[:10]}) it changes nothing")
         elif isinstance(result, (Landed, AlreadyLanded)):
@@ -362,6 +368,8 @@ class Agent:
             self.say(f"fenced out of {task.id}: {result.reason}; my work does not land")
         elif isinstance(result, Blocked):
             raise Stop()  # stopped while the user's checkout held the landing back
+        elif isinstance(result, Contended):
+            raise Blameless(f"main moved under every landing try ({LAND_ROUNDS} rounds of {result.attempts})")
         else:
             if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
                 self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)
