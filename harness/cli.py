@@ -599,7 +599,7 @@ def cmd_prompt_render(args: argparse.Namespace) -> int:
     branch = colony.landing_branch()
     verify = [c for c in (colony.config.verify, task.verify) if c and c.strip()]
     # The agent's worktree is reset to the tip of the landing branch before it works: read the same from git.
-    context = briefing.repo_context(Git(colony.repo), f"refs/heads/{branch}", f"refs/heads/{branch}")
+    context = briefing.repo_context(Git(colony.repo), branch, task, colony.config)
     cli = args.backend == "command"
     system, prompt = briefing.opening(templates, colony, task, agent=args.agent or f"{role.name}-01", role=role,
                                       verify=verify, context=context, cli=cli)
