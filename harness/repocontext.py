@@ -33,7 +33,7 @@ _REC = "\x1e"
 class RepoMap:
     """The branch's files grouped by directory, one line each, folded to fit a budget."""
 
-    text: str  # "src/app/: a.py b.py lib/ (12 files)"; "" when the branch has no files
+    text: str  # "src/app/: lib/ (12 files) a.py b.py"; "" when the branch has no files (or no budget)
     files: int  # files on the branch
     folded: int  # files only counted (under a folded folder or a "+N more"), not named
 
@@ -50,6 +50,8 @@ class Input:
 
 @dataclass(frozen=True)
 class Context:
+    """Everything the prompts of one attempt show of the repository (the templates' ``context``)."""
+
     branch: str
     tip: str  # abbreviated commit of the branch's tip; "" when it has none
     map: RepoMap
@@ -92,8 +94,9 @@ def _tree(git: Git, commit: str) -> dict[str, tuple[str, int]]:
 
 def _commits(git: Git, commit: str, *args: str, paths: list[str] | None = None) -> list[tuple[str, list[str]]]:
     fmt = f"--format={_REC}%h{_SEP}%s{_SEP}%an{_SEP}%(trailers:key=Task-Id,valueonly,separator=%x2C)"
-    out = git.run("log", "--first-parent", fmt, *args, commit, "--", *(paths or []), check=False,
-                  env={"GIT_LITERAL_PATHSPECS": "1"})  # a path is a path, never pathspec magic
+    # A path is a path, never pathspec magic; and printed as it is, not quoted octal escapes.
+    out = git.run("-c", "core.quotePath=false", "log", "--first-parent", fmt, *args, commit, "--", *(paths or []),
+                  check=False, env={"GIT_LITERAL_PATHSPECS": "1"})
     commits = []
     for record in out.split(_REC)[1:]:
         head, _, files = record.partition("\n")
@@ -122,8 +125,13 @@ def repo_map(paths: list[str], budget: int) -> RepoMap:
     if not paths or budget <= 0:  # a budget of 0: no map at all
         return RepoMap("", len(paths), len(paths))
     # Folders keep their own lines as long as they can: a long line is cut first, a folder folded next.
+    holding = {p.rpartition("/")[0] for p in paths if "/" in p}  # folders with files of their own
     deepest = max(p.count("/") for p in paths)
     for depth in range(deepest, 0, -1):
+        # Each folder that holds files takes a line of at least its name at this depth: skip a depth
+        # that cannot fit without building it (a big repository has thousands of folders).
+        if sum(len(f) + 3 for f in holding if f.count("/") < depth) > budget:
+            continue
         for width in (budget, LINE_CHARS):
             lines, folded = _map_lines(paths, depth, width)
             if len("\n".join(lines)) <= budget:
@@ -147,9 +155,10 @@ def _map_lines(paths: list[str], depth: int, width: int) -> tuple[list[str], int
             sub[parts[depth]] = sub.get(parts[depth], 0) + 1
     lines, folded = [], 0
     for bucket in sorted(set(named) | set(below)):
-        # (label, files it stands for, named): a file is named, a folded folder only counted
-        items = [(name, 1, True) for name in sorted(named.get(bucket, []))]
-        items += [(f"{d}/ ({n} file{'s' if n > 1 else ''})", n, False) for d, n in sorted(below.get(bucket, {}).items())]
+        # (label, files it stands for, named): a folded folder only counts its files, and goes first
+        # since it stands for more of them; a line cut short keeps the folders
+        items = [(f"{d}/ ({n} file{'s' if n > 1 else ''})", n, False) for d, n in sorted(below.get(bucket, {}).items())]
+        items += [(name, 1, True) for name in sorted(named.get(bucket, []))]
         line, counted = _line(f"{bucket}/:" if bucket else "./:", items, width)
         lines.append(line)
         folded += counted
@@ -159,16 +168,20 @@ def _map_lines(paths: list[str], depth: int, width: int) -> tuple[list[str], int
 def _line(head: str, items: list[tuple[str, int, bool]], width: int) -> tuple[str, int]:
     """``head`` and as many ``items`` as fit in ``width``, then "… +N more (F files)"; and the files
     the line counts without naming them."""
+    room = sum(1 + len(label) for label, _, _ in items)  # what the items not yet on the line take
+    files = sum(n for _, n, _ in items)
     line, counted = head, 0
-    for i, (label, files, is_named) in enumerate(items):
-        rest = items[i:]
-        if len(line) + sum(1 + len(r[0]) for r in rest) <= width:  # the rest fits whole
-            return " ".join([line, *(r[0] for r in rest)]), counted + sum(n for _, n, nm in rest if not nm)
-        more = f" … +{len(rest)} more ({sum(n for _, n, _ in rest)} files)"
+    for i, (label, n, is_named) in enumerate(items):
+        if len(line) + room <= width:  # the rest fits whole
+            return " ".join([line, *(it[0] for it in items[i:])]), counted + sum(
+                m for _, m, named in items[i:] if not named)
+        more = f" … +{len(items) - i} more ({files} files)"
         if len(line) + 1 + len(label) + len(more) > width:
-            return line + more, counted + sum(n for _, n, _ in rest)
+            return line + more, counted + files
         line += " " + label
-        counted += 0 if is_named else files
+        room -= 1 + len(label)
+        files -= n
+        counted += 0 if is_named else n
     return line, counted
 
 

@@ -128,9 +128,10 @@ def test_the_map_keeps_folders_on_their_own_lines_until_it_must_fold_them_and_co
         lines = folded.text.splitlines()
         named = sum(len([w for w in line.split(": ", 1)[1].split() if w.endswith((".py", ".md"))]) for line in lines)
         assert named + folded.folded == len(paths), (budget, folded)  # every file is named or counted
-    # Lines cut first (folders kept), then deep folders folded, then the top level alone.
-    assert repocontext.repo_map(sorted(paths), 400).text.splitlines()[2].startswith("src/core/: mod00.py")
-    assert "… +" in repocontext.repo_map(sorted(paths), 400).text
+    # Lines cut first (every folder kept), then deep folders folded, then the top level alone.
+    cut = repocontext.repo_map(sorted(paths), 500).text
+    assert "src/core/deep/er/: f0.py" in cut and "src/core/: mod00.py mod01.py" in cut and " … +" in cut
+    assert repocontext.repo_map(sorted(paths), 400).text.splitlines()[2].startswith("src/core/: deep/ (5 files) mod00.py")
     assert "src/ (35 files)" in repocontext.repo_map(sorted(paths), 120).text
     assert repocontext.repo_map(sorted(paths), 120).text.count("\n") == 0
     assert repocontext.repo_map([], 100) == repocontext.RepoMap("", 0, 0)
