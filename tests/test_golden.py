@@ -82,7 +82,7 @@ def build(root: Path) -> Colony:
                 env={**Identity(author, email).env(), "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
     colony = Colony.init(repo)
     with open(colony.home / "config.yaml", "a") as f:
-        f.write("prompt_inputs_chars: 2000\nverify: ruff check .\n")
+        f.write("prompt_inputs_chars: 900\nverify: ruff check .\n")
     colony = Colony.open(repo)
     for task in (SAMPLE, CONFLICT):
         colony.add(tasks.from_dict(dict(task), "the golden sample"))
