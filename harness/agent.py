@@ -43,6 +43,7 @@ from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
 from harness.redact import SECRET_NAME, secret_env
+from harness.repocontext import Context
 from harness.sandbox import Sandbox
 from harness.tasks import Task
 from harness.toolloop import Limits, Outcome, Transcript, continue_attempt, run_attempt
@@ -288,7 +289,7 @@ class Agent:
         start = self.ws.wt.resolve("HEAD")
         role = roles.for_task(self.role, task, self.colony.home)
         system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=role,
-                                          verify=self.verify_commands(task), context=self.repo_context(),
+                                          verify=self.verify_commands(task), context=self.repo_context(task),
                                           cli=self.command is not None)
         outcome, again = self.session(task, run, env, system, prompt)
         self.last_outcome = outcome
@@ -465,8 +466,8 @@ class Agent:
                    STIGMERGY_REPO=str(self.colony.repo))
         return env
 
-    def repo_context(self) -> dict[str, str]:
-        return briefing.repo_context(self.ws.wt, f"refs/heads/{self.ws.main}", "HEAD")
+    def repo_context(self, task: Task) -> Context:
+        return briefing.repo_context(self.ws.wt, self.ws.main, task, self.cfg)
 
     def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
         if len(note) > notes.NOTE_CHARS:  # the whole text to the run's folder, a brief to the note

@@ -11,40 +11,37 @@ from typing import Any
 
 import jinja2
 
-from harness import notes, roles, tasks
+from harness import notes, repocontext, roles, tasks
 from harness.colony import Colony
+from harness.config import Config
 from harness.errors import UsageError
 from harness.git import Git
+from harness.repocontext import Context, Input, RepoMap
 from harness.roles import Role
 from harness.tasks import Task
 from harness.templates import Templates
 
-TEMPLATES = ("system", "system_command", "task", "merge_conflict", "verify_failure", "idle")
+TEMPLATES = ("system", "system_command", "task", "merge_conflict", "context", "verify_failure", "idle")
 SWEEP_LIST = 40  # tasks of each kind (open, recently done) an idle sweep's prompt names
 
 
-def repo_context(git: Git, log_ref: str, tree_ref: str) -> dict[str, str]:
-    """Recent commits on ``log_ref`` and the top-level entries of ``tree_ref`` (directories end in /).
-
-    Read from git, not the file system, so it is the same with or without an agent worktree."""
-    log = git.run("log", "--oneline", "-8", log_ref, check=False)
-    entries = []
-    for line in git.run("ls-tree", tree_ref, check=False).splitlines():
-        meta, _, name = line.partition("\t")
-        entries.append(name + ("/" if meta.split()[1:2] in (["tree"], ["commit"]) else ""))
-    return {"log": log.strip(), "files": ", ".join(sorted(entries)[:60])}
+def repo_context(git: Git, branch: str, task: Task, cfg: Config) -> Context:
+    """What the prompts of an attempt at ``task`` show of the repository, read at the tip of ``branch``."""
+    return repocontext.gather(git, branch, task, inputs_chars=int(cfg.prompt_inputs_chars),
+                              map_chars=int(cfg.prompt_map_chars))
 
 
 def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, role: Role, verify: list[str],
-            context: dict[str, str], cli: bool, task_notes: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+            context: Context, cli: bool, task_notes: list[dict[str, Any]] | None = None) -> tuple[str, str]:
     """The system prompt and the first user message of an attempt at ``task``.
 
-    ``cli``: the agent is an agent CLI (--backend command), which has its own tools, not our tool
-    loop's, so its system prompt speaks in its terms. ``task_notes``: the task's notes (default:
-    read from the colony)."""
+    The system prompt holds only what is the same for every task of a role on this repository
+    (the rules, the role, the repository's map), so a provider caches it as the prompt's prefix;
+    everything about the task comes after it, in the first message. ``cli``: the agent is an agent
+    CLI (--backend command), which has its own tools, not our tool loop's, so its system prompt
+    speaks in its terms. ``task_notes``: the task's notes (default: read from the colony)."""
     cfg = colony.config
-    system = (templates.render("system_command", agent=agent, role=role, max_new_tasks=cfg.max_new_tasks_per_attempt)
-              if cli else templates.render("system", agent=agent, role=role))
+    system = system_prompt(templates, cfg, agent=agent, role=role, context=context, cli=cli)
     all_notes = colony.notes(task.id) if task_notes is None else task_notes
     shown, hidden = notes.for_prompt(all_notes, cfg.prompt_notes_chars)
     conflict = task.kind == "merge_conflict" and "ref" in task.meta
@@ -53,22 +50,40 @@ def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, rol
     return system, prompt
 
 
-def sweep_opening(templates: Templates, *, sweep: str, agent: str, role: Role, context: dict[str, str],
-                  open_tasks: list[Task], recent_tasks: list[Task], max_tasks: int) -> tuple[str, str]:
+def system_prompt(templates: Templates, cfg: Config, *, agent: str, role: Role, context: Context, cli: bool) -> str:
+    """What is the same for every task of a role on this repository: the rules, the role, the map."""
+    stable = {"agent": agent, "role": role, "repo": context.map, "branch": context.branch}
+    return (templates.render("system_command", **stable, max_new_tasks=cfg.max_new_tasks_per_attempt)
+            if cli else templates.render("system", **stable))
+
+
+def sweep_opening(templates: Templates, cfg: Config, *, sweep: str, agent: str, role: Role, context: Context,
+                  open_tasks: list[Task], recent_tasks: list[Task]) -> tuple[str, str]:
     """The system prompt (as for a task: the cached prefix stays the same) and the first message
     of an idle sweep (idle.j2): the role's `when_idle`, the repository, and the tasks it must not refile."""
     shown_open, shown_recent = open_tasks[:SWEEP_LIST], recent_tasks[:SWEEP_LIST]
     left_out = len(open_tasks) + len(recent_tasks) - len(shown_open) - len(shown_recent)
-    system = templates.render("system", agent=agent, role=role)
+    system = system_prompt(templates, cfg, agent=agent, role=role, context=context, cli=False)
     prompt = templates.render("idle", sweep=sweep, role=role, when_idle=role.when_idle or "", context=context,
                               open_tasks=shown_open, recent_tasks=shown_recent, left_out=left_out,
-                              max_tasks=max_tasks)
+                              max_tasks=cfg.sweep_max_tasks)
     return system, prompt
 
 
 def feedback(templates: Templates, excerpt: str, round_: int, rounds: int, cli: bool) -> str:
     """The message after a failed verify: its excerpt, and which repair round this is."""
     return templates.render("verify_failure", excerpt=excerpt, round=round_, rounds=rounds, cli=cli)
+
+
+# Every state an input can be in, so the launch check renders every branch of the templates.
+SAMPLE_CONTEXT = Context(
+    "main", "0123abc", RepoMap("./: README.md\nsrc/: app.py lib/ (2 files)", 3, 2),
+    log=["0123abc A sample commit (coder-02, task sample-0002)"], recent=["src/app.py"],
+    touching=["0123abc A sample commit (coder-02, task sample-0002)"],
+    inputs=[Input("README.md", "shown", "A sample.\n", ""),
+            Input("src/app.py", "cut", "import os\n", "cut at 10 of 900 characters; the rest is in your worktree"),
+            Input("logo.png", "binary", "", "binary, not shown"), Input("gone.txt", "missing", "", "not on the branch")],
+    inputs_chars=1000)
 
 
 def check(colony: Colony) -> None:
@@ -79,7 +94,7 @@ def check(colony: Colony) -> None:
     templates = Templates(home)
     role = role_list[0]
     sample = {"kind": "note", "agent": "coder-01", "text": "a sample note"}
-    context = {"log": "0123abc a sample commit", "files": "README.md, src/"}
+    context = SAMPLE_CONTEXT
     plain = tasks.from_dict({"id": "sample-0000", "title": "A sample task", "body": "Do the sample thing.",
                              "inputs": ["README.md"], "outputs": ["src/app.py"], "verify": "true",
                              "skip_count": 1}, "the sample task")
@@ -93,8 +108,8 @@ def check(colony: Colony) -> None:
     for cli in (False, True):
         feedback(templates, "E   assert 1 == 2", 1, 2, cli)
     sweeper = next((r for r in role_list if r.when_idle), role)
-    sweep_opening(templates, sweep="sweep-critic-1", agent="critic-01", role=sweeper, context=context,
-                  open_tasks=[plain], recent_tasks=[conflict], max_tasks=5)
+    sweep_opening(templates, colony.config, sweep="sweep-critic-1", agent="critic-01", role=sweeper,
+                  context=context, open_tasks=[plain], recent_tasks=[conflict])
     # Any other override (an {% include %}d partial, say) is at least parsed.
     for path in sorted((home / "prompts").glob("*.j2")):
         if path.stem not in TEMPLATES:

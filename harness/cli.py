@@ -600,7 +600,7 @@ def cmd_prompt_render(args: argparse.Namespace) -> int:
     branch = colony.landing_branch()
     verify = [c for c in (colony.config.verify, task.verify) if c and c.strip()]
     # The agent's worktree is reset to the tip of the landing branch before it works: read the same from git.
-    context = briefing.repo_context(Git(colony.repo), f"refs/heads/{branch}", f"refs/heads/{branch}")
+    context = briefing.repo_context(Git(colony.repo), branch, task, colony.config)
     cli = args.backend == "command"
     system, prompt = briefing.opening(templates, colony, task, agent=args.agent or f"{role.name}-01", role=role,
                                       verify=verify, context=context, cli=cli)
@@ -621,10 +621,10 @@ def cmd_prompt_idle(args: argparse.Namespace) -> int:
     if role.when_idle is None:
         print(f"stigmergy: role {role.name!r} has no `when_idle:`, so its agents never sweep; this is what "
               "they would send if it had one", file=sys.stderr)
-    templates, branch = Templates(colony.home), colony.landing_branch()
-    context = briefing.repo_context(Git(colony.repo), f"refs/heads/{branch}", f"refs/heads/{branch}")
-    system, prompt = sweep.opening(colony, templates, role, args.agent or f"{role.name}-01",
-                                   sweep.next_id(colony, role.name), context)
+    templates, agent, sid = Templates(colony.home), args.agent or f"{role.name}-01", sweep.next_id(colony, role.name)
+    context = briefing.repo_context(Git(colony.repo), colony.landing_branch(), sweep.pseudo_task(sid, role, agent),
+                                    colony.config)
+    system, prompt = sweep.opening(colony, templates, role, agent, sid, context)
     print(f"===== system prompt ({templates.source('system')}) =====")
     print(system, end="" if system.endswith("\n") else "\n")
     print(f"===== first user message ({templates.source('idle')}) =====")

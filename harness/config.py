@@ -51,6 +51,12 @@ retry_backoff_max: 900
 # Characters of earlier attempts' notes one prompt carries, the newest first (each note keeps its
 # cause and the end of its log; the whole text of a long one is in runs/<task>/<attempt>/release.log).
 prompt_notes_chars: 3000
+# What else a prompt shows, read from git at the tip of the landing branch: the task's inputs, together
+# in at most prompt_inputs_chars characters (small files whole, larger ones share the rest, each cut
+# at a line end, saying so), and a map of the repository's files by directory in the system prompt,
+# folded to prompt_map_chars characters (deep folders become counts). 0 = none.
+prompt_inputs_chars: 12000
+prompt_map_chars: 4000
 
 # Tasks one agent may file (create_task, or `stigmergy task add` from an agent CLI): per attempt at
 # a task and per hour; beyond that the filing is refused with a note on the task. 0 = none at all.
@@ -122,6 +128,8 @@ class Config:
     retry_backoff: float = 30
     retry_backoff_max: float = 900
     prompt_notes_chars: int = 3000
+    prompt_inputs_chars: int = 12000
+    prompt_map_chars: int = 4000
     red_main_attempts: int = 1
     max_new_tasks_per_attempt: int = 10
     max_new_tasks_per_hour: int = 30

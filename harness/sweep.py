@@ -34,6 +34,7 @@ from harness import briefing, filing, fsutil, roles, tasks
 from harness.colony import Colony
 from harness.errors import ColonyFault, FilingRefused, HarnessError, ToolError
 from harness.models.base import ToolCall, ToolSpec
+from harness.repocontext import Context
 from harness.roles import Role
 from harness.tasks import Task
 from harness.templates import Templates
@@ -220,20 +221,24 @@ def next_id(colony: Colony, role: str) -> str:
     return sweep_id(role, int(record(colony, role).get("n", 0)) + 1)
 
 
+def pseudo_task(sid: str, role: Role, agent: str) -> Task:
+    """What stands for the task a sweep does not have: its id and title, no inputs or outputs."""
+    return Task(id=sid, title=f"Idle sweep of the {role.name} role", created_by=agent)
+
+
 def opening(colony: Colony, templates: Templates, role: Role, agent: str, sid: str,
-            context: dict[str, str]) -> tuple[str, str]:
+            context: Context) -> tuple[str, str]:
     """The system prompt and first message of sweep ``sid``: for the agent, and for `prompt idle`."""
     open_, recent = known_tasks(colony, time.time())
-    return briefing.sweep_opening(templates, sweep=sid, agent=agent, role=role, context=context,
-                                  open_tasks=[t for _, t in open_], recent_tasks=[t for _, t in recent],
-                                  max_tasks=colony.config.sweep_max_tasks)
+    return briefing.sweep_opening(templates, colony.config, sweep=sid, agent=agent, role=role, context=context,
+                                  open_tasks=[t for _, t in open_], recent_tasks=[t for _, t in recent])
 
 
 def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink) -> Outcome:
     colony, role = agent.colony, agent.role
-    pseudo = Task(id=sid, title=f"Idle sweep of the {role.name} role", created_by=agent.id)
+    pseudo = pseudo_task(sid, role, agent.id)
     agent.ws.prepare()  # the tip of main, as a task's attempt starts
-    system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context())
+    system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context(pseudo))
     box = SweepTools(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed)
     limits = agent.opts.limits
     if role.max_steps is not None:

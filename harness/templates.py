@@ -43,7 +43,9 @@ class Templates:
                              "delete the override to use the shipped one") from None
 
     def _line(self, e: Exception, name: str) -> str:
-        # jinja2 rewrites the traceback so that template frames carry the template's file and line.
-        source = str(self.source(name))
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == source]
-        return f"{source}:{frames[-1].lineno}" if frames else source
+        # jinja2 rewrites the traceback so that template frames carry the template's file and line;
+        # the innermost one is where it failed (in an {% include %}d template, that one's line).
+        folders = {str(self.home / "prompts"), str(shipped.folder("prompts"))}
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if f.filename.endswith(".j2") and str(Path(f.filename).parent) in folders]
+        return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else str(self.source(name))

@@ -264,5 +264,5 @@ def test_a_repeatable_failure_backs_off_and_leaves_short_notes(colony: Colony, t
     # The third attempt's prompt carried the newest notes within the budget, and said what it left out.
     prompt = next(json.loads(line)["text"] for line in (colony.home / "runs/broken/003/transcript.jsonl")
                   .read_text().splitlines() if json.loads(line)["kind"] == "user")
-    section = prompt.split("Notes from earlier attempts")[1].split("Repository:")[0]
+    section = prompt.split("Notes from earlier attempts")[1].split("Recent commits on main")[0]
     assert len(section) < 900 + 200 and "1 earlier note left out" in section, section

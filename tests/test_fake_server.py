@@ -270,3 +270,56 @@ def test_responses_api_streams_codex_shell_calls_turn_by_turn() -> None:
             client.responses.create(model="gpt-test", input=inputs + [{"role": "user", "content": "more"}])
     assert [r["path"] for r in srv.requests] == ["/v1/responses"] * 3
     assert srv.requests[0]["body"]["stream"] is True
+
+
+def test_the_prompt_cache_serves_a_prefix_an_earlier_request_wrote_up_to_its_breakpoint() -> None:
+    """Anthropic: what is before a cache_control breakpoint is written once and read by any later
+    request that starts with it, whatever follows; a change before the breakpoint misses. OpenAI:
+    the system message and tools are cached without a breakpoint."""
+    mark = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "RULES " * 200, "cache_control": mark}]
+    tools = [{"name": "bash", "description": "run", "input_schema": {"type": "object"}, "cache_control": mark}]
+
+    def usage(srv: FakeServer, body: dict[str, Any]) -> dict[str, int]:
+        status, _, raw = post(srv.base_url + "/v1/messages", body)
+        assert status == 200, raw
+        assert srv.requests[-1]["usage"] == json.loads(raw)["usage"]  # the record carries what was sent
+        u = json.loads(raw)["usage"]
+        return {k: u[k] for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+
+    with FakeServer([{"match": "", "replies": [{"text": "ok"}] * 3}]) as srv:
+        one = usage(srv, anthropic_body("task one", system=system, tools=tools))
+        two = usage(srv, anthropic_body("a different task two", system=system, tools=tools))
+        other_system = [{**system[0], "text": "OTHER " * 200}]
+        three = usage(srv, anthropic_body("task one", system=other_system, tools=tools))
+        plain = usage(srv, anthropic_body("task one", system="RULES " * 200))  # no breakpoint: no cache
+        # A breakpoint on the last message: the next turn reads the whole conversation before it.
+        turn0 = anthropic_body("long task " * 100, system=system, tools=tools)
+        turn0["messages"][0]["content"] = [{"type": "text", "text": "long task " * 100, "cache_control": mark}]
+        first_turn = usage(srv, turn0)
+        turn1 = {**turn0, "messages": [{"role": "user", "content": [{"type": "text", "text": "long task " * 100}]},
+                                       {"role": "assistant", "content": "ok"},
+                                       {"role": "user", "content": [{"type": "text", "text": "go", "cache_control": mark}]}]}
+        second_turn = usage(srv, turn1)
+
+    prefix = one["cache_creation_input_tokens"]
+    assert prefix > 300 and one["cache_read_input_tokens"] == 0 and 0 < one["input_tokens"] < prefix
+    assert two == {"input_tokens": two["input_tokens"], "cache_creation_input_tokens": 0,
+                   "cache_read_input_tokens": prefix}
+    assert two["input_tokens"] > one["input_tokens"]  # a longer message after the breakpoint
+    # The tools (before the system) are still cached; the changed system prompt is written anew.
+    assert 0 < three["cache_read_input_tokens"] < prefix and three["cache_creation_input_tokens"] > 0
+    assert plain["cache_read_input_tokens"] == plain["cache_creation_input_tokens"] == 0 and plain["input_tokens"] > 300
+    assert first_turn["cache_read_input_tokens"] == prefix and first_turn["cache_creation_input_tokens"] > 250
+    assert second_turn["cache_read_input_tokens"] == (first_turn["cache_read_input_tokens"]
+                                                      + first_turn["cache_creation_input_tokens"])
+
+    with FakeServer([{"match": "", "replies": [{"text": "ok"}]}]) as srv:
+        client = openai.OpenAI(api_key=KEY, base_url=srv.openai_base_url, max_retries=0)
+        cached = []
+        for task in ("task one", "task two", "task one"):
+            reply = client.chat.completions.create(model="gpt-test", messages=[
+                {"role": "system", "content": "RULES " * 200}, {"role": "user", "content": task}])
+            assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+            cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+    assert cached[0] == 0 and cached[1] == cached[2] > 250

@@ -14,6 +14,7 @@ import pytest
 
 from harness import briefing, roles, shipped, tasks
 from harness.colony import Colony
+from harness.git import Git
 from harness.templates import Templates
 
 from conftest import cli
@@ -44,13 +45,15 @@ def test_each_shipped_role_renders_into_both_system_prompts_and_the_task(colony:
     task_id = task.id
     role = roles.load_role(role_name, colony.home)
     assert role.name == role_name and role.description and role.source == ROOT / "roles" / f"{role_name}.md"
+    context = briefing.repo_context(Git(colony.repo), "main", task, colony.config)
     system, prompt = briefing.opening(Templates(colony.home), colony, task, agent="a-01", role=role,
-                                      verify=["pytest -q"], context={"log": "abc init", "files": "README.md"},
-                                      cli=cli_backend)
+                                      verify=["pytest -q"], context=context, cli=cli_backend)
     assert role.prompt in system and "agent a-01" in system
     assert ("stigmergy task add" in system) == cli_backend
+    assert system.endswith("The repository: 1 file on main, by folder:\n./: README.md\n")
     assert f"Task {task_id}: Add a greeting" in prompt and "Print hello." in prompt
-    assert "Expected to touch: hello.py" in prompt and "pytest -q" in prompt and "abc init" in prompt
+    assert "Expected to touch: hello.py" in prompt and "pytest -q" in prompt
+    assert f"- {context.tip} init (user)\n" in prompt
 
 
 def test_every_shipped_template_passes_the_launch_check_and_verify_feedback_renders(colony: Colony) -> None:
@@ -61,7 +64,7 @@ def test_every_shipped_template_passes_the_launch_check_and_verify_feedback_rend
 
 def test_overrides_win_and_show_in_roles_list_roles_show_and_prompt_render(colony: Colony) -> None:
     (colony.home / "prompts").mkdir()
-    (colony.home / "prompts" / "task.j2").write_text("OVERRIDDEN TASK {{ task.id }} in {{ context.files }}\n")
+    (colony.home / "prompts" / "task.j2").write_text("OVERRIDDEN TASK {{ task.id }} after {{ context.log[0] }}\n")
     (colony.home / "roles").mkdir()
     (colony.home / "roles" / "coder.md").write_text(
         "---\nname: coder\ndescription: Our own coder.\n---\nWrite Rust only.\n")
@@ -83,8 +86,9 @@ def test_overrides_win_and_show_in_roles_list_roles_show_and_prompt_render(colon
     system, _, first = out.partition("===== first user message")
     assert f"({ROOT / 'prompts' / 'system.j2'})" in system  # not overridden: the shipped one
     assert "Write Rust only." in system and "careful software engineer" not in system
-    # The repository context is read from git when no agent worktree exists: README.md is on main.
-    assert f"({colony.home / 'prompts' / 'task.j2'}) =====\nOVERRIDDEN TASK {task_id} in README.md\n" in first
+    # The repository context is read from git when no agent worktree exists: main's one commit.
+    tip = Git(colony.repo).run("rev-parse", "--short", "main").strip()
+    assert f"({colony.home / 'prompts' / 'task.j2'}) =====\nOVERRIDDEN TASK {task_id} after {tip} init (user)\n" in first
 
     # A role override absent from the shipped set is a role of its own.
     (colony.home / "roles" / "auditor.md").write_text("---\nname: auditor\ndescription: Audits.\n---\nAudit.\n")
@@ -105,6 +109,7 @@ BROKEN = [
     ("prompts/task.j2", "Task {{ task.id }}\n\n{{ task.title +* 2 }}\n", ":3: template syntax error"),
     ("prompts/system.j2", "You are {{ agent }}.\n\n{{ role.promt }}\n", ":3: "),
     ("prompts/verify_failure.j2", "Failed:\n{{ excerp }}\n", ":2: "),
+    ("prompts/context.j2", "Main:\n{{ context.tipp }}\n", ":2: "),  # a template that task.j2 includes
     ("roles/coder.md", "---\nname: coder\ndescription: [unclosed\n---\nbody\n", ":3: front matter is not valid YAML"),
     ("roles/critic.md", "---\ndescription: no name\n---\nbody\n", ":2: front matter needs `name: <role>`"),
     ("roles/tester.md", "just a prompt, no front matter\n", ":1: no front matter"),
@@ -127,7 +132,7 @@ def test_a_broken_override_stops_the_launch_naming_file_and_line(colony: Colony,
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"{path}{expected}" in proc.stderr
     if "prompts/" in relpath and "syntax" not in expected:  # StrictUndefined: the typo is named
-        assert "'excerp' is undefined" in proc.stderr or "no attribute 'promt'" in proc.stderr
+        assert any(e in proc.stderr for e in ("'excerp' is undefined", "no attribute 'promt'", "no attribute 'tipp'"))
     assert list(colony.home.glob("agents/*/heartbeat.json")) == [] and not (tmp_path / "ws").exists()  # no agent
     assert [t.id for _, t in colony.listing("done")] == []
 

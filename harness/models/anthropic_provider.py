@@ -1,8 +1,10 @@
 """``anthropic/<model>``: the Messages API through the official SDK, one attempt per call.
 
 Retries live in ``RetryingModel``; here the SDK's own retries are off (``max_retries=0``) so
-there is exactly one retry policy. The stable prefix (system prompt and tool definitions) is
-marked for prompt caching, so every turn after the first reads it from the cache.
+there is exactly one retry policy. The stable prefix (tool definitions, then the system prompt,
+which holds nothing task-specific) is marked for prompt caching with a ``cache_control`` breakpoint
+on the last tool and on the system block, as the Messages API documents it: every turn after the
+first, and the first turn of the agent's next task, read it from the cache.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ with blocks
 
 Providers translate these to and from their wire format and nothing else; the tool loop
 (harness.toolloop) is the same for every provider. ``Request.system`` is the stable prefix
-(system prompt + role prompt) that providers may cache; the task goes in the first user message.
+(rules, role prompt, repository map: the same for every task of a role) that providers may cache;
+the task goes in the first user message.
 """
 
 from __future__ import annotations

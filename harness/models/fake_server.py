@@ -35,8 +35,16 @@ fault). ``stream_forever: true`` answers 200 and never finishes: with ``stream: 
 request it sends an event or chunk every ~0.2 s (Anthropic text deltas, OpenAI content chunks,
 Responses keep-alive comments), without it the headers and then a space every ~0.2 s, so a
 per-read timeout never trips; it stops when the client hangs up (or the server stops), and
-``FakeServer.open_streams`` counts the ones still sending. The server is otherwise stateless: the
-turn comes from the request's own messages. For the Responses API, ``match`` is searched in all
+``FakeServer.open_streams`` counts the ones still sending. The turn comes from the request's own
+messages.
+
+Prompt caching is modelled, so that what a client puts first can be measured: on Anthropic's API
+the prefix up to each ``cache_control`` breakpoint is written to the server's cache, and a later
+request starting with a written prefix reads it (``cache_read_input_tokens``; what it writes is
+``cache_creation_input_tokens`` and ``input_tokens`` is the rest after its last breakpoint). On
+OpenAI's APIs a request whose system messages (or instructions) and tools an earlier request sent
+reports them as ``cached_tokens``. The cache lasts as long as the server; a prefix of any length is
+cached (the real APIs cache only prompts above about a thousand tokens). For the Responses API, ``match`` is searched in all
 the user messages before the first output item (Codex sends its instructions and environment as
 user messages first), and the turn is the number of runs of output items (one per earlier
 response).
@@ -72,6 +80,7 @@ answers a misspelt model name. A conversation the script has no entry (or no mor
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -212,10 +221,51 @@ def _chunks(text: str, n: int = 3) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+# --------------------------------------------------------------------------- the prompt cache
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """What the prompt cache made of one request, in tokens: the uncached rest, read and written."""
+
+    uncached: int
+    read: int = 0
+    written: int = 0
+
+
+def _anthropic_blocks(body: dict[str, Any]) -> list[tuple[Any, bool]]:
+    """The request's blocks in the order the API caches them (tools, system, messages), each
+    without its cache_control, with whether it carries one (a breakpoint)."""
+    def part(where: Any, block: Any) -> tuple[Any, bool]:
+        marked = isinstance(block, dict) and "cache_control" in block
+        bare = {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
+        return (where, bare), marked
+    system = body.get("system")
+    out = [part("tool", t) for t in body.get("tools") or []]
+    out += [part("system", b) for b in ([{"type": "text", "text": system}] if isinstance(system, str) else system or [])]
+    for i, m in enumerate(body.get("messages") or []):
+        content = m.get("content") if isinstance(m, dict) else None
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        out += [part((i, m.get("role")), b) for b in blocks]
+    return out
+
+
+def _prefix_hashes(model: Any, blocks: list[Any]) -> list[tuple[str, int]]:
+    """(hash of the prefix ending at block i, tokens up to and including it) for each block."""
+    digest = hashlib.sha256(json.dumps(model).encode())
+    out, tokens = [], 0
+    for block in blocks:
+        text = json.dumps(block, sort_keys=True)
+        digest.update(text.encode())
+        tokens += _tokens(text)
+        out.append((digest.hexdigest(), tokens))
+    return out
+
+
 # --------------------------------------------------------------------------- Anthropic wire
 
 
-def _anthropic_message(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+def _anthropic_message(reply: dict[str, Any], body: dict[str, Any], turn: int, cache: _Cached) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if reply.get("text"):
         content.append({"type": "text", "text": str(reply["text"])})
@@ -230,14 +280,11 @@ def _anthropic_message(reply: dict[str, Any], body: dict[str, Any], turn: int) -
             except ValueError:
                 tool_input = call["raw_input"]
         content.append({"type": "tool_use", "id": f"toolu_fake_{turn}_{i}", "name": call["name"], "input": tool_input})
-    prefix = {"system": body.get("system"), "tools": body.get("tools")}
-    cached = "cache_control" in json.dumps(prefix)
-    prefix_tokens = _tokens(prefix) if cached else 0
     usage = {
-        "input_tokens": _tokens(body.get("messages", [])) + (0 if cached else _tokens(prefix)),
+        "input_tokens": cache.uncached,  # the API's meaning: the tokens after the last breakpoint
         "output_tokens": _tokens(content),
-        "cache_creation_input_tokens": prefix_tokens if turn == 0 else 0,
-        "cache_read_input_tokens": prefix_tokens if turn > 0 else 0,
+        "cache_creation_input_tokens": cache.written,
+        "cache_read_input_tokens": cache.read,
     }
     usage.update(reply.get("usage", {}))
     return {
@@ -316,7 +363,7 @@ def _anthropic_error(status: int, message: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- OpenAI wire
 
 
-def _openai_completion(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+def _openai_completion(reply: dict[str, Any], body: dict[str, Any], turn: int, cache: _Cached) -> dict[str, Any]:
     calls = _tool_calls_of(reply)
     message: dict[str, Any] = {"role": "assistant", "content": str(reply["text"]) if reply.get("text") else None}
     if calls:
@@ -328,15 +375,13 @@ def _openai_completion(reply: dict[str, Any], body: dict[str, Any], turn: int) -
             }
             for i, c in enumerate(calls)
         ]
-    messages = body.get("messages", [])
-    prefix = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"], body.get("tools")
-    prompt = _tokens(messages) + (_tokens(body["tools"]) if body.get("tools") else 0)
+    prompt = cache.uncached + cache.read  # OpenAI counts the cached tokens inside prompt_tokens
     completion = _tokens(message)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": _tokens(prefix) if turn > 0 else 0},
+        "prompt_tokens_details": {"cached_tokens": cache.read},
     }
     usage.update(reply.get("usage", {}))
     return {
@@ -422,7 +467,7 @@ def _responses_conversation(body: dict[str, Any]) -> tuple[str, int] | None:
     return "\n".join(texts), turn
 
 
-def _responses_object(reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+def _responses_object(reply: dict[str, Any], body: dict[str, Any], turn: int, cache: _Cached) -> dict[str, Any]:
     output: list[dict[str, Any]] = []
     if reply.get("text"):
         output.append({"id": f"msg_fake_{uuid.uuid4().hex[:16]}", "type": "message", "status": "completed",
@@ -431,12 +476,11 @@ def _responses_object(reply: dict[str, Any], body: dict[str, Any], turn: int) ->
     for i, call in enumerate(_tool_calls_of(reply)):
         output.append({"id": f"fc_fake_{uuid.uuid4().hex[:12]}", "type": "function_call", "status": "completed",
                        "call_id": f"call_fake_{turn}_{i}", "name": call["name"], "arguments": _arguments(call)})
-    prefix = {"instructions": body.get("instructions"), "tools": body.get("tools")}
-    prompt = _tokens(body.get("input", [])) + _tokens(prefix)
+    prompt = cache.uncached + cache.read
     completion = _tokens(output)
     usage: dict[str, Any] = {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": _tokens(prefix) if turn > 0 else 0},
+        "input_tokens_details": {"cached_tokens": cache.read},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
@@ -592,6 +636,7 @@ class FakeServer:
         self._port = port
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str, int, int], int] = {}
+        self._cache: set[str] = set()  # hashes of the prompt prefixes written to the prompt cache
         self._requests: list[dict[str, Any]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -640,7 +685,8 @@ class FakeServer:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Every request so far: ``{path, headers, body, ts, authorized}`` (no credentials)."""
+        """Every request so far: ``{path, headers, body, ts, authorized}`` (no credentials), and
+        ``usage``, the usage its reply reported (prompt cache reads and writes included)."""
         with self._lock:
             return list(self._requests)
 
@@ -663,6 +709,37 @@ class FakeServer:
     def _record(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self._requests.append(entry)
+
+    def _prompt_cache(self, api: str, body: dict[str, Any]) -> _Cached:
+        """What the prompt cache makes of a request, and the prefixes it then holds.
+
+        Anthropic: the prefix up to each ``cache_control`` breakpoint is written; a request reads
+        the longest prefix, up to its last breakpoint, that an earlier request wrote (the API looks
+        for earlier breakpoints within the blocks before each of its own: the same for prompts that
+        differ only after the breakpoint). OpenAI caches on its own, without breakpoints: here the
+        prefix is the system messages (chat) or instructions (Responses) and the tools, and a request
+        whose prefix an earlier one sent reads it. No minimum length, no expiry."""
+        if api == "anthropic":
+            blocks = _anthropic_blocks(body)
+            marks = [i for i, (_, marked) in enumerate(blocks) if marked]
+            hashes = _prefix_hashes(body.get("model"), [b for b, _ in blocks])
+        else:
+            messages = body.get("messages") or []
+            system = ([m for m in messages if isinstance(m, dict) and m.get("role") == "system"] if api == "openai"
+                      else body.get("instructions"))
+            rest = body.get("messages") if api == "openai" else body.get("input")
+            hashes = _prefix_hashes(body.get("model"), [("prefix", system, body.get("tools")), ("rest", rest)])
+            marks = [0]
+        total = hashes[-1][1] if hashes else 0
+        if not marks:
+            return _Cached(total)
+        with self._lock:
+            read = max((tokens for h, tokens in hashes[:marks[-1] + 1] if h in self._cache), default=0)
+            self._cache.update(hashes[i][0] for i in marks)
+        end = hashes[marks[-1]][1]
+        if api != "anthropic":  # no cache writes to report: the rest is plain input
+            return _Cached(total - read, read)
+        return _Cached(total - end, read, end - read)
 
     def _check_key(self, headers: dict[str, str]) -> bool:
         presented = headers.get("x-api-key") or headers.get("api-key")
@@ -731,15 +808,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode("utf-8", "replace")
         authorized = self.fake._check_key(headers)
-        self.fake._record(
-            {
-                "path": self.path,
-                "headers": {k: v for k, v in headers.items() if k not in _CREDENTIAL_HEADERS},
-                "body": body,
-                "ts": time.time(),
-                "authorized": authorized,
-            }
-        )
+        self.record: dict[str, Any] = {
+            "path": self.path,
+            "headers": {k: v for k, v in headers.items() if k not in _CREDENTIAL_HEADERS},
+            "body": body,
+            "ts": time.time(),
+            "authorized": authorized,
+        }
+        self.fake._record(self.record)
         path = self.path.split("?", 1)[0].rstrip("/")
         if path.endswith("/messages"):
             api = "anthropic"
@@ -819,7 +895,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not stream:
             pieces: Iterator[bytes] = iter(lambda: b" ", None)  # JSON allows leading whitespace
         elif api == "anthropic":
-            start = _anthropic_message({"text": ""}, body, 0) | {"content": [], "stop_reason": None}
+            start = self._render(api, {"text": ""}, body, 0) | {"content": [], "stop_reason": None}
             head = [("message_start", {"type": "message_start", "message": start}),
                     ("content_block_start", {"type": "content_block_start", "index": 0,
                                              "content_block": {"type": "text", "text": ""}})]
@@ -828,7 +904,7 @@ class _Handler(BaseHTTPRequestHandler):
                                      iter(lambda: f"event: content_block_delta\ndata: {json.dumps(delta)}\n\n"
                                           .encode(), None))
         elif api == "openai":
-            base = _openai_completion({"text": ""}, body, 0)
+            base = self._render(api, {"text": ""}, body, 0)
             chunk = {k: base[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
             data = json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}]})
             pieces = iter(lambda: f"data: {data}\n\n".encode(), None)
@@ -884,11 +960,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream_bytes(self, api: str, rendered: dict[str, Any], body: dict[str, Any]) -> bytes:
         return b"".join(self._events(api, rendered, body))
 
-    @staticmethod
-    def _render(api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+    def _render(self, api: str, reply: dict[str, Any], body: dict[str, Any], turn: int) -> dict[str, Any]:
+        """The API's response to ``reply``; its usage also goes into the request's record."""
+        cache = self.fake._prompt_cache(api, body)
         if api == "responses":
-            return _responses_object(reply, body, turn)
-        return _anthropic_message(reply, body, turn) if api == "anthropic" else _openai_completion(reply, body, turn)
+            rendered = _responses_object(reply, body, turn, cache)
+        elif api == "anthropic":
+            rendered = _anthropic_message(reply, body, turn, cache)
+        else:
+            rendered = _openai_completion(reply, body, turn, cache)
+        self.record["usage"] = rendered["usage"]
+        return rendered
 
     def _error(self, api: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         payload = _anthropic_error(status, message) if api == "anthropic" else _openai_error(status, message)
