@@ -19,6 +19,7 @@ or an endpoint outage raises `Blameless(note)` (released uncounted), and a confi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -160,6 +161,7 @@ class Agent:
         self.gate = Gate(colony, self.ws.git, self.ws.main, self.repo_verify(), self.cfg.red_main_attempts)
         self.hold: Hold | None = None  # why the last pick claimed nothing, when main was the reason
         self.model = model or (self._load_model(str(spec)) if spec else None)
+        self.role_models = self._load_role_models()
         self.ledger = Ledger(colony.home / "ledger" / f"{self.id}.jsonl")
         self.budget = opts.budget_usd if opts.budget_usd is not None else self.cfg.budget_usd
         self.budget_tokens = opts.budget_tokens if opts.budget_tokens is not None else self.cfg.budget_tokens
@@ -198,12 +200,30 @@ class Agent:
         """Drop secret-looking variables from our own environment once the model client holds its
         key, so no process we start (git included) inherits one. Not for litellm, which reads
         provider keys from the environment at every call; an agent CLI's keys were copied at start."""
-        if self.model is not None and self.model.name.startswith("litellm/"):
+        if any(m.name.startswith("litellm/") for m in [*self.role_models.values(), *([self.model] if self.model else [])]):
             return []
         dropped = [k for k in os.environ if SECRET_NAME.search(k)]
         for k in dropped:
             del os.environ[k]
         return dropped
+
+    def _load_role_models(self) -> dict[str, Model]:
+        """The models of the roles this agent may work as (`model:` in their front matter), built
+        now, while the keys are still in the environment (forget_keys drops them). An agent CLI
+        chooses its own model, so the command backend loads none."""
+        if self.command is not None:
+            return {}
+        mine = roles.load_all(self.colony.home) if self.role.name == roles.ANY else [self.role]
+        return {r.model: self._load_model(r.model) for r in mine if r.model is not None}
+
+    def model_for(self, role: roles.Role) -> Model | None:
+        """The model a task worked as ``role`` calls: the role's own, else the agent's."""
+        return self.role_models[role.model] if role.model is not None and role.model in self.role_models else self.model
+
+    def limits_for(self, role: roles.Role) -> Limits:
+        """The attempt's limits, with the role's `max_steps` (when it has one) over --max-steps."""
+        limits = self.opts.limits
+        return limits if role.max_steps is None else dataclasses.replace(limits, max_steps=role.max_steps)
 
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
@@ -291,7 +311,7 @@ class Agent:
         system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=role,
                                           verify=self.verify_commands(task), context=self.repo_context(task),
                                           cli=self.command is not None)
-        outcome, again = self.session(task, run, env, system, prompt)
+        outcome, again = self.session(task, run, env, system, prompt, role)
         self.last_outcome = outcome
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
@@ -316,8 +336,8 @@ class Agent:
             self.last_outcome = outcome
         raise AssertionError("unreachable")
 
-    def session(self, task: Task, run: Path, env: dict[str, str], system: str,
-                prompt: str) -> tuple[Outcome, Callable[[Outcome, str], Outcome]]:
+    def session(self, task: Task, run: Path, env: dict[str, str], system: str, prompt: str,
+                role: roles.Role) -> tuple[Outcome, Callable[[Outcome, str], Outcome]]:
         """Start the work, and say how to continue it with verify feedback: our tool loop, or an agent CLI."""
         if self.command is not None:
             # An agent CLI needs its own API key: all of our environment unsandboxed, its own keys sandboxed.
@@ -327,21 +347,23 @@ class Agent:
             return (command.run(f"{system}\n{prompt}", self.ws.path, cli_env, run, 0, box),
                     lambda _, feedback: command.run(f"{system}\n{prompt}\n{feedback}", self.ws.path, cli_env, run,
                                                     next(rounds), box))
-        assert self.model is not None
         # must_abort is also polled every second during a call: SIGTERM or STOP now ends it at once.
-        metered = self.metered(task.id)
+        metered = self.metered(task.id, role)
         outcome = run_attempt(
             metered, system, prompt,
             Toolbox(self.ws.path, env, Sink(self.colony, self.id, task, self.ws.path, self.stopping),
-                    sandbox=self.sandbox), self.opts.limits,
+                    sandbox=self.sandbox, allowed=role.tools, why=f"the {role.name} role's `tools:`"),
+            self.limits_for(role),
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
             abort_check=self.must_abort, secrets=self.secrets, on_reply=metered.record, say=self.say)
         return outcome, continue_attempt
 
-    def metered(self, task_id: str) -> Metered:
-        """Our model, its calls on our ledger under ``task_id``; a stop is heard while it waits or calls."""
-        assert self.model is not None
-        return Metered(self.model, self.ledger, self.id, task_id, self.cooldown,
+    def metered(self, task_id: str, role: roles.Role) -> Metered:
+        """The role's model (model_for), its calls on our ledger under ``task_id``; a stop is heard
+        while it waits or calls."""
+        model = self.model_for(role)
+        assert model is not None
+        return Metered(model, self.ledger, self.id, task_id, self.cooldown,
                        lambda: self.stopping() or self.must_abort())
 
     def sweep(self) -> bool:
@@ -441,6 +463,8 @@ class Agent:
         if not outcome.finished and self.command is not None:
             what = {"stall": "stalled", "time": "ran out of time"}.get(outcome.stopped_by or "", "failed")
             raise GiveUp(f"the agent CLI {what}. Its last lines:\n{outcome.summary or '(no output)'}")
+        if outcome.stopped_by == "stuck":  # the model says it cannot: a counted release, its summary the note
+            raise GiveUp(f"the model could not do it: {outcome.summary or '(no summary)'}")
         if not outcome.finished:
             why = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error else f"hit the {outcome.stopped_by} limit"
             raise GiveUp(f"the model did not finish ({why}). Last summary: {outcome.summary or '(none)'}")

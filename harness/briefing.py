@@ -52,7 +52,8 @@ def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, rol
 
 def system_prompt(templates: Templates, cfg: Config, *, agent: str, role: Role, context: Context, cli: bool) -> str:
     """What is the same for every task of a role on this repository: the rules, the role, the map."""
-    stable = {"agent": agent, "role": role, "repo": context.map, "branch": context.branch}
+    stable: dict[str, Any] = {"agent": agent, "role": role, "branch": context.branch}
+    stable |= {"role_prompt": templates.role_prompt(role, **stable), "repo": context.map}
     return (templates.render("system_command", **stable, max_new_tasks=cfg.max_new_tasks_per_attempt)
             if cli else templates.render("system", **stable))
 

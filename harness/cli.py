@@ -55,14 +55,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     colony = _colony(args)
     check_prompts(colony)
-    guard_agents(len(swarm.plan(args.agents, args.roles)), args.force)
+    plan = swarm.plan(args.agents, args.roles)
+    guard_agents(len(plan), args.force)
     model = args.model or colony.config.model
     if model:
         check_spec(model)  # here, once, rather than in N agent logs
     elif args.backend != "command":
         raise UsageError("no model: pass --model (e.g. anthropic/claude-sonnet-5, or scripted:PATH), set `model:` "
                          "in .stigmergy/config.yaml, or use --backend command --agent-cmd CMD")
-    budget_usd, budget_tokens = guard_spend(colony, args, model)
+    budget_usd, budget_tokens = guard_spend(colony, args, model, swarm.role_models(plan, colony.home))
     # Probed once here too: `bwrap` that cannot work stops the launch (exit 2), `auto` warns once.
     sandbox.resolve(args.sandbox or colony.config.sandbox, lambda text: print(f"stigmergy: {text}", file=sys.stderr))
     checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch))
@@ -87,8 +88,10 @@ PRICE_FIX = ("set its price in .stigmergy/config.yaml, e.g. `model_options: {pri
              "(USD per million tokens; zeros are fine for a free local server: `price: {input: 0, output: 0}`)")
 
 
-def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None) -> tuple[float | None, int | None]:
+def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None,
+                role_models: tuple[str, ...] = ()) -> tuple[float | None, int | None]:
     """The colony budgets (flags over config.yaml), refused when they could never be reached.
+    ``role_models``: the models the roles of the mix name (`model:`), checked like the colony's.
 
     A model whose spend cannot be counted is logged at $0 a call: a USD budget with it would never
     trip, so it is refused (exit 2) with the fix; without one, a warning says status and report will
@@ -114,14 +117,15 @@ def guard_spend(colony: Colony, args: argparse.Namespace, model: str | None) -> 
         _warn("warning: the spend of the agent CLI (--backend command) cannot be counted: report and status "
               "will show $0 for it")
         return usd, tokens
-    if model is None or spend_countable(model, cfg.model_options):
-        return usd, tokens
-    if usd is not None:
-        raise UsageError(f"{usd_from} {usd} could never be reached: the spend of model {model} cannot be counted "
-                         "(it is in no price table we know, so every call is logged at $0). Either "
-                         f"{PRICE_FIX}, or cap tokens with --budget-tokens N (or budget_tokens) instead")
-    _warn(f"warning: the spend of model {model} cannot be counted: report and status will show $0 for it; to "
-          f"count it, {PRICE_FIX}" + ("" if tokens is not None else "; --budget-tokens N caps its tokens"))
+    for spec in dict.fromkeys(m for m in (model, *role_models) if m is not None):
+        if spend_countable(spec, cfg.model_options):
+            continue
+        if usd is not None:
+            raise UsageError(f"{usd_from} {usd} could never be reached: the spend of model {spec} cannot be counted "
+                             "(it is in no price table we know, so every call is logged at $0). Either "
+                             f"{PRICE_FIX}, or cap tokens with --budget-tokens N (or budget_tokens) instead")
+        _warn(f"warning: the spend of model {spec} cannot be counted: report and status will show $0 for it; to "
+              f"count it, {PRICE_FIX}" + ("" if tokens is not None else "; --budget-tokens N caps its tokens"))
     return usd, tokens
 
 
@@ -272,7 +276,9 @@ def _warn_cycles(colony: Colony) -> None:
         print(f"warning: dependency cycle {' -> '.join(cycle)}: these tasks can never be ready", file=sys.stderr)
 
 
-def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]:
+def _rows(colony: Colony, status: str, role_name: str | None) -> list[dict[str, Any]]:
+    from harness import roles
+    role = roles.load_role(role_name, colony.home) if role_name else None  # its `prefers:` earn the bonus
     listed = colony.listing(status)
     done = {p.name[:-5] for p in colony.task_dir("done").glob("*.yaml")}  # names suffice: no parsing
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
@@ -280,7 +286,7 @@ def _rows(colony: Colony, status: str, role: str | None) -> list[dict[str, Any]]
     for st, t in listed:
         waiting = [d for d in t.depends_on if d not in done]
         row = t.to_dict() | {"status": st, "effective_priority": round(
-            effective_priority(colony.config, Entry.of(t), role, now), 1)}
+            effective_priority(colony.config, Entry.of(t, role), now), 1)}
         if st == "pending":
             retry_in = (t.not_before or 0) - now  # > 0: backing off after a failed attempt
             row["ready"] = not waiting and retry_in <= 0
@@ -573,9 +579,13 @@ def cmd_roles_list(args: argparse.Namespace) -> int:
     from harness import roles
     colony = _colony(args)
     found = roles.load_all(colony.home)
-    name_w, desc_w = max(len(r.name) for r in found), max(len(r.description) for r in found)
+    if args.json:
+        print(json.dumps([roles.summary(r) | {"source": _where(r.source, colony)} for r in found], indent=2))
+        return 0
+    name_w = max(len(r.name) for r in found)
     for r in found:
-        print(f"{r.name:<{name_w}}  {r.description:<{desc_w}}  {_where(r.source, colony)}")
+        print(f"{r.name:<{name_w}}  {r.description}")
+        print(f"{'':<{name_w}}  {roles.traits(r)}; {_where(r.source, colony)}")
     return 0
 
 
@@ -584,6 +594,7 @@ def cmd_roles_show(args: argparse.Namespace) -> int:
     colony = _colony(args)
     role = roles.load_role(args.name, colony.home)
     print(f"# {_where(role.source, colony)}")
+    print(f"# as read: {roles.traits(role)}")
     print(role.source.read_text(encoding="utf-8"), end="")
     return 0
 
@@ -767,7 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rl = sub.add_parser("roles", help="the colony's roles: shipped and overridden").add_subparsers(
         dest="roles_command", required=True)
-    rls = rl.add_parser("list", parents=[common], help="each role: name, description, the file it comes from")
+    rls = rl.add_parser("list", parents=[common], help="each role: name, description, what it prefers, its "
+                        "model, tools and steps, whether it sweeps, the file it comes from")
+    rls.add_argument("--json", action="store_true", help="one JSON list of the roles' front matter as read")
     rls.set_defaults(func=cmd_roles_list)
     rsh = rl.add_parser("show", parents=[common], help="one role's file: front matter and prompt, and where it is")
     rsh.add_argument("name")

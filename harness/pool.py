@@ -7,7 +7,8 @@ heap pop, not a directory scan. Drift (a task file dropped in by hand, an event 
 is repaired by a periodic rescan that lists the folders and parses only names it does not know.
 
 Ordering: effective priority = priority + min(skip_count*skip_step, skip_cap) + role bonus
-+ aging_per_hour * hours waiting. Aging is linear and uncapped, so nothing starves, and because
++ aging_per_hour * hours waiting. The role bonus goes to tasks that suit the pool's role (its
+`prefers:` front matter, roles.suits), decided once when an entry is made, so no title is kept. Aging is linear and uncapped, so nothing starves, and because
 it grows at the same rate for every task the order is a static key (the `now` term is common to
 all tasks) and a heap stays valid over time. The overlap penalty depends on which tasks are active,
 so it is applied only among the top few candidates at pick time. A task backing off after a failed
@@ -24,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from harness import roles
 from harness.config import Config
 from harness.fsutil import Tail
+from harness.roles import Role
 
 if TYPE_CHECKING:
     from harness.colony import Colony
     from harness.tasks import Task
 
-# A task's kind suits a role even without an explicit role hint.
-KIND_ROLES = {"merge_conflict": "merger", "review": "critic", "verify_failure": "coder"}
 TOP_K = 16
 RESCAN_SECONDS = 30.0
 
@@ -49,36 +50,38 @@ class Entry:
     outputs: list[str] = field(default_factory=list)
     resolves: str | None = None
     not_before: float | None = None
+    suits: bool = False  # the pool's role gets its bonus for this task (roles.suits)
     version: int = 0
 
     @classmethod
-    def of(cls, task: Task) -> Entry:
+    def of(cls, task: Task, role: Role | None = None) -> Entry:
         return cls(task.id, task.priority, task.created_at, task.skip_count, task.role, task.kind,
-                   list(task.depends_on), list(task.outputs), task.resolves, task.not_before)
+                   list(task.depends_on), list(task.outputs), task.resolves, task.not_before,
+                   roles.suits(role, task.role, task.kind, task.title, [*task.inputs, *task.outputs]))
 
     @classmethod
-    def from_meta(cls, task_id: str, meta: dict[str, Any]) -> Entry:
+    def from_meta(cls, task_id: str, meta: dict[str, Any], role: Role | None = None) -> Entry:
+        kind, outputs = meta.get("kind", "task"), list(meta.get("outputs", []))
         return cls(task_id, int(meta.get("priority", 50)), float(meta.get("created_at", 0)),
-                   int(meta.get("skip_count", 0)), meta.get("role"), meta.get("kind", "task"),
-                   list(meta.get("depends_on", [])), list(meta.get("outputs", [])), meta.get("resolves"),
-                   meta.get("not_before"))
+                   int(meta.get("skip_count", 0)), meta.get("role"), kind, list(meta.get("depends_on", [])),
+                   outputs, meta.get("resolves"), meta.get("not_before"),
+                   roles.suits(role, meta.get("role"), kind, str(meta.get("title", "")),
+                               [*meta.get("inputs", []), *outputs]))
 
 
 def meta_of(task: Task) -> dict[str, Any]:
-    """The scheduling fields an `add` event carries (what Entry.from_meta reads back)."""
+    """The scheduling fields an `add` event carries (what Entry.from_meta reads back); the title
+    and inputs only so that each role's index can tell once whether the task suits it."""
     return {"priority": task.priority, "created_at": task.created_at, "skip_count": task.skip_count,
             "role": task.role, "kind": task.kind, "depends_on": task.depends_on, "outputs": task.outputs,
-            "resolves": task.resolves, "not_before": task.not_before}
+            "resolves": task.resolves, "not_before": task.not_before, "title": task.title,
+            "inputs": task.inputs}
 
 
-def suits(role: str | None, task_role: str | None, kind: str) -> bool:
-    return role is not None and (task_role == role or (task_role is None and KIND_ROLES.get(kind) == role))
-
-
-def effective_priority(cfg: Config, e: Entry | Task, role: str | None, now: float) -> float:
+def effective_priority(cfg: Config, e: Entry, now: float) -> float:
     hours = max(0.0, now - e.created_at) / 3600
     return (e.priority + min(e.skip_count * cfg.skip_step, cfg.skip_cap) + cfg.aging_per_hour * hours
-            + (cfg.role_bonus if suits(role, e.role, e.kind) else 0))
+            + (cfg.role_bonus if e.suits else 0))
 
 
 def overlaps(a: list[str], b: list[str]) -> bool:
@@ -92,7 +95,7 @@ class Pool:
     def __init__(self, colony: Colony, role: str | None) -> None:
         self.colony = colony
         self.cfg = colony.config
-        self.role = role
+        self.role = roles.load_role(role, colony.home) if role is not None else None
         self.tail = Tail(colony.events_path)
         self._forget_everything()
 
@@ -126,7 +129,7 @@ class Pool:
     def apply(self, ev: dict[str, Any]) -> None:
         tid, kind = ev["task"], ev.get("event")
         if kind in ("add", "defer", "undefer", "retry") and isinstance(ev.get("meta"), dict):
-            self._set_pending(Entry.from_meta(tid, ev["meta"]))
+            self._set_pending(Entry.from_meta(tid, ev["meta"], self.role))
         elif kind == "claim":
             self.forget(tid, "active")
             self.owners[tid] = {k: ev.get(k) for k in ("agent", "pid", "host", "claimed_at")}
@@ -152,7 +155,7 @@ class Pool:
 
     def _key(self, e: Entry) -> float:
         # effective_priority less the aging term every task shares (aging_per_hour * now / 3600).
-        return effective_priority(self.cfg, e, self.role, now=e.created_at) - self.cfg.aging_per_hour * e.created_at / 3600
+        return effective_priority(self.cfg, e, now=e.created_at) - self.cfg.aging_per_hour * e.created_at / 3600
 
     def _mark_done(self, tid: str) -> None:
         self.forget(tid, "done")
@@ -175,7 +178,7 @@ class Pool:
             if self.status.get(tid) != "pending" and tid not in self.entries:
                 task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
                 if task is not None:
-                    self._set_pending(Entry.of(task))
+                    self._set_pending(Entry.of(task, self.role))
             elif self.status.get(tid) != "pending":
                 self._set_pending(self.entries[tid])
 
@@ -230,7 +233,7 @@ class Pool:
 
     def learn(self, task: Task) -> None:
         """The file on disk says otherwise than our index (e.g. new dependencies): believe it."""
-        e = Entry.of(task)
+        e = Entry.of(task, self.role)
         old = self.entries.get(task.id)
         e.version = old.version if old else 0
         self._set_pending(e)

@@ -10,7 +10,7 @@ roles shipped with the harness (`roles/` at the top of its repository, see harne
       kinds: [test]              #   task kinds
       titles: ["\\btests?\\b"]   #   regexes searched in the title (case-insensitive)
       paths: ["tests/**"]        #   globs matched against the task's inputs and outputs
-    model: claude-haiku-4-5      # optional: this role's model instead of the colony's
+    model: anthropic/claude-haiku-4-5   # optional: this role's model instead of the colony's
     tools: [bash, str_replace_based_edit_tool, add_note]   # optional: the tools it may call
     max_steps: 40                # optional: its tool-loop step limit instead of the config's
     when_idle: |                 # optional: what it looks for when nothing is ready (sweeps)
@@ -30,7 +30,9 @@ from typing import Any
 import yaml
 
 from harness import shipped as shipped_files
+from harness import tasks
 from harness.errors import UsageError
+from harness.models.registry import check_spec
 from harness.tasks import Task
 from harness.tools import ADD_NOTE, BASH, CREATE_TASK, EDIT, FINISH
 
@@ -50,16 +52,23 @@ class Prefers:
     paths: tuple[str, ...] = ()
 
     def match(self, kind: str, title: str, paths: list[str]) -> bool:
-        return (kind in self.kinds or any(p.search(title) for p in self.titles)
-                or any(fnmatch.fnmatchcase(path, glob) for glob in self.paths for path in paths))
+        return self.strength(kind, title, paths) > 0
+
+    def strength(self, kind: str, title: str, paths: list[str]) -> int:
+        """2: its title or a path matches; 1: only its kind does (a kind like `task` is broad); 0: no match."""
+        if any(p.search(title) for p in self.titles) or any(
+                fnmatch.fnmatchcase(path, glob) for glob in self.paths for path in paths):
+            return 2
+        return 1 if kind in self.kinds else 0
 
 
 @dataclass(frozen=True)
 class Role:
     name: str
     description: str
-    prompt: str
+    prompt: str  # the body: jinja2, rendered into the system prompt (Templates.role_prompt)
     source: Path  # the file it was read from
+    prompt_line: int = 1  # the file line the body starts on, for errors in it
     prefers: Prefers = field(default_factory=Prefers)
     model: str | None = None  # None: the colony's model
     tools: tuple[str, ...] = TOOLS + (FINISH,)  # what the model is offered
@@ -90,6 +99,10 @@ def _prefers(value: Any, bad: Any) -> Prefers:
         if items is None:
             raise bad("prefers", f"prefers.{key} must be a list of non-empty strings")
         lists[key] = items
+    wrong = [k for k in lists["kinds"] if k not in tasks.KINDS]
+    if wrong:
+        raise bad("prefers", f"prefers.kinds: {wrong[0]!r} is no task kind; the kinds are {', '.join(tasks.KINDS)} "
+                             "(match other work by titles: or paths:)")
     patterns = []
     for text in lists["titles"]:
         try:
@@ -122,6 +135,11 @@ def _parse(text: str, source: Path) -> Role:
     for key in ("model", "when_idle"):
         if meta.get(key) is not None and not (isinstance(meta[key], str) and meta[key].strip()):
             raise bad(key, f"{key}: must be a non-empty string (or left out)")
+    if meta.get("model") is not None:
+        try:
+            check_spec(meta["model"])
+        except UsageError as e:
+            raise bad("model", f"model: {e}") from None
     tools = meta.get("tools")
     if tools is not None:
         names = _strings(tools)
@@ -133,10 +151,41 @@ def _parse(text: str, source: Path) -> Role:
     steps = meta.get("max_steps")
     if steps is not None and (type(steps) is not int or steps < 1):
         raise bad("max_steps", f"max_steps: must be a whole number >= 1, got {steps!r}")
-    return Role(meta["name"], str(meta.get("description", "")), body.strip(), source,
+    # '---' on line 1, the head's lines, '---', then the body, whose leading blank lines strip() drops.
+    first = len(head.splitlines()) + 3 + body[:len(body) - len(body.lstrip())].count("\n")
+    return Role(meta["name"], str(meta.get("description", "")), body.strip(), source, prompt_line=first,
                 prefers=_prefers(meta.get("prefers"), bad), model=meta.get("model"),
                 tools=tools if tools is not None else TOOLS + (FINISH,), max_steps=steps,
                 when_idle=meta["when_idle"].strip() if meta.get("when_idle") else None)
+
+
+def summary(role: Role) -> dict[str, Any]:
+    """The front matter as read (defaults filled in): for `roles list --json`."""
+    p = role.prefers
+    return {"name": role.name, "description": role.description,
+            "prefers": {"kinds": list(p.kinds), "titles": [t.pattern for t in p.titles], "paths": list(p.paths)},
+            "model": role.model, "tools": list(role.tools), "max_steps": role.max_steps,
+            "when_idle": role.when_idle}
+
+
+def traits(role: Role) -> str:
+    """One line of what the front matter makes of a role: for `roles list` and `roles show`."""
+    p = role.prefers
+    likes = [*([f"kinds {', '.join(p.kinds)}"] if p.kinds else []),
+             *([f"{len(p.titles)} title pattern{'s' * (len(p.titles) != 1)}"] if p.titles else []),
+             *([f"{len(p.paths)} path glob{'s' * (len(p.paths) != 1)}"] if p.paths else [])]
+    tools = "all tools" if role.tools == TOOLS + (FINISH,) else f"tools {', '.join(role.tools)}"
+    model = f"model {role.model}" if role.model else "the colony's model"
+    steps = f"max_steps {role.max_steps}" if role.max_steps else "the config's max_steps"
+    return "; ".join([f"prefers {', '.join(likes)}" if likes else "prefers nothing", model, tools, steps,
+                      "sweeps when idle" if role.when_idle else "sleeps when idle"])
+
+
+def suits(role: Role | None, hint: str | None, kind: str, title: str, paths: list[str]) -> bool:
+    """Whether picking boosts a task for ``role``: the task names it (its role hint), or names no
+    role and the role's ``prefers`` matches its kind, title, inputs or outputs. A task hinted for
+    another role gets no boost, but any agent may still take it: preferences order, never exclude."""
+    return role is not None and (hint == role.name or (hint is None and role.prefers.match(kind, title, paths)))
 
 
 def shipped() -> list[str]:
@@ -185,12 +234,13 @@ def agent_role(name: str, home: Path) -> Role:
 
 def for_task(agent: Role, task: Task, home: Path) -> Role:
     """The role whose prompt an agent of role ``agent`` works ``task`` with: its own, except for an
-    ``any`` agent, which takes the task's role hint, else the first role (by name) whose ``prefers``
-    matches the task's kind, title, inputs and outputs, else coder."""
+    ``any`` agent, which takes the task's role hint, else the role whose ``prefers`` matches the
+    task best (a title or path over a kind alone; ties go to the first by name), else coder."""
     if agent.name != ANY:
         return agent
     if task.role is not None:
         return load_role(task.role, home)
     paths = [*task.inputs, *task.outputs]
-    suited = (r for r in load_all(home) if r.prefers.match(task.kind, task.title, paths))
-    return next(suited, None) or load_role(FALLBACK, home)
+    scored = [(r.prefers.strength(task.kind, task.title, paths), r) for r in load_all(home)]
+    best = max((n for n, _ in scored), default=0)
+    return next(r for n, r in scored if n == best) if best else load_role(FALLBACK, home)

@@ -65,7 +65,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import agentlog, deadline, faults, fsutil, gate, summary
+from harness import agentlog, deadline, faults, fsutil, gate, roles, summary
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, GitError, UsageError
 from harness.launchlog import LauncherLog
@@ -165,6 +165,13 @@ def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
         width = max(2, len(str(n)))
         specs += [AgentSpec(f"{role}-{i:0{width}d}", role) for i in range(1, n + 1)]
     return specs
+
+
+def role_models(plan: list[AgentSpec], home: Path) -> tuple[str, ...]:
+    """The models named by the roles these agents work as (an `any` agent may take any role)."""
+    names = {a.role for a in plan}
+    every = roles.ANY in names
+    return tuple(r.model for r in roles.load_all(home) if r.model is not None and (every or r.name in names))
 
 
 def request_stop(colony: Colony, now: bool = False) -> Path:

@@ -22,7 +22,6 @@ State in the colony:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import traceback
@@ -33,18 +32,18 @@ from typing import TYPE_CHECKING, Any
 from harness import briefing, filing, fsutil, roles, tasks
 from harness.colony import Colony
 from harness.errors import ColonyFault, FilingRefused, HarnessError, ToolError
-from harness.models.base import ToolCall, ToolSpec
 from harness.repocontext import Context
 from harness.roles import Role
 from harness.tasks import Task
 from harness.templates import Templates
 from harness.toolloop import Outcome, Transcript, run_attempt
-from harness.tools import BASH, CREATE_TASK, FINISH, Toolbox, ToolResult
+from harness.tools import BASH, CREATE_TASK, FINISH, Toolbox
 
 if TYPE_CHECKING:
     from harness.agent import Agent
 
 TOOLS = (BASH, CREATE_TASK, FINISH)  # a sweep inspects and files; it edits nothing and has no task to note on
+WHY = "an idle sweep inspects and files tasks but changes nothing"
 RECENT_S = 24 * 3600  # done or failed tasks this recent count as known: a sweep must not refile them
 TOKEN_PREFIX = "_sweep-"  # '_' starts no task id: a token's lock never shares a task's
 
@@ -120,29 +119,11 @@ class SweepSink:
         raise ToolError("an idle sweep has no task to note on: file a task (create_task) or finish")
 
 
-class SweepTools(Toolbox):
-    """The toolbox with only ``allowed`` offered, and any other call a tool error naming them."""
-
-    def __init__(self, *args: Any, allowed: tuple[str, ...], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.allowed = allowed
-
-    @property
-    def specs(self) -> list[ToolSpec]:
-        return [s for s in super().specs if s.name in self.allowed]
-
-    def run(self, call: ToolCall) -> ToolResult:
-        if call.name not in self.allowed:
-            return ToolResult(f"{call.name!r} is not a tool of an idle sweep, which inspects and files but "
-                              f"changes nothing; the tools are: {', '.join(self.allowed)}", is_error=True)
-        return super().run(call)
-
-
 def maybe(agent: Agent) -> bool:
     """Run a sweep if this agent's role, the config and the colony allow one now; True if it ran."""
     role, cfg, colony = agent.role, agent.cfg, agent.colony
     allowed = tuple(t for t in TOOLS if t in role.tools or t == FINISH)
-    if (role.when_idle is None or agent.model is None or agent.command is not None or CREATE_TASK not in allowed
+    if (role.when_idle is None or agent.model_for(role) is None or agent.command is not None or CREATE_TASK not in allowed
             or cfg.sweep_interval <= 0 or cfg.sweep_max_tasks <= 0 or (agent.opts.until_empty and agent.swept)):
         return False
     if not due(colony, role.name, time.time()) or agent.stopping() or agent.over_budget():
@@ -239,11 +220,8 @@ def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink)
     pseudo = pseudo_task(sid, role, agent.id)
     agent.ws.prepare()  # the tip of main, as a task's attempt starts
     system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context(pseudo))
-    box = SweepTools(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed)
-    limits = agent.opts.limits
-    if role.max_steps is not None:
-        limits = dataclasses.replace(limits, max_steps=role.max_steps)
-    metered = agent.metered(sid)
-    return run_attempt(metered, system, prompt, box, limits, Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"),
+    box = Toolbox(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
+    metered = agent.metered(sid, role)
+    return run_attempt(metered, system, prompt, box, agent.limits_for(role), Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"),
                        task_id=sid, task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
                        on_reply=metered.record, say=agent.say)

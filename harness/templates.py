@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from harness import shipped
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from harness.roles import Role
 
 
 class Templates:
@@ -41,6 +44,21 @@ class Templates:
             raise UsageError(f"{self._line(e, name)}: {e.message or type(e).__name__} (the variables a "
                              f"template may use are those of the shipped {name}.j2). Fix the template, or "
                              "delete the override to use the shipped one") from None
+
+    def role_prompt(self, of: Role, **context: Any) -> str:
+        """A role file's body rendered (jinja2, StrictUndefined, the system prompt's variables); an
+        error in it raises UsageError naming the role file and line."""
+        fix = f"Fix the prompt in {of.source}"
+        try:
+            return self.env.from_string(of.prompt).render(**context)
+        except jinja2.TemplateSyntaxError as e:
+            raise UsageError(f"{of.source}:{of.prompt_line + (e.lineno or 1) - 1}: template syntax error in the "
+                             f"role's prompt: {(e.message or '').rstrip('.')}. {fix}") from None
+        except jinja2.TemplateError as e:
+            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == "<template>"]
+            line = of.prompt_line + (lines[-1] if lines and lines[-1] else 1) - 1
+            raise UsageError(f"{of.source}:{line}: {e.message or type(e).__name__} in the role's prompt (it may "
+                             f"use {', '.join(sorted(context))}). {fix}") from None
 
     def _line(self, e: Exception, name: str) -> str:
         # jinja2 rewrites the traceback so that template frames carry the template's file and line;

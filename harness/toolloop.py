@@ -13,6 +13,8 @@ Stopping is data: ``Outcome.stopped_by`` is None when the model finished, else o
     "budget"   the provider raised BudgetExceeded
     "error"    any other ModelError (``Outcome.error``), a context overflow that shrinking the
                conversation once did not cure included
+    "stuck"    the model called finish with ``stuck: true``: it could not do the task (the
+               summary says why), and nothing it changed should land
 
 Limits count the whole attempt, verify-failure rounds included. Only the model call itself is
 interruptible (harness.interrupt): the tool calls of a reply always run, so the conversation stays
@@ -160,9 +162,10 @@ class Attempt:
             if not reply.tool_calls:
                 # A model that stops talking to tools has nothing more to do: that is its finish.
                 return self._outcome(started, finished=True, summary=reply.text)
-            summary = self._run_tools(reply)
-            if summary is not None:
-                return self._outcome(started, finished=True, summary=summary)
+            done = self._run_tools(reply)
+            if done is not None:
+                return self._outcome(started, finished=not done.stuck, summary=done.finished or "",
+                                     stopped_by="stuck" if done.stuck else None)
 
     def _ask(self, started: float) -> Reply | Outcome:
         """One model call, or the Outcome that ends the attempt; once more on a shrunk
@@ -232,14 +235,14 @@ class Attempt:
         details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "step"))
         self.tell(redact(f"{self.task_id} step {event['step']}: model {event['kind']}: {details}", self.secrets))
 
-    def _run_tools(self, reply: Reply) -> str | None:
-        """Run the reply's tool calls in order; the finish summary if one of them was finish."""
-        summary: str | None = None
+    def _run_tools(self, reply: Reply) -> ToolResult | None:
+        """Run the reply's tool calls in order; finish's result if one of them was finish."""
+        done: ToolResult | None = None
         results = []
         for call in reply.tool_calls:
-            if summary is None:
+            if done is None:
                 result = self.toolbox.run(call)
-                summary = result.finished
+                done = result if result.finished is not None else None
             else:  # still answered: every tool call needs a result if the conversation goes on
                 result = ToolResult("Not run: finish was already called.", is_error=True)
             content = redact(result.content, self.secrets)
@@ -250,7 +253,7 @@ class Attempt:
                 "content": clip_lines(content.splitlines(keepends=True), TRANSCRIPT_RESULT_LIMIT),
             })
         self.messages.append({"role": "user", "content": results})
-        return summary
+        return done
 
     def _limit_hit(self, started: float) -> str | None:
         limits = self.limits

@@ -136,10 +136,15 @@ TOOL_SPECS: list[ToolSpec] = [
     ),
     ToolSpec(
         name=FINISH,
-        description="Call when the task is done (or cannot be done): ends this attempt.",
+        description="Call when the task is done, or with stuck: true when you cannot do it: ends this attempt.",
         input_schema={
             "type": "object",
-            "properties": {"summary": {"type": "string", "description": "What you did and why."}},
+            "properties": {
+                "summary": {"type": "string", "description": "What you did and why (stuck: what you tried, "
+                            "what failed and what the next attempt should try)."},
+                "stuck": {"type": "boolean", "description": "true: you could not do the task. Nothing you "
+                          "changed lands; the task is released for another attempt with your summary as its note."},
+            },
             "required": ["summary"],
         },
     ),
@@ -164,6 +169,7 @@ class ToolResult:
     is_error: bool = False
     # Set by the finish tool: the attempt's summary. The loop stops after this call.
     finished: str | None = None
+    stuck: bool = False  # finish said it could not do the task (Outcome.stopped_by "stuck")
 
 
 class Toolbox:
@@ -175,10 +181,15 @@ class Toolbox:
         bash_timeout: float = DEFAULT_BASH_TIMEOUT,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         sandbox: Sandbox | None = None,
+        allowed: Sequence[str] | None = None,
+        why: str = "",
     ) -> None:
         """``env_vars`` is the complete environment of bash commands (None: inherit ours);
-        ``sandbox`` wraps each of them (None: run as they are)."""
+        ``sandbox`` wraps each of them (None: run as they are). ``allowed``: the only tools offered
+        (None: all; finish always), any other call a tool error that names them and says ``why``."""
         self.sandbox = sandbox
+        self.allowed = tuple(t for t in (*_SPEC_BY_NAME,) if allowed is None or t in allowed or t == FINISH)
+        self.why = why
         self.root = Path(worktree).resolve()
         self.env_vars = dict(env_vars) if env_vars is not None else None
         self.sink = sink
@@ -196,15 +207,18 @@ class Toolbox:
 
     @property
     def specs(self) -> list[ToolSpec]:
-        return TOOL_SPECS
+        return [s for s in TOOL_SPECS if s.name in self.allowed]
 
     def run(self, call: ToolCall) -> ToolResult:
         if call.error:
             return ToolResult(f"Could not read your call to {call.name!r}: {call.error}", is_error=True)
         handler = self._handlers.get(call.name)
+        known = ", ".join(self.allowed)
         if handler is None:
-            known = ", ".join(self._handlers)
             return ToolResult(f"Unknown tool {call.name!r}; the tools are: {known}", is_error=True)
+        if call.name not in self.allowed:
+            return ToolResult(f"{call.name!r} is not one of your tools here{f' ({self.why})' if self.why else ''}; "
+                              f"the tools are: {known}", is_error=True)
         problem = schema_problem(_SPEC_BY_NAME[call.name].input_schema, call.input)
         if problem:
             return ToolResult(f"{call.name}: {problem}", is_error=True)
@@ -343,7 +357,7 @@ class Toolbox:
         return ToolResult("Note added.")
 
     def _finish(self, args: dict[str, Any]) -> ToolResult:
-        return ToolResult("Attempt finished.", finished=args["summary"])
+        return ToolResult("Attempt finished.", finished=args["summary"], stuck=args.get("stuck") is True)
 
 
 # -- running commands -------------------------------------------------------------------------

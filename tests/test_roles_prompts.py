@@ -3,6 +3,8 @@ and show in `roles list` / `prompt render`, a broken one stops the launch, and a
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -72,11 +74,13 @@ def test_overrides_win_and_show_in_roles_list_roles_show_and_prompt_render(colon
     repo = ["--repo", str(colony.repo)]
 
     listing = cli("roles", "list", *repo, check=True).stdout.splitlines()
-    coder = next(line for line in listing if line.startswith("coder "))
-    assert "Our own coder." in coder and f"override {colony.home / 'roles' / 'coder.md'}" in coder
-    tester = next(line for line in listing if line.startswith("tester "))
-    assert f"shipped {ROOT / 'roles' / 'tester.md'}" in tester
-    assert len(listing) == len(SHIPPED_ROLES)
+    entries = {pair[0].split()[0]: " ".join(pair) for pair in zip(listing[::2], listing[1::2])}  # two lines a role
+    assert "Our own coder." in entries["coder"] and f"override {colony.home / 'roles' / 'coder.md'}" in entries["coder"]
+    assert "prefers nothing" in entries["coder"] and "sleeps when idle" in entries["coder"]
+    assert f"shipped {ROOT / 'roles' / 'tester.md'}" in entries["tester"] and "sweeps when idle" in entries["tester"]
+    assert len(entries) == len(SHIPPED_ROLES) == len(listing) // 2
+    as_json = {r["name"]: r for r in json.loads(cli("roles", "list", "--json", *repo, check=True).stdout)}
+    assert as_json["merger"]["prefers"]["kinds"] == ["merge_conflict"] and as_json["coder"]["model"] is None
 
     shown = cli("roles", "show", "coder", *repo, check=True).stdout
     assert shown.startswith(f"# override {colony.home / 'roles' / 'coder.md'}\n")

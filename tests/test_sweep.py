@@ -22,6 +22,7 @@ from harness.errors import FilingRefused, UsageError
 from harness.models.scripted import ScriptedModel
 from harness.swarm import request_stop
 from harness.tasks import Task
+from harness.tools import Toolbox
 from test_agent import start_agent, write_script
 
 CRITIC = """---
@@ -83,7 +84,7 @@ def test_sweep_files_with_discovered_by_refuses_repeats_and_keeps_nothing(colony
     told = results(colony, "sweep-critic-1")
     assert told[0]["is_error"] and "repeats task parser-tests" in told[0]["content"]
     assert told[2]["is_error"] and f"repeats task {new[0].id}" in told[2]["content"] and "same outputs" in told[2]["content"]
-    assert told[3]["is_error"] and "not a tool of an idle sweep" in told[3]["content"]
+    assert told[3]["is_error"] and "an idle sweep inspects and files tasks but changes nothing" in told[3]["content"]
     assert not told[4]["is_error"] and "1" in told[4]["content"]
     worktree = tmp_path / "ws" / "critic-01"
     assert not (worktree / "scratch.txt").exists() and not (worktree / "junk.txt").exists()
@@ -95,8 +96,8 @@ def test_sweep_files_with_discovered_by_refuses_repeats_and_keeps_nothing(colony
 
 def test_sweep_offers_only_inspecting_and_filing_tools(colony: Colony, tmp_path: Path) -> None:
     colony = with_critic(colony)
-    box = sweep.SweepTools(tmp_path, None, sweep.SweepSink(colony, "critic-01", tmp_path, lambda: False),
-                           allowed=sweep.TOOLS)
+    box = Toolbox(tmp_path, None, sweep.SweepSink(colony, "critic-01", tmp_path, lambda: False),
+                  allowed=sweep.TOOLS, why=sweep.WHY)
     assert [s.name for s in box.specs] == ["bash", "create_task", "finish"]
 
 

@@ -15,6 +15,7 @@
                                    # name (or `timeout` seconds pass), so that two agents hold
                                    # their tasks at the same time however slowly each one started
         - finish: "summary"
+        - stuck: "what was tried"  # finish with stuck: true (the model cannot do the task)
       on_verify_failure:           # optional: played instead of ``actions`` after the harness
         - replace: {...}           # sends verify-failure feedback (every such round starts over)
         - finish: "fixed"
@@ -180,11 +181,13 @@ def _meet(here: str, value: Any) -> _Meet:
 
 
 def _tool_call(here: str, kind: str, value: Any) -> tuple[str, dict[str, Any]]:
-    if kind in ("bash", "note", "finish"):
+    if kind in ("bash", "note", "finish", "stuck"):
         if not isinstance(value, str):
             raise UsageError(f"{here}: {kind} needs a string, got {type(value).__name__}")
-        return {"bash": (BASH, {"command": value}), "note": (ADD_NOTE, {"text": value}),
-                "finish": (FINISH, {"summary": value})}[kind]
+        calls: dict[str, tuple[str, dict[str, Any]]] = {
+            "bash": (BASH, {"command": value}), "note": (ADD_NOTE, {"text": value}),
+            "finish": (FINISH, {"summary": value}), "stuck": (FINISH, {"summary": value, "stuck": True})}
+        return calls[kind]
     if kind == "write":
         fields = _fields(here, kind, value, ("path", "content"))
         return EDIT, {"command": "create", "path": fields["path"], "file_text": fields["content"]}
@@ -199,7 +202,7 @@ def _tool_call(here: str, kind: str, value: Any) -> tuple[str, dict[str, Any]]:
             raise UsageError(f"{here}: create_task: {problem}")
         return CREATE_TASK, dict(value)
     raise UsageError(
-        f"{here}: unknown action {kind!r}; use bash, write, replace, create_task, note, sleep, meet or finish"
+        f"{here}: unknown action {kind!r}; use bash, write, replace, create_task, note, sleep, meet, finish or stuck"
     )
 
 
