@@ -106,6 +106,9 @@ def check(colony: Colony) -> None:
         for cli in (False, True):
             opening(templates, colony, task, agent="coder-01", role=role, verify=["true"], context=context,
                     cli=cli, task_notes=[sample, sample])
+    for other in role_list[1:]:  # each role's own body, rendered into the system prompt
+        for cli in (False, True):
+            system_prompt(templates, colony.config, agent=f"{other.name}-01", role=other, context=context, cli=cli)
     for cli in (False, True):
         feedback(templates, "E   assert 1 == 2", 1, 2, cli)
     sweeper = next((r for r in role_list if r.when_idle), role)
