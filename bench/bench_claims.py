@@ -7,6 +7,8 @@
    pending tasks, plus the one-shot `stigmergy task claim` CLI latency (process start included).
 2. claims per second for 64 processes racing over 10k tasks, next to the raw rate of 64 processes
    racing `mkdir` over 10k names on the same disk in the same run.
+3. an agent's index build and first pick with no role and as a tester (its `prefers:` matched
+   once per task), side by side.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from harness.tasks import Task
 
 def make_colony(root: Path, n: int) -> Colony:
     repo = Path(tempfile.mkdtemp(prefix=f"target-{n}-", dir=root))
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q",
+                    "--allow-empty", "-m", "init"], check=True)  # a colony lands on a branch: it needs one
     colony = Colony.init(repo)
     batch = 10_000
-    for start in range(0, n, batch):
-        colony.add_many([Task(id=f"t{i:06d}", title=f"task {i}", priority=i % 100)
-                         for i in range(start, min(n, start + batch))])
+    for start in range(0, n, batch):  # every third task is one a tester prefers (its title)
+        colony.add_many([Task(id=f"t{i:06d}", title=f"Add tests for module {i}" if i % 3 == 0 else f"task {i}",
+                              priority=i % 100, outputs=[f"src/m{i}.py"]) for i in range(start, min(n, start + batch))])
     return colony
 
 
@@ -118,6 +122,21 @@ def race(root: Path, n: int = 10_000, procs: int = 64) -> dict[str, float]:
             "ratio": (n / secs) / (n / msecs)}
 
 
+def role_index(root: Path, n: int) -> dict[str, float]:
+    """An agent's start-up index (the event log replayed) and first pick: with no role, and as a
+    tester, whose `prefers:` (title regexes, path globs) is matched once per task."""
+    colony = make_colony(root, n)
+    out: dict[str, float] = {"pending": n}
+    for _ in range(2):  # alternating, twice: the second pair is the one reported
+        for role in (None, "tester"):
+            fresh = Colony.open(colony.repo)
+            t0 = time.perf_counter()
+            fresh.pool(role).candidates()
+            out[role or "none"] = time.perf_counter() - t0
+    out["ratio"] = out["tester"] / out["none"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -134,7 +153,10 @@ def main() -> None:
         print(f"\n{r['procs']} processes racing over {r['tasks']} tasks:")
         print(f"  claims/s {r['claims_per_s']:.0f}   raw mkdir/s {r['mkdir_per_s']:.0f}   "
               f"claims/mkdir ratio {r['ratio']:.4f}")
-        print(json.dumps({"race": r}))
+        i = role_index(Path(tmp), sizes[-1])
+        print(f"\nindex build + first pick at {i['pending']:.0f} pending: no role {i['none']:.2f} s, "
+              f"tester {i['tester']:.2f} s, ratio {i['ratio']:.2f}")
+        print(json.dumps({"race": r, "role_index": i}))
 
 
 if __name__ == "__main__":
