@@ -294,7 +294,7 @@ LANDER = textwrap.dedent("""
     verify = lambda path: time.sleep(pause) or (path / f"{agent}.txt").exists()
     result = land(ws, commit, title=f"{agent} lands", fence=fence, verify=verify, max_attempts=attempts)
     print(json.dumps({"kind": type(result).__name__, "commit": getattr(result, "commit", None),
-                      "attempts": getattr(result, "attempts", 0)}))
+                      "attempts": getattr(result, "attempts", 0), "reason": getattr(result, "reason", None)}))
 """)
 
 
@@ -313,7 +313,7 @@ def test_eight_concurrent_landers_all_land_exactly_once(target: Path, tmp_path: 
 
     results = [json.loads(out) for out, err in outputs if out.strip()]
     assert len(results) == 8, [err for _, err in outputs]
-    assert {r["kind"] for r in results} == {"Landed"}
+    assert {r["kind"] for r in results} == {"Landed"}, results
     git = Git(target)
     log = first_parent_log(git, base)
     assert sorted(log) == sorted(r["commit"] for r in results)
