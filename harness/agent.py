@@ -200,7 +200,8 @@ class Agent:
         """Drop secret-looking variables from our own environment once the model client holds its
         key, so no process we start (git included) inherits one. Not for litellm, which reads
         provider keys from the environment at every call; an agent CLI's keys were copied at start."""
-        if any(m.name.startswith("litellm/") for m in [*self.role_models.values(), *([self.model] if self.model else [])]):
+        models = [*self.role_models.values(), *([self.model] if self.model else [])]
+        if any(m.name.startswith("litellm/") for m in models):
             return []
         dropped = [k for k in os.environ if SECRET_NAME.search(k)]
         for k in dropped:

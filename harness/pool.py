@@ -8,9 +8,10 @@ is repaired by a periodic rescan that lists the folders and parses only names it
 
 Ordering: effective priority = priority + min(skip_count*skip_step, skip_cap) + role bonus
 + aging_per_hour * hours waiting. The role bonus goes to tasks that suit the pool's role (its
-`prefers:` front matter, roles.suits), decided once when an entry is made, so no title is kept. Aging is linear and uncapped, so nothing starves, and because
-it grows at the same rate for every task the order is a static key (the `now` term is common to
-all tasks) and a heap stays valid over time. The overlap penalty depends on which tasks are active,
+`prefers:` front matter, roles.suits), decided once when an entry is made, so no title is kept.
+Aging is linear and uncapped, so nothing starves, and because it grows at the same rate for
+every task the order is a static key (the `now` term is common to all tasks) and a heap stays
+valid over time. The overlap penalty depends on which tasks are active,
 so it is applied only among the top few candidates at pick time. A task backing off after a failed
 attempt (not_before in the future) waits in a second heap, by when it is due, and rejoins the first.
 """

@@ -123,8 +123,8 @@ def maybe(agent: Agent) -> bool:
     """Run a sweep if this agent's role, the config and the colony allow one now; True if it ran."""
     role, cfg, colony = agent.role, agent.cfg, agent.colony
     allowed = tuple(t for t in TOOLS if t in role.tools or t == FINISH)
-    if (role.when_idle is None or agent.model_for(role) is None or agent.command is not None or CREATE_TASK not in allowed
-            or cfg.sweep_interval <= 0 or cfg.sweep_max_tasks <= 0 or (agent.opts.until_empty and agent.swept)):
+    if (role.when_idle is None or agent.model_for(role) is None or agent.command is not None
+            or CREATE_TASK not in allowed or cfg.sweep_interval <= 0 or cfg.sweep_max_tasks <= 0 or (agent.opts.until_empty and agent.swept)):
         return False
     if not due(colony, role.name, time.time()) or agent.stopping() or agent.over_budget():
         return False
@@ -222,6 +222,6 @@ def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink)
     system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context(pseudo))
     box = Toolbox(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
     metered = agent.metered(sid, role)
-    return run_attempt(metered, system, prompt, box, agent.limits_for(role), Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"),
-                       task_id=sid, task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
+    return run_attempt(metered, system, prompt, box, agent.limits_for(role),
+                       Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid, task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
                        on_reply=metered.record, say=agent.say)
