@@ -10,7 +10,8 @@ What goes:
   ``refs/stigmergy/conflicts/<task>`` of tasks that are done (their work landed, through the
   conflict task or redone);
 - all but the newest generation folder of a done task's lock (``locks/<task>.lock/``);
-- run folders (``runs/<task>/``) of finished tasks untouched for ``runs_older_than_days``.
+- run folders (``runs/<task>/``) of finished tasks, and of idle sweeps (``runs/sweep-<role>-<n>/``),
+  untouched for ``runs_older_than_days``.
 
 Safe beside a live colony. An agent's worktree is handled while holding the colony's
 ``worktrees`` lock (git.exclusive), which every agent takes before it creates or resets its
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import sweep
 from harness.colony import STATUSES, Colony
 from harness.errors import InvalidId
 from harness.git import Git, Identity, exclusive
@@ -315,11 +317,14 @@ def _runs(colony: Colony, cutoff: float, result: Result) -> None:
     status = _status(colony)
     for tid in sorted(os.listdir(root)):
         folder = root / tid
-        if status.get(tid) not in FINISHED or not folder.is_dir() or _newest(folder) >= cutoff:
+        if not folder.is_dir() or _newest(folder) >= cutoff:
             continue
-        found = colony.locate(tid)  # once more, just before: a failed task may have been retried
-        if found is None or found[0] not in FINISHED:
-            continue
+        if tid in status or not sweep.is_sweep_id(tid):  # a sweep's: no task, finished once untouched
+            if status.get(tid) not in FINISHED:
+                continue
+            found = colony.locate(tid)  # once more, just before: a failed task may have been retried
+            if found is None or found[0] not in FINISHED:
+                continue
         result.runs.append(str(folder))
         result.bytes_freed += _size(folder)
         if not result.dry_run:

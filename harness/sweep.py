@@ -23,6 +23,7 @@ State in the colony:
 from __future__ import annotations
 
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -124,7 +125,8 @@ def maybe(agent: Agent) -> bool:
     role, cfg, colony = agent.role, agent.cfg, agent.colony
     allowed = tuple(t for t in TOOLS if t in role.tools or t == FINISH)
     if (role.when_idle is None or agent.model_for(role) is None or agent.command is not None
-            or CREATE_TASK not in allowed or cfg.sweep_interval <= 0 or cfg.sweep_max_tasks <= 0 or (agent.opts.until_empty and agent.swept)):
+            or CREATE_TASK not in allowed or cfg.sweep_interval <= 0 or cfg.sweep_max_tasks <= 0
+            or (agent.opts.until_empty and agent.swept)):
         return False
     if not due(colony, role.name, time.time()) or agent.stopping() or agent.over_budget():
         return False
@@ -198,6 +200,11 @@ def sweep_id(role: str, number: int) -> str:
     return f"sweep-{role}-{number}"
 
 
+def is_sweep_id(name: str) -> bool:
+    """Whether ``name`` (a run folder's, say) has the shape of a sweep's id."""
+    return re.fullmatch(r"sweep-[A-Za-z0-9_.-]+-[0-9]+", name) is not None
+
+
 def next_id(colony: Colony, role: str) -> str:
     return sweep_id(role, int(record(colony, role).get("n", 0)) + 1)
 
@@ -223,5 +230,6 @@ def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink)
     box = Toolbox(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
     metered = agent.metered(sid, role)
     return run_attempt(metered, system, prompt, box, agent.limits_for(role),
-                       Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid, task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
+                       Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid,
+                       task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
                        on_reply=metered.record, say=agent.say)

@@ -206,6 +206,13 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
         (run / "verify.log").write_text("$ true\n")
         for path in (run / "verify.log", run, run.parent):
             os.utime(path, (old, old))
+    colony.add(Task(id="sweep-docs-1", title="a pending task that looks like a sweep", priority=1))  # picked last
+    for name in ("sweep-critic-1", "sweep-docs-1", "sweep-critic-2"):  # sweeps' runs, and that task's
+        run = colony.run_dir(name, "001")
+        (run / "transcript.jsonl").write_text("{}\n")
+        if name != "sweep-critic-2":  # the second sweep ran yesterday
+            for path in (run / "transcript.jsonl", run, run.parent):
+                os.utime(path, (old, old))
     young = colony.run_dir("done1-young", "001")  # a finished task's run of yesterday
     colony.add(Task(id="done1-young", title="young"))
     got = colony.claim("a1")
@@ -225,6 +232,8 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
     runs = colony.home / "runs"
     assert not (runs / "done1").exists() and not (runs / "failed1").exists()
     assert (runs / "live1").is_dir() and (runs / "done1-young").is_dir()
+    assert not (runs / "sweep-critic-1").exists() and (runs / "sweep-critic-2").is_dir()
+    assert (runs / "sweep-docs-1").is_dir()  # a task's, not finished: kept whatever its name
     # The compacted task is still done and cannot be claimed again; the old owner cannot land.
     assert colony._generation("done1") == 3 and colony.current_claim("done1") is None
     assert colony.try_claim("done1", "late") is None and colony.get("done1")[0] == "done"
