@@ -80,9 +80,12 @@ def meta_of(task: Task) -> dict[str, Any]:
 
 
 def effective_priority(cfg: Config, e: Entry, now: float) -> float:
-    hours = max(0.0, now - e.created_at) / 3600
-    return (e.priority + min(e.skip_count * cfg.skip_step, cfg.skip_cap) + cfg.aging_per_hour * hours
-            + (cfg.role_bonus if e.suits else 0))
+    return standing(cfg, e) + cfg.aging_per_hour * max(0.0, now - e.created_at) / 3600
+
+
+def standing(cfg: Config, e: Entry) -> float:
+    """Effective priority less aging: priority, the skip boost and the role bonus."""
+    return e.priority + min(e.skip_count * cfg.skip_step, cfg.skip_cap) + (cfg.role_bonus if e.suits else 0)
 
 
 def overlaps(a: list[str], b: list[str]) -> bool:
@@ -156,7 +159,7 @@ class Pool:
 
     def _key(self, e: Entry) -> float:
         # effective_priority less the aging term every task shares (aging_per_hour * now / 3600).
-        return effective_priority(self.cfg, e, now=e.created_at) - self.cfg.aging_per_hour * e.created_at / 3600
+        return standing(self.cfg, e) - self.cfg.aging_per_hour * e.created_at / 3600
 
     def _mark_done(self, tid: str) -> None:
         self.forget(tid, "done")
