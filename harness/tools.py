@@ -188,7 +188,7 @@ class Toolbox:
         ``sandbox`` wraps each of them (None: run as they are). ``allowed``: the only tools offered
         (None: all; finish always), any other call a tool error that names them and says ``why``."""
         self.sandbox = sandbox
-        self.allowed = tuple(t for t in (*_SPEC_BY_NAME,) if allowed is None or t in allowed or t == FINISH)
+        self.allowed = tuple(t for t in _SPEC_BY_NAME if allowed is None or t in allowed or t == FINISH)
         self.why = why
         self.root = Path(worktree).resolve()
         self.env_vars = dict(env_vars) if env_vars is not None else None
