@@ -217,7 +217,7 @@ class Agent:
         chooses its own model, so the command backend loads none."""
         if self.command is not None:
             return {}
-        mine = roles.load_all(self.colony.home) if self.role.name == roles.ANY else [self.role]
+        mine = roles.may_work_as({self.role.name}, self.colony.home)
         return {r.model: self._load_model(r.model) for r in mine if r.model is not None}
 
     def model_for(self, role: roles.Role) -> Model | None:

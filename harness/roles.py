@@ -232,6 +232,11 @@ def agent_role(name: str, home: Path) -> Role:
     return load_role(name, home)
 
 
+def may_work_as(names: set[str], home: Path) -> list[Role]:
+    """The roles that agents of these roles may work tasks as: their own, and every role for ``any``."""
+    return load_all(home) if ANY in names else [load_role(n, home) for n in sorted(names)]
+
+
 def for_task(agent: Role, task: Task, home: Path) -> Role:
     """The role whose prompt an agent of role ``agent`` works ``task`` with: its own, except for an
     ``any`` agent, which takes the task's role hint, else the role whose ``prefers`` matches the

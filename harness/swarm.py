@@ -169,9 +169,7 @@ def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
 
 def role_models(plan: list[AgentSpec], home: Path) -> tuple[str, ...]:
     """The models named by the roles these agents work as (an `any` agent may take any role)."""
-    names = {a.role for a in plan}
-    every = roles.ANY in names
-    return tuple(r.model for r in roles.load_all(home) if r.model is not None and (every or r.name in names))
+    return tuple(r.model for r in roles.may_work_as({a.role for a in plan}, home) if r.model is not None)
 
 
 def request_stop(colony: Colony, now: bool = False) -> Path:
