@@ -54,9 +54,10 @@ def write_script(path: Path, sleep: float = 0.0) -> str:
     return f"scripted:{path}"
 
 
-def launch(colony: Colony, model: str, agents: int, workspaces: Path, *extra: str) -> subprocess.Popen[bytes]:
+def launch(colony: Colony, model: str, agents: int, workspaces: Path, *extra: str,
+           verify: str = "true") -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "harness", "run", "--agents", str(agents), "--repo",
-                             str(colony.repo), "--model", model, "--workspaces", str(workspaces), "--verify", "true",
+                             str(colony.repo), "--model", model, "--workspaces", str(workspaces), "--verify", verify,
                              "--force",  # 16 agents on a 2-core machine: more than 4 a core asks for it
                              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -81,12 +82,16 @@ def bare_landing_seconds(root: Path, n: int = 30) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def throughput(root: Path, agents: int, n_tasks: int) -> dict[str, float]:
-    colony = make_target(root, "throughput")
+def throughput(root: Path, agents: int, n_tasks: int, verify_s: float = 0.0) -> dict[str, float]:
+    """Tasks landed per second by `agents` on `n_tasks` tasks, verify `sleep verify_s` (`true`
+    for 0); also how many verify runs the colony made (from its run logs), and a check that every
+    task landed exactly once."""
+    colony = make_target(root, f"throughput-{agents}-{verify_s:g}")
     colony.add_many([Task(id=f"t{i:04d}", title=f"task {i}", outputs=[f"out-t{i:04d}.txt"]) for i in range(n_tasks)])
     model = write_script(root / "script.json")
+    verify = f"sleep {verify_s:g}" if verify_s else "true"
     t0 = time.perf_counter()
-    proc = launch(colony, model, agents, root / "ws-throughput", "--until-empty")
+    proc = launch(colony, model, agents, root / f"ws-throughput-{agents}-{verify_s:g}", "--until-empty", verify=verify)
     proc.wait(timeout=3600)
     secs = time.perf_counter() - t0
     landed = git(colony.repo, "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main").split()

@@ -381,7 +381,7 @@ class Agent:
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         for _ in range(LAND_ROUNDS):  # main moving under every try of a round is a busy colony, not the work
             result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
-                                    wait=self.wait_to_land)
+                                    wait=self.wait_to_land, keep_waiting=lambda: not self.stopping())
             if not isinstance(result, Contended) or self.stopping():
                 break
             self.say(f"main moved under each of {result.attempts} landing tries of {task.id}: landing again")

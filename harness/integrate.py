@@ -13,26 +13,24 @@ new commit *and* the claim ref from the holder's blob to the landed blob, each w
 old value, so it commits entirely or not at all: an agent whose claim was taken over, or that
 wakes up after the task landed, fails its old-value check and gets :class:`Fenced`.
 
-The exact tree that lands has passed ``verify``: when main moved since the verified tree, the new
-merge result is checked out (detached) in the agent's worktree and verified again before the
-next compare-and-swap. After :class:`VerifyFailed` the worktree is left at that failing candidate,
+The exact tree that lands has passed ``verify``: when main moved since the verified tree, the
+lander joins the merge queue (mergequeue.py), verifies its work on top of main and every
+candidate ahead of it while they verify theirs, and lands once they have, with one
+compare-and-swap, only a tree it verified. After :class:`VerifyFailed` the worktree is left at that failing candidate,
 so the agent can fix it there and land the fix like any other commit.
 """
 
 from __future__ import annotations
 
-import fcntl
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import fsutil
 from harness.checkout import Blocked, UserCheckout
 from harness.errors import GitError
 from harness.git import ZERO_OID, Git, redact
+from harness.mergequeue import Entry, MergeQueue
 from harness.workspace import Workspace, check_name
 
 CLAIMS = "refs/stigmergy/claims/"
@@ -183,6 +181,8 @@ def land(
     commit_verified: bool = True,
     max_attempts: int = 10,
     wait: Wait | None = None,
+    keep_waiting: Callable[[], bool] | None = None,
+    patience: float = 3600.0,
 ) -> LandResult:
     """Land ``commit`` (the agent's work) on main as one commit, for ``fence.task_id``.
 
@@ -191,52 +191,73 @@ def land(
     after Task-Id and Agent (a conflict resolution passes ``("Resolves", original_id)``).
     When the user's checkout holds changes the landing would overwrite, ``wait(reason)`` is
     called until they are gone (it returns False to give up); without it, :class:`Blocked`
-    is returned at once.
+    is returned at once. Waiting in the merge queue ends with :class:`Contended` once
+    ``keep_waiting()`` says no (a stop) or after ``patience`` seconds; ``max_attempts`` bounds
+    the verify runs and lost compare-and-swaps at the head of the queue.
     """
-    with ExitStack() as queue:
-        return _land(ws, commit, queue, title=title, fence=fence, verify=verify, trailers=trailers,
-                     commit_verified=commit_verified, max_attempts=max_attempts, wait=wait)
+    queue = MergeQueue(ws.git, CLAIMS)
+    entry: list[Entry] = []  # ours while we are in the queue, left on every way out
+    try:
+        return _land(ws, commit, queue, entry, title=title, fence=fence, verify=verify, trailers=trailers,
+                     commit_verified=commit_verified, max_attempts=max_attempts, wait=wait,
+                     keep_waiting=keep_waiting or (lambda: True), patience=patience)
+    finally:
+        for e in entry:
+            queue.leave(e)
 
 
-def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fence, verify: Verify,
-          trailers: Sequence[tuple[str, str]], commit_verified: bool, max_attempts: int,
-          wait: Wait | None) -> LandResult:
-    """The landing loop. Optimistic while main has not moved since the verified tree; once a
-    re-verify is needed, or a compare-and-swap lost, it joins the colony's landing queue (an
-    flock) so landers re-verify one at a time instead of invalidating each other's verify runs
-    forever. The queue is only for throughput: correctness rests on the ref transaction, and a
-    lander that cannot get into the queue in time (its holder is stopped) goes on without it.
-    A landing blocked by the user's checkout leaves the queue while it waits."""
+def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, title: str, fence: Fence,
+          verify: Verify, trailers: Sequence[tuple[str, str]], commit_verified: bool, max_attempts: int,
+          wait: Wait | None, keep_waiting: Callable[[], bool], patience: float) -> LandResult:
+    """The landing loop (mergequeue.py says why and how). Straight to the compare-and-swap while
+    the queue is empty and our merge result is a tree already verified; otherwise in the queue:
+    behind others, verify the predicted tree and wait for them; at the head, verify the real
+    merge result if it is not one already verified, and land it. A landing blocked by the user's
+    checkout leaves the queue while it waits and joins again at the back."""
     git, task_id = ws.git, fence.task_id
     main_ref = f"refs/heads/{ws.main}"
     checkout = UserCheckout(git, ws.main)
+    merges = _Merges(git, ws.identity.env())
     verified = {_tree(git, commit)} if commit_verified else set()
+    failed: dict[str, str] = {}  # tree -> verify log, of trees that failed (maybe only speculatively)
     message = _message(title, task_id, ws.agent, trailers)
-    queued, attempt = False, 0
-    while attempt < max_attempts:
-        attempt += 1
+    tries, give_up = 0, time.monotonic() + patience
+    while True:
         if not fence.holds():  # cheap early exit before merging and verifying for nothing
             return _fenced(fence)
-        old = git.resolve(main_ref)
-        if old is None:
-            raise GitError(["rev-parse", main_ref], 1, f"{main_ref} does not exist")
-        tree, conflicted, messages = _merge_tree(git, old, commit)
-        if conflicted:
+        old, old_tree = _tip(git, main_ref)
+        mine = merges.onto(old, old_tree, commit)
+        if mine is None:
+            _, conflicted, messages = _merge_tree(git, old, commit)
             return _keep_conflict(git, task_id, old, commit, conflicted, messages)
-        if tree == _tree(git, old):
+        if mine[1] == old_tree:
             return Unchanged(old)
+        ahead = queue.ahead(entry[0] if entry else None)
+        if not entry and (ahead or mine[1] not in verified):
+            entry.append(queue.join(task_id, ws.agent, commit, fence.blob))
+            continue  # others may have joined just ahead of us: look again
+        if ahead:  # verify what main will be once they land, then wait for them
+            stacked = merges.onto(*_predict(merges, old, old_tree, ahead), commit)
+            if stacked is not None and stacked[1] not in verified and stacked[1] not in failed:
+                _check(ws, verify, stacked[0], stacked[1], verified, failed)
+                continue
+            if time.monotonic() > give_up or not keep_waiting():
+                return Contended(tries)
+            _wait_for_change(queue, entry[0], queue.dir.parent / main_ref)
+            continue
+        tree = mine[1]
         candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
                             env=ws.identity.env()).strip()
-        if tree not in verified and not queued:
-            queued = queue.enter_context(landing_queue(git)) or True
-            attempt -= 1  # main may have moved while we waited in the queue: merge again at its head
-            continue
-        if tree not in verified:
+        if tree in failed:  # known to fail on exactly this main: say so, at the candidate
             ws.wt.run("checkout", "--quiet", "--force", "--detach", candidate)
-            verdict = _verdict(verify(ws.path))
-            if not verdict.ok:
-                return VerifyFailed(verdict.log, candidate)
-            verified.add(tree)
+            return VerifyFailed(failed[tree], candidate)
+        if tree not in verified:
+            if tries >= max_attempts:
+                return Contended(tries)
+            tries += 1
+            if not _check(ws, verify, candidate, tree, verified, failed):
+                return VerifyFailed(failed[tree], candidate)
+            continue  # main may have moved while we verified
         landed_blob = git.run("hash-object", "-w", "--stdin",
                               input=f"landed {task_id} {candidate}\n").strip()
         # No separate `verify` line for the claim ref: git refuses two commands on one ref in a
@@ -248,35 +269,90 @@ def _land(ws: Workspace, commit: str, queue: ExitStack, *, title: str, fence: Fe
         done = checkout.move(old, candidate, lambda: git.call(
             "update-ref", "--stdin", "-m", f"stigmergy: land {task_id} by {ws.agent}", input=transaction))
         if isinstance(done, Blocked):
-            queue.close()  # others may land what does not touch the user's changes meanwhile
-            queued, attempt = False, attempt - 1
+            for e in entry:  # others may land what does not touch the user's changes meanwhile
+                queue.leave(e)
+            entry.clear()
             if wait is None or not wait(done.reason):
                 return done
             continue
         if done.returncode == 0:
-            return Landed(candidate, attempt)
+            return Landed(candidate, max(tries, 1))
         # Which old-value check failed? stderr wording varies across versions: re-read the refs.
         if not fence.holds():
             return _fenced(fence)
         if git.resolve(main_ref) == old:
             raise GitError(["update-ref", "--stdin"], done.returncode, redact(done.stderr))
-        if not queued:
-            queued = queue.enter_context(landing_queue(git)) or True
-        time.sleep(random.uniform(0, 0.05))  # de-synchronise landers that just collided
-    return Contended(max_attempts)
+        tries += 1  # main moved outside the queue (a person, or a lander that saw it empty)
+        if tries >= max_attempts:
+            return Contended(tries)
 
 
-@contextmanager
-def landing_queue(git: Git, patience: float = 300.0) -> Iterator[None]:
-    """The colony-wide landing queue: an flock, given up after `patience` seconds of waiting."""
-    with (git.common_dir() / "stigmergy-landing.lock").open("a") as fh:
-        if not fsutil.flock_within(fh.fileno(), patience):
-            yield  # a stopped or stuck holder must not wedge the colony
-            return
+class _Merges:
+    """Merge results by (tree of the base, commit merged onto it): after the head of the queue
+    lands, main has the tree it was predicted to have, so the stack behind it is found here
+    instead of merged again. A result is a commit on the base (its history gives the next merge
+    the same merge base as main's will) and its tree; None is a conflict."""
+
+    def __init__(self, git: Git, env: dict[str, str]) -> None:
+        self.git, self.env = git, env
+        self.known: dict[tuple[str, str], tuple[str, str] | None] = {}
+
+    def onto(self, base: str, base_tree: str, commit: str) -> tuple[str, str] | None:
+        key = (base_tree, commit)
+        if key not in self.known:
+            tree, conflicted, _ = _merge_tree(self.git, base, commit)
+            self.known[key] = None if conflicted else (self.git.run(
+                "commit-tree", tree, "-p", base, "-m", "stigmergy: merge queue prediction", env=self.env).strip(), tree)
+        return self.known[key]
+
+
+def _predict(merges: _Merges, main: str, main_tree: str, ahead: Sequence[Entry]) -> tuple[str, str]:
+    """Main once everyone ahead has landed: their work merged on in queue order, leaving out any
+    that would conflict (it cannot land). Every lander computes the same, from the same queue."""
+    base = (main, main_tree)
+    for e in ahead:
+        base = merges.onto(*base, e.commit) or base
+    return base
+
+
+def _check(ws: Workspace, verify: Verify, commit: str, tree: str, verified: set[str], failed: dict[str, str]) -> bool:
+    """Verify ``commit`` checked out (detached) in the agent's worktree; remember the verdict by tree."""
+    ws.wt.run("checkout", "--quiet", "--force", "--detach", commit)
+    verdict = _verdict(verify(ws.path))
+    if verdict.ok:
+        verified.add(tree)
+    else:
+        failed[tree] = verdict.log
+    return verdict.ok
+
+
+def _tip(git: Git, ref: str) -> tuple[str, str]:
+    """(commit, tree) of a branch, in one call."""
+    done = git.call("rev-parse", f"{ref}^{{commit}}", f"{ref}^{{tree}}")
+    out = done.stdout.split()
+    if done.returncode != 0 or len(out) != 2:
+        raise GitError(["rev-parse", ref], 1, f"{ref} does not exist")
+    return out[0], out[1]
+
+
+def _wait_for_change(queue: MergeQueue, entry: Entry, main_file: Path, most: float = 2.0) -> None:
+    """Until someone joins or leaves the queue or main's ref file is replaced, or ``most``
+    seconds: then the caller looks again (an owner SIGKILLed ahead changes neither)."""
+    queue.touch(entry)
+
+    def main_stamp() -> tuple[int, int] | None:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            st = main_file.stat()
+        except FileNotFoundError:
+            return None  # packed: the time limit finds the move
+        return st.st_ino, st.st_mtime_ns
+
+    before, main_before = queue.stamp(), main_stamp()
+    end = time.monotonic() + most
+    while time.monotonic() < end:
+        time.sleep(0.025)
+        if queue.stamp() != before or main_stamp() != main_before:
+            return
 
 
 def prepare_conflict_worktree(

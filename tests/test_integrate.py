@@ -276,7 +276,7 @@ def test_after_landing_acquire_reports_already_landed_and_late_landers_are_fence
 
 
 LANDER = textwrap.dedent("""
-    import json, sys, time
+    import json, os, subprocess, sys, time
     from pathlib import Path
     from harness.integrate import Fence, land
     from harness.workspace import Workspace
@@ -291,7 +291,19 @@ LANDER = textwrap.dedent("""
     while not go.exists():
         time.sleep(0.005)
     pause, attempts = (float(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 5 else (0.0, 50)
-    verify = lambda path: time.sleep(pause) or (path / f"{agent}.txt").exists()
+    log = os.environ.get("LANDER_LOG")
+
+    def verify(path):
+        start = time.monotonic()
+        time.sleep(pause)
+        ok = (path / f"{agent}.txt").exists()
+        if log:  # who verified which tree, when: one O_APPEND line per run
+            tree = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=path, capture_output=True,
+                                  text=True).stdout.strip()
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"agent": agent, "tree": tree, "ok": ok, "start": start,
+                                     "end": time.monotonic()}) + "\\n")
+        return ok
     result = land(ws, commit, title=f"{agent} lands", fence=fence, verify=verify, max_attempts=attempts)
     print(json.dumps({"kind": type(result).__name__, "commit": getattr(result, "commit", None),
                       "attempts": getattr(result, "attempts", 0), "reason": getattr(result, "reason", None)}))
