@@ -86,12 +86,12 @@ def throughput(root: Path, agents: int, n_tasks: int, verify_s: float = 0.0) -> 
     """Tasks landed per second by `agents` on `n_tasks` tasks, verify `sleep verify_s` (`true`
     for 0); also how many verify runs the colony made (from its run logs), and a check that every
     task landed exactly once."""
-    colony = make_target(root, f"throughput-{agents}-{verify_s:g}")
+    colony = make_target(root, f"throughput-{agents}-{n_tasks}-{verify_s:g}")
     colony.add_many([Task(id=f"t{i:04d}", title=f"task {i}", outputs=[f"out-t{i:04d}.txt"]) for i in range(n_tasks)])
     model = write_script(root / "script.json")
     verify = f"sleep {verify_s:g}" if verify_s else "true"
     t0 = time.perf_counter()
-    proc = launch(colony, model, agents, root / f"ws-throughput-{agents}-{verify_s:g}", "--until-empty", verify=verify)
+    proc = launch(colony, model, agents, root / f"ws-throughput-{agents}-{n_tasks}-{verify_s:g}", "--until-empty", verify=verify)
     proc.wait(timeout=3600)
     secs = time.perf_counter() - t0
     landed = git(colony.repo, "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main").split()

@@ -19,6 +19,7 @@ attempt (not_before in the future) waits in a second heap, by when it is due, an
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import os
 import random
 import time
@@ -88,11 +89,39 @@ def standing(cfg: Config, e: Entry) -> float:
     return e.priority + min(e.skip_count * cfg.skip_step, cfg.skip_cap) + (cfg.role_bonus if e.suits else 0)
 
 
-def overlaps(a: list[str], b: list[str]) -> bool:
-    """Two output lists touch when one path is, or lies under, the other."""
-    def parts(p: str) -> tuple[str, ...]:
-        return PurePosixPath(p.strip("/") or ".").parts
-    return any(pa[: len(pb)] == pb or pb[: len(pa)] == pa for pa in map(parts, a) for pb in map(parts, b))
+def _parts(path: str) -> tuple[str, ...]:
+    return PurePosixPath(path.strip("/") or ".").parts
+
+
+class Busy:
+    """The outputs of active tasks, indexed by path and by every directory above one, so that
+    asking whether outputs touch an active task's (one path is, or lies under, the other) costs
+    their depth, not the number of active tasks: a scan of them made each claim O(active)."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, list[tuple[str, ...]]] = {}
+        self.paths: Counter[tuple[str, ...]] = Counter()
+        self.above: Counter[tuple[str, ...]] = Counter()  # proper prefixes of active paths
+
+    def add(self, tid: str, outputs: list[str]) -> None:
+        self.discard(tid)
+        self.of[tid] = [_parts(o) for o in outputs]
+        for path in self.of[tid]:
+            self.paths[path] += 1
+            self.above.update(path[:i] for i in range(len(path)))
+
+    def discard(self, tid: str) -> None:
+        for path in self.of.pop(tid, []):
+            self.paths[path] -= 1
+            self.above.subtract(path[:i] for i in range(len(path)))
+
+    def touches(self, outputs: list[str]) -> bool:
+        for path in map(_parts, outputs):
+            if self.paths[path] > 0 or self.above[path] > 0:  # the same path, or one under it
+                return True
+            if any(self.paths[path[:i]] > 0 for i in range(len(path))):  # an active path above it
+                return True
+        return False
 
 
 class Pool:
@@ -108,7 +137,7 @@ class Pool:
         self.status: dict[str, str] = {}
         self.done: set[str] = set()
         self.waiters: dict[str, set[str]] = {}
-        self.active: dict[str, list[str]] = {}  # outputs of active tasks, for the overlap penalty
+        self.active = Busy()  # outputs of active tasks, for the overlap penalty
         self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
         self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
         self.heap: list[tuple[float, float, str, int]] = []
@@ -154,7 +183,7 @@ class Pool:
         e.version += 1
         self.entries[e.id] = e
         self.status[e.id] = "pending"
-        self.active.pop(e.id, None)
+        self.active.discard(e.id)
         heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
 
     def _key(self, e: Entry) -> float:
@@ -229,7 +258,7 @@ class Pool:
         for e in picked:  # still pending as far as we know: keep them in the heap
             heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
         def score(e: Entry) -> tuple[int, float]:
-            hit = e.outputs and any(overlaps(e.outputs, o) for o in self.active.values())
+            hit = bool(e.outputs) and self.active.touches(e.outputs)
             # Within one point of priority the order is random, so many agents picking at once
             # spread over the top tasks instead of all fighting for the very first one.
             return int(self._key(e) - (self.cfg.overlap_penalty if hit else 0)), random.random()
@@ -247,9 +276,9 @@ class Pool:
         self.status[tid] = status
         e = self.entries.get(tid)
         if status == "active" and e is not None and e.outputs:
-            self.active[tid] = e.outputs
+            self.active.add(tid, e.outputs)
         else:
-            self.active.pop(tid, None)
+            self.active.discard(tid)
 
 
 def _names(folder: os.PathLike[str]) -> list[str]:

@@ -286,3 +286,34 @@ def test_an_owner_dead_between_filing_a_conflict_and_deferring_leaves_no_double_
     assert (status, task.depends_on) == ("pending", ["conflict-orig"])
     assert colony.claim("b")[1].id == "conflict-orig"  # type: ignore[index]
     assert colony.claim("c") is None  # the original waits for its resolution, not redone beside it
+
+
+def test_the_index_of_busy_outputs_agrees_with_comparing_every_pair() -> None:
+    """Busy answers "does this touch an active task's outputs" from an index; it must say what
+    comparing the paths pairwise says (one is, or lies under, the other), as tasks come and go."""
+    import random
+    from pathlib import PurePosixPath
+
+    from harness.pool import Busy
+
+    def parts(p: str) -> tuple[str, ...]:
+        return PurePosixPath(p.strip("/") or ".").parts
+
+    def pairwise(a: list[str], active: dict[str, list[str]]) -> bool:
+        return any(pa[:len(pb)] == pb or pb[:len(pa)] == pa
+                   for outs in active.values() for pa in map(parts, a) for pb in map(parts, outs))
+
+    rng = random.Random(7)
+    names = ["src", "src/a", "src/a/x.py", "src/b.py", "docs/", "docs/index.md", ".", "/src/a/", "tests/t.py"]
+    busy, active = Busy(), {}
+    for step in range(400):
+        tid = f"t{rng.randrange(12)}"
+        if rng.random() < 0.6:
+            outs = rng.sample(names, rng.randint(1, 2))
+            busy.add(tid, outs)
+            active[tid] = outs
+        else:
+            busy.discard(tid)
+            active.pop(tid, None)
+        probe = rng.sample(names, rng.randint(1, 2))
+        assert busy.touches(probe) == pairwise(probe, active), (step, probe, active)

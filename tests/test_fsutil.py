@@ -37,3 +37,4 @@ def test_a_tail_reads_what_was_appended_and_waits_for_a_line_to_end(tmp_path: Pa
     assert tail.read() == ([{"f": 6}], False)
     path.write_bytes(b'{"new": 1}\n')  # replaced by a shorter file: read again from its start
     assert tail.read() == ([{"new": 1}], True)
+
