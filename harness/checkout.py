@@ -209,10 +209,14 @@ def _git_running_in(top: Path) -> str | None:
             cwd = os.readlink(f"{entry.path}/cwd")
             if cwd != root and not cwd.startswith(root + "/"):
                 continue
+            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if argv == [""]:  # exiting (or a zombie): its memory, so its argv and environ, are gone
+                continue
             env = b"\0" + Path(entry.path, "environ").read_bytes()
             if b"\0STIGMERGY_GIT=" in env or b"\0STIGMERGY_AGENT=" in env:
                 continue
-            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if env == b"\0" and not Path(entry.path, "cmdline").read_bytes():
+                continue  # it began exiting between the two reads
         except OSError:  # gone, or not ours to read
             continue
         if _subcommand(argv) not in _NEVER_WRITE_INDEX:

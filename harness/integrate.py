@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import fsutil
 from harness.checkout import Blocked, UserCheckout
 from harness.errors import GitError
 from harness.git import ZERO_OID, Git, redact
@@ -51,7 +52,7 @@ Verify = Callable[[Path], "bool | Verdict"]
 @dataclass(frozen=True)
 class Landed:
     commit: str
-    attempts: int = 1
+    attempts: int = 1  # verify runs and lost compare-and-swaps at the head of the queue (at least 1)
 
 
 @dataclass(frozen=True)
@@ -217,25 +218,24 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
     git, task_id = ws.git, fence.task_id
     main_ref = f"refs/heads/{ws.main}"
     checkout = UserCheckout(git, ws.main)
-    merges = _Merges(git, ws.identity.env())
+    merges = _Merges(git, ws.identity.env(), queue.merges)
     verified = {_tree(git, commit)} if commit_verified else set()
     failed: dict[str, str] = {}  # tree -> verify log, of trees that failed (maybe only speculatively)
     message = _message(title, task_id, ws.agent, trailers)
     tries, give_up = 0, time.monotonic() + patience
     while True:
-        if not fence.holds():  # cheap early exit before merging and verifying for nothing
+        ahead, refs = queue.look(entry[0] if entry else None, main_ref, fence.ref)
+        if refs.get(fence.ref, ("", ""))[0] != fence.blob:  # early exit before merging and verifying for nothing
             return _fenced(fence)
-        old, old_tree = _tip(git, main_ref)
-        mine = merges.onto(old, old_tree, commit)
-        if mine is None:
-            _, conflicted, messages = _merge_tree(git, old, commit)
-            return _keep_conflict(git, task_id, old, commit, conflicted, messages)
-        if mine[1] == old_tree:
-            return Unchanged(old)
-        ahead = queue.ahead(entry[0] if entry else None)
-        if not entry and (ahead or mine[1] not in verified):
+        if not refs.get(main_ref, ("", ""))[1]:
+            raise GitError(["for-each-ref", main_ref], 1, f"{main_ref} does not exist")
+        old, old_tree = refs[main_ref]
+        # Merged onto main itself only out of the queue and at its head: in between, main moves at
+        # every landing ahead, and the prediction is what counts.
+        mine = merges.onto(old, old_tree, commit) if not entry or not ahead else None
+        if mine is not None and not entry and (ahead or mine[1] not in verified):
             entry.append(queue.join(task_id, ws.agent, commit, fence.blob))
-            continue  # others may have joined just ahead of us: look again
+            ahead = queue.look(entry[0])[0]  # others may have joined just ahead of us
         if ahead:  # verify what main will be once they land, then wait for them
             stacked = merges.onto(*_predict(merges, old, old_tree, ahead), commit)
             if stacked is not None and stacked[1] not in verified and stacked[1] not in failed:
@@ -243,8 +243,15 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
                 continue
             if time.monotonic() > give_up or not keep_waiting():
                 return Contended(tries)
-            _wait_for_change(queue, entry[0], queue.dir.parent / main_ref)
+            _wait_for_change(queue, entry[0])
             continue
+        if mine is None:
+            mine = merges.onto(old, old_tree, commit)
+        if mine is None:
+            _, conflicted, messages = _merge_tree(git, old, commit)
+            return _keep_conflict(git, task_id, old, commit, conflicted, messages)
+        if mine[1] == old_tree:
+            return Unchanged(old)
         tree = mine[1]
         candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
                             env=ws.identity.env()).strip()
@@ -257,7 +264,6 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
             tries += 1
             if not _check(ws, verify, candidate, tree, verified, failed):
                 return VerifyFailed(failed[tree], candidate)
-            continue  # main may have moved while we verified
         landed_blob = git.run("hash-object", "-w", "--stdin",
                               input=f"landed {task_id} {candidate}\n").strip()
         # No separate `verify` line for the claim ref: git refuses two commands on one ref in a
@@ -288,22 +294,39 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
 
 
 class _Merges:
-    """Merge results by (tree of the base, commit merged onto it): after the head of the queue
-    lands, main has the tree it was predicted to have, so the stack behind it is found here
-    instead of merged again. A result is a commit on the base (its history gives the next merge
-    the same merge base as main's will) and its tree; None is a conflict."""
+    """Merge results by (tree of the base, commit merged onto it), shared by every lander through
+    ``folder``: each lander's prediction is the one ahead of it plus one merge, and after the head
+    lands main has the tree predicted for it, so nearly every merge a lander needs another has
+    made already. A result is a commit on the base (its history gives the next merge the same
+    merge base as main's will) and its tree; None is a conflict. Each is written whole, so two
+    landers making the same one at once just both write it."""
 
-    def __init__(self, git: Git, env: dict[str, str]) -> None:
-        self.git, self.env = git, env
+    def __init__(self, git: Git, env: dict[str, str], folder: Path) -> None:
+        self.git, self.env, self.folder = git, env, folder
         self.known: dict[tuple[str, str], tuple[str, str] | None] = {}
 
     def onto(self, base: str, base_tree: str, commit: str) -> tuple[str, str] | None:
         key = (base_tree, commit)
-        if key not in self.known:
+        if key in self.known:
+            return self.known[key]
+        path = self.folder / f"{base_tree}-{commit}"
+        try:
+            words = path.read_text().split()
+        except FileNotFoundError:
+            words = []
+        if words == ["conflict"] or len(words) == 2:
+            found = None if words == ["conflict"] else (words[0], words[1])
+        else:
             tree, conflicted, _ = _merge_tree(self.git, base, commit)
-            self.known[key] = None if conflicted else (self.git.run(
+            found = None if conflicted else (self.git.run(
                 "commit-tree", tree, "-p", base, "-m", "stigmergy: merge queue prediction", env=self.env).strip(), tree)
-        return self.known[key]
+            try:  # a cache: the first lander of a new queue may be clearing the folder right now
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fsutil.atomic_write(path, "conflict\n" if found is None else f"{found[0]} {found[1]}\n", fsync=False)
+            except FileNotFoundError:
+                pass
+        self.known[key] = found
+        return found
 
 
 def _predict(merges: _Merges, main: str, main_tree: str, ahead: Sequence[Entry]) -> tuple[str, str]:
@@ -326,32 +349,16 @@ def _check(ws: Workspace, verify: Verify, commit: str, tree: str, verified: set[
     return verdict.ok
 
 
-def _tip(git: Git, ref: str) -> tuple[str, str]:
-    """(commit, tree) of a branch, in one call."""
-    done = git.call("rev-parse", f"{ref}^{{commit}}", f"{ref}^{{tree}}")
-    out = done.stdout.split()
-    if done.returncode != 0 or len(out) != 2:
-        raise GitError(["rev-parse", ref], 1, f"{ref} does not exist")
-    return out[0], out[1]
-
-
-def _wait_for_change(queue: MergeQueue, entry: Entry, main_file: Path, most: float = 2.0) -> None:
-    """Until someone joins or leaves the queue or main's ref file is replaced, or ``most``
-    seconds: then the caller looks again (an owner SIGKILLed ahead changes neither)."""
+def _wait_for_change(queue: MergeQueue, entry: Entry, most: float = 2.0) -> None:
+    """Until an entry ahead of ours leaves (the head leaves once it landed), or ``most`` seconds:
+    then the caller looks again (an owner SIGKILLed ahead, or main moved by someone outside the
+    queue, changes nothing here). One listing per look: with a fast verify, waking every waiter
+    at every join or move of main cost more than the landings."""
     queue.touch(entry)
-
-    def main_stamp() -> tuple[int, int] | None:
-        try:
-            st = main_file.stat()
-        except FileNotFoundError:
-            return None  # packed: the time limit finds the move
-        return st.st_ino, st.st_mtime_ns
-
-    before, main_before = queue.stamp(), main_stamp()
-    end = time.monotonic() + most
+    before, end = queue.stamp(entry), time.monotonic() + most
     while time.monotonic() < end:
         time.sleep(0.025)
-        if queue.stamp() != before or main_stamp() != main_before:
+        if queue.stamp(entry) != before:
             return
 
 

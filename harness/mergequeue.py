@@ -4,6 +4,7 @@ the candidates ahead of it, so a slow verify no longer makes landing one-at-a-ti
 A lander whose merge result must be verified again (main moved since its tree passed) joins:
 
     <git common dir>/stigmergy-queue/<seq, 10 digits>.json    {task, agent, commit, claim, pid, host, ts}
+    <git common dir>/stigmergy-queue/merges/<base tree>-<commit>   a merge result, shared (integrate.py)
 
 created whole and create-only (a hard link of a written file: a reader never sees half of one),
 numbered one past the highest entry present. The order is the numbers; nobody hands them out.
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class MergeQueue:
         self.git = git
         self.claims_prefix = claims_prefix
         self.dir = git.common_dir() / QUEUE_DIR
+        self.merges = self.dir / "merges"  # the landers' shared merge results (integrate._Merges)
         self.host = socket.gethostname()
 
     def join(self, task: str, agent: str, commit: str, claim: str) -> Entry:
@@ -65,6 +67,8 @@ class MergeQueue:
                 "host": self.host, "ts": round(time.time(), 3)}
         tmp = self.dir / f".{os.getpid()}-{task}.tmp"
         tmp.write_text(json.dumps(body))
+        if not self._names():  # first in line: nobody needs the merges of earlier queues
+            shutil.rmtree(self.merges, ignore_errors=True)
         try:
             while True:
                 seq = max((e.seq for e in self._read()), default=0) + 1
@@ -87,30 +91,41 @@ class MergeQueue:
         except FileNotFoundError:
             pass
 
-    def ahead(self, entry: Entry | None) -> list[Entry]:
-        """The live entries in front of ``entry`` (all of them for None), in queue order; dead
-        ones found on the way are removed."""
+    def look(self, entry: Entry | None, *refs: str) -> tuple[list[Entry], dict[str, tuple[str, str]]]:
+        """The live entries in front of ``entry`` (all of them for None), in queue order, and the
+        (object, tree) of each of ``refs`` that exists (tree "" for what is no commit): all in one
+        git call, since a waiting lander looks each time the queue moves. Dead entries found on
+        the way are removed."""
         mine = entry.seq if entry is not None else float("inf")
         found = [e for e in self._read() if e.seq < mine]
-        live = self._live(found)
+        running = [e for e in found if self._owner_alive(e)]
+        claims = [self.claims_prefix + e.task for e in running]
+        out = self.git.run("for-each-ref", "--format=%(refname) %(objectname) %(tree)", *refs, *claims,
+                           check=False) if refs or claims else ""
+        values = {}
+        for line in out.splitlines():
+            name, _, rest = line.partition(" ")
+            obj, _, tree = rest.partition(" ")
+            values[name] = (obj, tree)
+        live = [e for e in running if values.get(self.claims_prefix + e.task, ("", ""))[0] == e.claim]
         for dead in (e for e in found if e not in live):
             dead.path.unlink(missing_ok=True)
-        return live
+        return live, {r: values[r] for r in refs if r in values}
 
-    def stamp(self) -> int:
-        """Changes whenever an entry joins or leaves: a cheap thing to poll while waiting."""
+    def stamp(self, entry: Entry) -> list[str]:
+        """The entries ahead of ``entry`` by name: one listing, cheap to poll while waiting; those
+        joining behind us do not change it."""
+        return [n for n in self._names() if int(n[:-5]) < entry.seq]
+
+    def _names(self) -> list[str]:
         try:
-            return self.dir.stat().st_mtime_ns
+            return sorted(n for n in os.listdir(self.dir) if n.endswith(".json") and n[:-5].isdigit())
         except FileNotFoundError:
-            return 0
+            return []
 
     def _read(self) -> list[Entry]:
         entries = []
-        try:
-            names = sorted(n for n in os.listdir(self.dir) if n.endswith(".json") and n[:-5].isdigit())
-        except FileNotFoundError:
-            return []
-        for name in names:
+        for name in self._names():
             try:
                 d = json.loads((self.dir / name).read_text())
                 entries.append(Entry(int(name[:-5]), str(d["task"]), str(d["agent"]), str(d["commit"]),
@@ -120,16 +135,6 @@ class MergeQueue:
             except (ValueError, KeyError, TypeError):
                 (self.dir / name).unlink(missing_ok=True)  # not written by us: it cannot be in line
         return entries
-
-    def _live(self, entries: Iterable[Entry]) -> list[Entry]:
-        running = [e for e in entries if self._owner_alive(e)]
-        if not running:
-            return []
-        refs = [self.claims_prefix + e.task for e in running]
-        # One call for every claim ref ahead: a lander rereads them each time the queue changes.
-        out = self.git.run("for-each-ref", "--format=%(refname) %(objectname)", *refs, check=False)
-        held = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-        return [e for e in running if held.get(self.claims_prefix + e.task) == e.claim]
 
     def _owner_alive(self, e: Entry) -> bool:
         if e.host == self.host:
