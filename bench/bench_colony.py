@@ -99,6 +99,32 @@ def throughput(root: Path, agents: int, n_tasks: int, verify_s: float = 0.0) -> 
     return {"tasks": n_tasks, "seconds": secs, "per_s": n_tasks / secs}
 
 
+def overlap_conflicts(root: Path, agents: int, n_tasks: int, files: int, aware: bool) -> dict[str, float]:
+    """Conflicts per 100 tasks on a workload whose outputs overlap: each task appends its id to
+    one of `files` shared files (declared as its output), so two such tasks in flight conflict.
+    `aware` False sets `overlap_penalty: 0` (picking ignores what is active). Conflict tasks are
+    resolved by the script (both sides kept), and every task must land."""
+    colony = make_target(root, f"overlap-{'aware' if aware else 'blind'}")
+    if not aware:
+        config = colony.home / "config.yaml"
+        config.write_text(config.read_text() + "\noverlap_penalty: 0\n")
+    colony.add_many([Task(id=f"t{i:04d}", title=f"task {i}", outputs=[f"shared-{i % files}.txt"])
+                     for i in range(n_tasks)])
+    append = 'n=${STIGMERGY_TASK#t}; echo "$STIGMERGY_TASK" >> "shared-$(( 10#$n %% %d )).txt"' % files
+    resolve = ("for f in shared-*.txt; do grep -vE '^(<<<<<<<|[|]{7}|=======|>>>>>>>)' \"$f\" > \"$f.x\"; "
+               "mv \"$f.x\" \"$f\"; done")
+    script = root / f"overlap-{aware}.json"
+    script.write_text(json.dumps([{"match": "^conflict-", "actions": [{"bash": resolve}, {"finish": "both kept"}]},
+                                  {"match": "^t", "actions": [{"bash": append}, {"finish": "ok"}]}]))
+    proc = launch(colony, f"scripted:{script}", agents, root / f"ws-overlap-{aware}", "--until-empty")
+    proc.wait(timeout=3600)
+    added = [e for e in colony.events() if e["event"] == "add" and str(e.get("task", "")).startswith("conflict-")]
+    landed = git(colony.repo, "log", "--first-parent", "--format=%(trailers:key=Task-Id,valueonly)", "main").split()
+    originals = {t for t in landed if t.startswith("t")}
+    return {"tasks": n_tasks, "conflicts": len(added), "per_100": 100 * len(added) / n_tasks,
+            "landed_originals": len(originals)}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

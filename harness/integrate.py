@@ -230,10 +230,18 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
         if not refs.get(main_ref, ("", ""))[1]:
             raise GitError(["for-each-ref", main_ref], 1, f"{main_ref} does not exist")
         old, old_tree = refs[main_ref]
-        # Merged onto main itself only out of the queue and at its head: in between, main moves at
-        # every landing ahead, and the prediction is what counts.
-        mine = merges.onto(old, old_tree, commit) if not entry or not ahead else None
-        if mine is not None and not entry and (ahead or mine[1] not in verified):
+        # The merge onto main itself decides a conflict and the tree that lands. It is made out of
+        # the queue and at its head only (in between, main moves at every landing ahead and the
+        # prediction is what counts), and never taken from the shared results, whose key leaves
+        # out the merge base: a prediction may be wrong, a landing may not.
+        tree = None
+        if not entry or not ahead:
+            tree, conflicted, messages = _merge_tree(git, old, commit)
+            if conflicted:
+                return _keep_conflict(git, task_id, old, commit, conflicted, messages)
+            if tree == old_tree:
+                return Unchanged(old)
+        if not entry and (ahead or tree not in verified):
             entry.append(queue.join(task_id, ws.agent, commit, fence.blob))
             ahead = queue.look(entry[0])[0]  # others may have joined just ahead of us
         if ahead:  # verify what main will be once they land, then wait for them
@@ -245,14 +253,7 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
                 return Contended(tries)
             _wait_for_change(queue, entry[0])
             continue
-        if mine is None:
-            mine = merges.onto(old, old_tree, commit)
-        if mine is None:
-            _, conflicted, messages = _merge_tree(git, old, commit)
-            return _keep_conflict(git, task_id, old, commit, conflicted, messages)
-        if mine[1] == old_tree:
-            return Unchanged(old)
-        tree = mine[1]
+        assert tree is not None  # merged above whenever nobody is ahead
         candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message,
                             env=ws.identity.env()).strip()
         if tree in failed:  # known to fail on exactly this main: say so, at the candidate
