@@ -226,3 +226,20 @@ def assert_every_first_parent_tree_verified(git: Git, base: str, verifier: Verif
         files = frozenset(n for n in git.run("ls-tree", "--name-only", commit).split() if n.endswith(".txt"))
         assert files in verifier.files_of(agent), (agent, sorted(files))
         assert not files & verifier.bad
+
+
+def test_a_wrong_shared_merge_result_never_decides_a_landing(target: Path) -> None:
+    """Shared merge results are keyed by the base's tree, not its history, so one may be wrong for
+    main (another merge base): it may steer a prediction, never the landing. A planted
+    "conflict" for exactly main and our work changes nothing: the work lands, its real merge."""
+    work = prepare(target, ["solo"])
+    ws, commit, fence = work["solo"]
+    git = Git(target)
+    main_tree = git.run("rev-parse", "main^{tree}").strip()
+    merges = git.common_dir() / QUEUE_DIR / "merges"
+    merges.mkdir(parents=True)
+    (merges / f"{main_tree}-{commit}").write_text("conflict\n")
+    verifier = Verifier()
+    result = land(ws, commit, title="solo lands", fence=fence, verify=verifier.for_agent("solo"))
+    assert isinstance(result, Landed)
+    assert {"solo.txt", "moved.txt"} <= set(git.run("ls-tree", "--name-only", "main").split())
