@@ -16,8 +16,8 @@ wakes up after the task landed, fails its old-value check and gets :class:`Fence
 The exact tree that lands has passed ``verify``: when main moved since the verified tree, the
 lander joins the merge queue (mergequeue.py), verifies its work on top of main and every
 candidate ahead of it while they verify theirs, and lands once they have, with one
-compare-and-swap, only a tree it verified. After :class:`VerifyFailed` the worktree is left at that failing candidate,
-so the agent can fix it there and land the fix like any other commit.
+compare-and-swap, only a tree it verified. After :class:`VerifyFailed` the worktree is left at
+that failing candidate, so the agent can fix it there and land the fix like any other commit.
 """
 
 from __future__ import annotations
