@@ -125,6 +125,71 @@ def overlap_conflicts(root: Path, agents: int, n_tasks: int, files: int, aware: 
             "landed_originals": len(originals)}
 
 
+def _clone_agent(upstream: str, clone: str, agent: str, n_tasks: int, go: object, out: object) -> None:
+    """One agent of the baseline: claims by pushing a lock file, lands by `pull --rebase` and push."""
+    def g(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=clone, capture_output=True, text=True, env=GIT_ENV)
+    subprocess.run(["git", "clone", "-q", upstream, clone], check=True, capture_output=True, env=GIT_ENV)
+    go.wait()  # type: ignore[attr-defined]
+    did, pushes_lost = [], 0
+    while True:
+        g("pull", "-q", "--rebase")
+        root = Path(clone)
+        free = [i for i in range(n_tasks) if not (root / f"out-t{i:04d}.txt").exists()
+                and not (root / "current_tasks" / f"t{i:04d}.lock").exists()]
+        if not free:
+            break
+        task = f"t{free[0]:04d}"
+        (root / "current_tasks").mkdir(exist_ok=True)
+        (root / "current_tasks" / f"{task}.lock").write_text(agent + "\n")
+        g("add", "-A")
+        g("commit", "-qm", f"lock {task}")
+        if g("push", "-q", "origin", "HEAD:main").returncode != 0:  # someone moved first: look again
+            pushes_lost += 1
+            g("reset", "-q", "--hard", "origin/main")
+            continue
+        (root / f"out-{task}.txt").write_text(task + "\n")
+        (root / "current_tasks" / f"{task}.lock").unlink()
+        g("add", "-A")
+        g("commit", "-qm", task)
+        while g("push", "-q", "origin", "HEAD:main").returncode != 0:
+            pushes_lost += 1
+            if g("pull", "-q", "--rebase").returncode != 0:  # a conflict: take theirs, keep going
+                g("rebase", "--abort")
+                g("reset", "-q", "--hard", "origin/main")
+                break
+        did.append(task)
+    out.put({"did": did, "pushes_lost": pushes_lost})  # type: ignore[attr-defined]
+
+
+def clone_baseline(root: Path, agents: int, n_tasks: int) -> dict[str, float]:
+    """The 16-agent C-compiler experiment's way, on the same tiny tasks: each agent a clone of a
+    bare upstream, claiming a task by committing `current_tasks/<task>.lock` and pushing it,
+    landing by `pull --rebase` and push. Tasks landed/s, and work done twice."""
+    import multiprocessing
+    seed = make_target(root, "baseline-seed").repo
+    upstream = root / "baseline-upstream.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(upstream)], check=True)
+    ctx = multiprocessing.get_context("fork")
+    go, done = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_clone_agent, args=(str(upstream), str(root / f"baseline-{i}"), f"a{i}", n_tasks,
+                                                      go, done)) for i in range(agents)]
+    for p in procs:
+        p.start()
+    time.sleep(2 + agents * 0.1)  # every clone made before the gun
+    t0 = time.perf_counter()
+    go.set()
+    results = [done.get(timeout=1800) for _ in procs]
+    secs = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    landed = set(git(upstream, "ls-tree", "--name-only", "main").split())
+    did = [t for r in results for t in r["did"]]
+    assert {f"out-t{i:04d}.txt" for i in range(n_tasks)} <= landed, "the baseline left tasks undone"
+    return {"tasks": n_tasks, "seconds": secs, "per_s": n_tasks / secs, "done_twice": len(did) - len(set(did)),
+            "pushes_lost": sum(r["pushes_lost"] for r in results)}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
