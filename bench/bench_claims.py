@@ -55,17 +55,20 @@ def _claimer(repo: str, agent: str, count: int, go: object, out: object) -> None
     out.put(lat)  # type: ignore[attr-defined]
 
 
-def _race(target: object, args_of: list[tuple[object, ...]]) -> float:
+def _race(target: object, args_of: list[tuple[object, ...]], settle: float = 1.0,
+          timeout: float = 900) -> float:
+    """Start one process per argument tuple (each also gets a start event and a result queue),
+    give them ``settle`` seconds to get ready, fire, and time until every one has put its result."""
     ctx = multiprocessing.get_context("fork")
     go = ctx.Event()
     done = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*a, go, done)) for a in args_of]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let every process finish its start-up before the gun
+    time.sleep(settle)  # let every process finish its start-up before the gun
     t0 = time.perf_counter()
     go.set()
-    results = [done.get(timeout=900) for _ in procs]
+    results = [done.get(timeout=timeout) for _ in procs]
     elapsed = time.perf_counter() - t0
     for p in procs:
         p.join()

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_claims
 from harness.colony import Colony
 from harness.tasks import Task
 
@@ -166,23 +167,12 @@ def clone_baseline(root: Path, agents: int, n_tasks: int) -> dict[str, float]:
     """The 16-agent C-compiler experiment's way, on the same tiny tasks: each agent a clone of a
     bare upstream, claiming a task by committing `current_tasks/<task>.lock` and pushing it,
     landing by `pull --rebase` and push. Tasks landed/s, and work done twice."""
-    import multiprocessing
     seed = make_target(root, "baseline-seed").repo
     upstream = root / "baseline-upstream.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(upstream)], check=True)
-    ctx = multiprocessing.get_context("fork")
-    go, done = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_clone_agent, args=(str(upstream), str(root / f"baseline-{i}"), f"a{i}", n_tasks,
-                                                      go, done)) for i in range(agents)]
-    for p in procs:
-        p.start()
-    time.sleep(2 + agents * 0.1)  # every clone made before the gun
-    t0 = time.perf_counter()
-    go.set()
-    results = [done.get(timeout=1800) for _ in procs]
-    secs = time.perf_counter() - t0
-    for p in procs:
-        p.join()
+    # Every clone made before the gun.
+    secs, results = bench_claims._race(_clone_agent, [(str(upstream), str(root / f"baseline-{i}"), f"a{i}", n_tasks)
+                                                      for i in range(agents)], settle=2 + agents * 0.1, timeout=1800)
     landed = set(git(upstream, "ls-tree", "--name-only", "main").split())
     did = [t for r in results for t in r["did"]]
     assert {f"out-t{i:04d}.txt" for i in range(n_tasks)} <= landed, "the baseline left tasks undone"
