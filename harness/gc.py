@@ -28,6 +28,7 @@ holds (a conflict's kept work, an earlier kept ref) needs no new one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import sweep
-from harness.colony import STATUSES, Colony
+from harness.colony import STATUSES, TOMBSTONE, Colony
 from harness.errors import InvalidId
 from harness.git import Git, Identity, exclusive
 from harness.integrate import CLAIMS, CONFLICTS
@@ -297,17 +298,24 @@ def _delete_refs(git: Git, refs: list[tuple[str, str]], dry_run: bool) -> list[s
 
 
 def _compact_locks(colony: Colony, result: Result) -> None:
+    """Old generations of done tasks lose their owner record (a block each) but not their entry:
+    generations are never deleted, the newest is how a late lander stays fenced."""
     for tid in sorted(t for t, st in _status(colony).items() if st == "done"):
-        lock = colony.lock_dir(tid)
-        try:
-            gens = sorted(n for n in os.listdir(lock) if n.isdigit())
-        except FileNotFoundError:
-            continue
-        for name in gens[:-1]:  # the newest stays: the generation number never goes back
+        for path in colony.generations(tid)[:-1]:
+            try:
+                if os.readlink(path) == TOMBSTONE:
+                    continue
+                blocks = os.lstat(path).st_blocks * 512
+            except OSError:
+                continue
             result.lock_generations += 1
-            result.bytes_freed += _size(lock / name)
+            result.bytes_freed += blocks
             if not result.dry_run:
-                shutil.rmtree(lock / name, ignore_errors=True)
+                tmp = f"{path}.gc"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                os.symlink(TOMBSTONE, tmp)
+                os.replace(tmp, path)
 
 
 def _runs(colony: Colony, cutoff: float, result: Result) -> None:

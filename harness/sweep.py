@@ -65,7 +65,8 @@ def due(colony: Colony, role: str, now: float) -> bool:
 
 def running(colony: Colony) -> bool:
     """Some agent is sweeping now (its token is held under a good lease)."""
-    return any(colony.token_held(p.name[:-5]) for p in (colony.home / "locks").glob(f"{TOKEN_PREFIX}*.lock"))
+    first = ".lock.000001"  # every token ever taken has its first generation
+    return any(colony.token_held(p.name[:-len(first)]) for p in (colony.home / "locks").glob(f"{TOKEN_PREFIX}*{first}"))
 
 
 def known_tasks(colony: Colony, now: float) -> tuple[list[tuple[str, Task]], list[tuple[str, Task]]]:

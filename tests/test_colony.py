@@ -317,3 +317,43 @@ def test_the_index_of_busy_outputs_agrees_with_comparing_every_pair() -> None:
             active.pop(tid, None)
         probe = rng.sample(names, rng.randint(1, 2))
         assert busy.touches(probe) == pairwise(probe, active), (step, probe, active)
+
+
+def test_claims_of_a_colony_from_before_symlinks_are_carried_over(colony: Colony) -> None:
+    """A colony whose claims are generation folders (`<id>.lock/<gen>/owner.json`, `released`):
+    opening it rewrites them, so a held claim stays held by its owner and a released one free."""
+    for tid in ("held", "free"):
+        colony.add(Task(id=tid, title=tid))
+    claims = {}
+    for _ in range(2):
+        got = colony.claim("a1")
+        assert got is not None
+        claims[got[0].task_id] = got[0]
+    colony.release("free", "a1", token=claims["free"].token, skip=False)
+    locks = colony.home / "locks"
+    for entry in sorted(os.listdir(locks)):  # write them back as the older layout had them
+        if entry.startswith("."):
+            os.unlink(locks / entry)
+            continue
+        path = locks / entry
+        tid, _, rest = entry.partition(".lock.")
+        gen, _, released = rest.partition(".")
+        folder = locks / f"{tid}.lock" / gen
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ("released" if released else "owner.json")).write_text(os.readlink(path) + "\n")
+        os.unlink(path)
+    assert not colony.holds(claims["held"])  # the new code cannot read folders...
+    reopened = Colony.open(colony.repo)  # ...until the colony is opened
+    assert reopened.holds(claims["held"]) and reopened.current_claim("free") is None
+    assert not any(p.is_dir() for p in locks.iterdir())
+    assert reopened.claim("b1") is not None and reopened.claim("b1") is None  # free is claimable, held is not
+    assert reopened._generation("free") == 2
+
+
+def test_a_task_claimed_many_times_keeps_counting_generations(colony: Colony) -> None:
+    colony.add(Task(id="often", title="often"))
+    for n in range(1, 21):  # the current generation is found by probing: check it at every step
+        got = colony.claim("a1")
+        assert got is not None and got[0].generation == n == colony._generation("often")
+        colony.release("often", "a1", token=got[0].token, skip=False)
+    assert [os.path.basename(p) for p in colony.generations("often")] == [f"often.lock.{g:06d}" for g in range(1, 21)]

@@ -226,8 +226,10 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
     assert "refs/stigmergy/claims/done1" not in left and "refs/stigmergy/claims/failed1" not in left
     assert "refs/stigmergy/claims/live1" in left  # held right now
     assert "refs/stigmergy/conflicts/done1" not in left and "refs/stigmergy/conflicts/live1" in left
-    assert sorted(os.listdir(colony.lock_dir("done1"))) == ["000003"]  # only the newest generation
-    assert len(os.listdir(colony.lock_dir("failed1"))) == 1 and colony.lock_dir("live1").is_dir()
+    # Only the newest generation of a done task keeps its owner; the older ones stay, as tombstones.
+    assert [os.readlink(p) == "-" for p in colony.generations("done1")] == [True, True, False]
+    assert colony._generation("done1") == 3 and colony._owner("done1", 3) is not None
+    assert colony._owner("failed1", 1) is not None and colony.current_claim("live1") is not None
     assert result.lock_generations == 2 and result.bytes_freed > 0
     runs = colony.home / "runs"
     assert not (runs / "done1").exists() and not (runs / "failed1").exists()

@@ -41,7 +41,7 @@ def branches(repo: Path) -> list[str]:
 def started_nothing(colony: Colony) -> bool:
     """No agent started, nothing claimed: no launch event, no heartbeat, no lock."""
     return (not any(e["event"] == "launch" for e in colony.events()) and not any(colony.home.glob("agents/*"))
-            and not any(colony.home.glob("locks/*")))
+            and not any(colony.home.glob("locks/*.lock.*")))
 
 
 # -- the landing branch -------------------------------------------------------------------------------
