@@ -440,8 +440,10 @@ class Colony:
         except FileNotFoundError:
             self._release_generation(claim, "not pending")
             return None
+        # The outputs let an index that never read the task's entry (one started from a snapshot)
+        # still weigh the overlap with it.
         self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid, host=self.host,
-                   claimed_at=claim.claimed_at)
+                   claimed_at=claim.claimed_at, outputs=task.outputs)
         return claim, task
 
     # -- tokens: claims on something that is no task (an idle sweep's, see sweep.py) ------------------
