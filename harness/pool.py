@@ -152,6 +152,22 @@ class Pool:
         self.tail = Tail(colony.events_path)
         self._forget_everything()
 
+    def _forget_everything(self) -> None:
+        self.partial = False  # started from a snapshot and not yet a full index
+        self.snap: snapshot.Snapshot | None = None
+        self.rows: Iterator[list[Any]] = iter(())  # the snapshot's entries not read yet, best first
+        self.head: tuple[tuple[float, float, str], Entry, bool] | None = None  # the next of them
+        self.entries: dict[str, Entry] = {}
+        self.status: dict[str, str] = {}
+        self.done: set[str] = set()
+        self.waiters: dict[str, set[str]] = {}
+        self.active = Busy()  # outputs of active tasks, for the overlap penalty
+        self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
+        self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
+        self.heap: list[tuple[float, float, str, int]] = []
+        self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
+        self.scanned_at = 0.0
+
     def resume(self) -> bool:
         """Start this new index from the role's snapshot instead of the whole log: a partial index,
         with what the log added since applied. False when there is none fresh enough for it."""
@@ -177,22 +193,6 @@ class Pool:
         self.scanned_at = time.monotonic()  # the first rescan is what turns it into a full index
         self._tail_events()
         return True
-
-    def _forget_everything(self) -> None:
-        self.partial = False  # started from a snapshot and not yet a full index
-        self.snap: snapshot.Snapshot | None = None
-        self.rows: Iterator[list[Any]] = iter(())  # the snapshot's entries not read yet, best first
-        self.head: tuple[tuple[float, float, str], Entry, bool] | None = None  # the next of them
-        self.entries: dict[str, Entry] = {}
-        self.status: dict[str, str] = {}
-        self.done: set[str] = set()
-        self.waiters: dict[str, set[str]] = {}
-        self.active = Busy()  # outputs of active tasks, for the overlap penalty
-        self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
-        self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
-        self.heap: list[tuple[float, float, str, int]] = []
-        self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
-        self.scanned_at = 0.0
 
     # -- keeping the index fresh -------------------------------------------------------------------
     def refresh(self, force_scan: bool = False) -> None:
