@@ -640,7 +640,7 @@ class Agent:
 
     def until_due(self, idle: float) -> float:
         """How long to nap: `idle`, or less when a task's back-off ends sooner (that writes no event)."""
-        due = self.colony.pool(self.pool_role()).next_due()
+        due = self.colony.pool(self.pool_role(), partial=True).next_due()  # the claims' own index
         return idle if due is None else max(0.05, min(idle, due - time.time()))
 
     def _log_size(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from harness import history, sandbox, tasks
+from harness import sandbox, tasks
 from harness.colony import Colony
 from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
@@ -314,6 +314,8 @@ def cmd_task_list(args: argparse.Namespace) -> int:
 
 
 def cmd_task_show(args: argparse.Namespace) -> int:
+    from harness import history  # the event replay of reports: not loaded by every `task claim`
+
     colony = _colony(args)
     status, task = colony.get(args.id)
     claim = colony.current_claim(task.id)

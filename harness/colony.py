@@ -10,6 +10,7 @@ Layout under `<repo>/.stigmergy/` (or $STIGMERGY_HOME):
     agents/<agent>/heartbeat.json        the lease: refreshed every few seconds
     notes/<id>.jsonl                     notes and failed approaches for the next claimant
     events.jsonl                         every add, claim, release, done, fail, reap, quarantine
+    index/pool[-<role>].snap             the pick index in heap order, for one-shot claims (snapshot.py)
 
 Claims are a generation compare-and-swap. A task has one lock entry per generation (000001,
 000002, ...); the highest is current and is held until its `.released` entry exists. Claiming a
@@ -132,7 +133,7 @@ class Colony:
             target.require_branch(repo, branch, "--branch")
         elif not config.exists():
             branch = target.require_branch(repo, target.current_branch(repo), "the current branch")
-        for sub in [*(f"tasks/{s}" for s in (*STATUSES, "quarantine")), "locks", "agents", "notes", "runs"]:
+        for sub in [*(f"tasks/{s}" for s in (*STATUSES, "quarantine")), "locks", "agents", "notes", "runs", "index"]:
             (home / sub).mkdir(parents=True, exist_ok=True)
         _upgrade_locks(home)
         if not (home / ".gitignore").exists():
@@ -330,11 +331,19 @@ class Colony:
                     out.append((st, task))
         return out
 
-    def pool(self, role: str | None) -> Pool:
-        if role not in self._pools:
-            self._pools[role] = Pool(self, role)
-            self._pools[role].refresh(force_scan=True)
-        return self._pools[role]
+    def pool(self, role: str | None, partial: bool = False) -> Pool:
+        """The pick index of agents in this role, built once per process. `partial`: picking is all
+        the caller does with it, so it may start from the role's snapshot (a one-shot claim reads
+        the snapshot's head instead of replaying the whole log); else it is the full index."""
+        pool = self._pools.get(role)
+        if pool is None:
+            pool = Pool(self, role)
+            if not (partial and pool.resume()):
+                pool.refresh(force_scan=True)  # a full build: it also writes the snapshot if that lags
+        elif pool.partial and not partial:
+            pool.refresh(force_scan=True)  # the log replayed, the folders listed: a full index now
+        self._pools[role] = pool
+        return pool
 
     def _index(self) -> Pool:
         """Any role's index will do where only facts matter (owners, resolvers), not order."""
@@ -463,8 +472,10 @@ class Colony:
         except FileNotFoundError:
             self._release_generation(claim, "not pending")
             return None
+        # The outputs let an index that never read the task's entry (one started from a snapshot)
+        # still weigh the overlap with it.
         self.event("claim", task_id, agent=agent, generation=claim.generation, pid=pid, host=self.host,
-                   claimed_at=claim.claimed_at)
+                   claimed_at=claim.claimed_at, outputs=task.outputs)
         return claim, task
 
     # -- tokens: claims on something that is no task (an idle sweep's, see sweep.py) ------------------
@@ -501,7 +512,7 @@ class Colony:
     def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
         """Claim the best ready task for this agent and role, or None when nothing is ready."""
         tasks.check_id(agent, "agent")
-        pool = self.pool(role)
+        pool = self.pool(role, partial=True)
         for attempt in range(2):
             if attempt == 1:
                 self.reap(agent)  # before giving up: tasks of dead owners come back to pending

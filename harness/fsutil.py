@@ -72,6 +72,27 @@ class Tail:
         self.seen = b""  # the last bytes read: a log truncated and grown back past `offset` lacks them
         self.partial = b""
 
+    @classmethod
+    def resume(cls, path: Path, offset: int, seen: bytes, partial: bytes = b"") -> Tail:
+        """A Tail that carries on where another one stopped (its offset, seen and partial)."""
+        if len(seen) != min(offset, 64):
+            raise ValueError(f"no Tail position: {len(seen)} bytes seen before offset {offset}")
+        tail = cls(path)
+        tail.offset, tail.seen, tail.partial = offset, seen, partial
+        return tail
+
+    def behind(self) -> int | None:
+        """How many lines were completed since the last read, counted, not parsed; None when the
+        file started over (truncated or replaced) since."""
+        try:
+            with open(self.path, "rb") as f:
+                if not self._same(f):
+                    return None
+                f.seek(self.offset)
+                return f.read().count(b"\n")
+        except FileNotFoundError:
+            return None if self.offset else 0
+
     def read(self) -> tuple[list[dict[str, Any]], bool]:
         """(the objects appended since the last read, whether the file started over)."""
         restarted = False

@@ -14,19 +14,29 @@ every task the order is a static key (the `now` term is common to all tasks) and
 valid over time. The overlap penalty depends on which tasks are active,
 so it is applied only among the top few candidates at pick time. A task backing off after a failed
 attempt (not_before in the future) waits in a second heap, by when it is due, and rejoins the first.
+
+A process's first claim (a one-shot `task claim`, or an agent's) starts from a snapshot instead
+(snapshot.py): the pending entries saved in heap order by a process that held a full index. They
+are read from its head only as far as picking needs them, each moved into the heap while it ranks
+at least as high as the heap's top, so the order is exactly the full index's; the events since
+the snapshot are applied as usual, and an entry an event already spoke of is skipped when its line
+is reached. Such a partial index knows no done tasks (it asks tasks/done/ about a dependency) and
+becomes a full one at its first rescan (periodic, forced, or the log started over).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 import os
 import random
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import roles
+from harness import roles, snapshot
 from harness.config import Config
 from harness.fsutil import Tail
 from harness.roles import Role
@@ -68,6 +78,17 @@ class Entry:
                    outputs, meta.get("resolves"), meta.get("not_before"),
                    roles.suits(role, meta.get("role"), kind, str(meta.get("title", "")),
                                [*meta.get("inputs", []), *outputs]))
+
+    def row(self, deps_done: bool) -> list[Any]:
+        """The entry as a snapshot line; `deps_done`: every dependency was done when it was saved."""
+        return [self.id, self.priority, self.created_at, self.skip_count, self.role, self.kind, self.depends_on,
+                self.outputs, self.resolves, self.not_before, self.suits, deps_done]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> tuple[Entry, bool]:
+        tid, priority, created_at, skips, role, kind, deps, outputs, resolves, not_before, suits, deps_done = row
+        return cls(str(tid), int(priority), float(created_at), int(skips), role, str(kind), list(deps), list(outputs),
+                   resolves, not_before, bool(suits)), bool(deps_done)
 
 
 def meta_of(task: Task) -> dict[str, Any]:
@@ -142,6 +163,10 @@ class Pool:
         self._forget_everything()
 
     def _forget_everything(self) -> None:
+        self.partial = False  # started from a snapshot and not yet a full index
+        self.snap: snapshot.Snapshot | None = None
+        self.rows: Iterator[list[Any]] = iter(())  # the snapshot's entries not read yet, best first
+        self.head: tuple[tuple[float, float, str], Entry, bool] | None = None  # the next of them
         self.entries: dict[str, Entry] = {}
         self.status: dict[str, str] = {}
         self.done: set[str] = set()
@@ -153,11 +178,47 @@ class Pool:
         self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
         self.scanned_at = 0.0
 
+    def resume(self) -> bool:
+        """Start this new index from the role's snapshot instead of the whole log: a partial index,
+        with what the log added since applied. False when there is none fresh enough for it."""
+        snap = snapshot.load(self._snapshot_path(), self._order_key(), self.colony.events_path)
+        if snap is None:
+            return False
+        try:
+            for row in snap.header["active"]:
+                e, _ = Entry.from_row(row)
+                self.entries[e.id] = e
+                self.forget(e.id, "active")
+            self.owners = {str(tid): dict(owner) for tid, owner in snap.header["owners"].items()}
+            for tid in self.owners:
+                self.status.setdefault(tid, "active")
+            self.resolved_by = {str(k): set(v) for k, v in snap.header["resolved_by"].items()}
+            self.snap, self.rows, self.partial, self.tail = snap, snap.rows(), True, snap.tail
+            self._advance()
+        except (ValueError, TypeError, KeyError, AttributeError):  # damaged after it was written
+            snap.discard()
+            self._forget_everything()
+            self.tail = Tail(self.colony.events_path)
+            return False
+        self.scanned_at = time.monotonic()  # the first rescan is what turns it into a full index
+        self._tail_events()
+        return True
+
     # -- keeping the index fresh -------------------------------------------------------------------
     def refresh(self, force_scan: bool = False) -> None:
+        if self.partial and (force_scan or time.monotonic() - self.scanned_at > RESCAN_SECONDS):
+            self._go_full()
+            return
         self._tail_events()
         if force_scan or time.monotonic() - self.scanned_at > RESCAN_SECONDS:
             self._rescan()
+
+    def _go_full(self) -> None:
+        """Turn a partial index into a full one: a scan needs every task known, so the log is
+        replayed from its start and the folders listed, as for an index built without a snapshot."""
+        self._forget_everything()
+        self.tail = Tail(self.colony.events_path)
+        self.refresh(force_scan=True)
 
     def _tail_events(self) -> None:
         events, restarted = self.tail.read()
@@ -173,12 +234,16 @@ class Pool:
         if kind in ("add", "defer", "undefer", "retry") and isinstance(ev.get("meta"), dict):
             self._set_pending(Entry.from_meta(tid, ev["meta"], self.role))
         elif kind == "claim":
-            self.forget(tid, "active")
+            self.forget(tid, "active", self._claimed_outputs(tid, ev))
             self.owners[tid] = {"agent": ev.get("agent"), "pid": ev.get("pid"), "host": ev.get("host"),
                                 "claimed_at": ev.get("claimed_at")}
         elif kind in ("release", "reap"):
             e = self.entries.get(tid)
-            if e is not None:
+            if e is None and self.partial:  # claimed since the snapshot: its entry is its file
+                task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
+                if task is not None:
+                    self._set_pending(Entry.of(task, self.role))
+            elif e is not None:
                 e.skip_count = int(ev.get("skip_count", e.skip_count))
                 e.not_before = ev.get("not_before", e.not_before)
                 self._set_pending(e)
@@ -208,8 +273,19 @@ class Pool:
             if e is not None and self.status.get(waiter) == "pending":
                 self._set_pending(e)
 
+    def _claimed_outputs(self, tid: str, ev: dict[str, Any]) -> list[str]:
+        """The outputs of a task just claimed, when this index has no entry for it (a partial index
+        never read its line): the claim event's, or its file's for an event from before they had them."""
+        if tid in self.entries or not self.partial:
+            return []
+        if isinstance(ev.get("outputs"), list):
+            return [str(o) for o in ev["outputs"]]
+        task = self.colony.read_task(self.colony.task_dir("active") / f"{tid}.yaml")
+        return task.outputs if task is not None else []
+
     def _rescan(self) -> None:
         self.scanned_at = time.monotonic()
+        learnt = 0
         for name in _names(self.colony.task_dir("done")):
             if name not in self.done:
                 self._mark_done(name)
@@ -222,20 +298,80 @@ class Pool:
                 task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
                 if task is not None:
                     self._set_pending(Entry.of(task, self.role))
+                    learnt += 1
             elif self.status.get(tid) != "pending":
                 self._set_pending(self.entries[tid])
+        # The snapshot is rewritten when it lags, and at once when this scan found a file no event
+        # told of (dropped in by hand): one-shot claims must see it too.
+        snapshot.keep(self._snapshot_path(), self._order_key(), self.colony.events_path, self._saved, force=learnt > 0)
+
+    # -- the snapshot (snapshot.py) ------------------------------------------------------------------
+    def _snapshot_path(self) -> Path:
+        return snapshot.path(self.colony.home, self.role.name if self.role else None)
+
+    def _order_key(self) -> dict[str, Any]:
+        """What the order of entries and their `suits` depend on besides the tasks themselves."""
+        c, p = self.cfg, self.role.prefers if self.role else None
+        return {"weights": [c.skip_step, c.skip_cap, c.role_bonus, c.aging_per_hour],
+                "role": self.role.name if self.role else None,
+                "prefers": [list(p.kinds), [t.pattern for t in p.titles], list(p.paths)] if p else None}
+
+    def _saved(self) -> tuple[Tail, dict[str, Any], list[Any]]:
+        """This full index as a snapshot: where it stands in the log, the active tasks, and every
+        pending entry in heap order."""
+        pending = [e for tid, e in self.entries.items() if self.status.get(tid) == "pending"]
+        pending.sort(key=lambda e: (-self._key(e), e.created_at, e.id))
+        active = [tid for tid, st in self.status.items() if st == "active"]
+        fields = {"active": [self.entries[tid].row(False) for tid in active if tid in self.entries],
+                  "owners": {tid: self.owners[tid] for tid in active if tid in self.owners},
+                  "resolved_by": {k: sorted(v) for k, v in self.resolved_by.items()}}
+        return self.tail, fields, [e.row(all(d in self.done for d in e.depends_on)) for e in pending]
+
+    def _advance(self) -> None:
+        """Read the snapshot's next entry into `head`, checking that it is in heap order."""
+        try:
+            row = next(self.rows, None)
+            if row is None:
+                self.head = None
+                return
+            e, deps_done = Entry.from_row(row)
+        except (ValueError, TypeError) as err:  # a damaged line: snapshot.Torn, or a row of other fields
+            raise snapshot.Torn(str(err)) from err
+        rank = (-self._key(e), e.created_at, e.id)
+        if self.head is not None and rank < self.head[0]:
+            raise snapshot.Torn(f"snapshot entry {e.id} out of order")
+        self.head = (rank, e, deps_done)
+
+    def _pull(self) -> None:
+        """Move snapshot entries into the heap while the next one ranks at least as high as the
+        heap's top: the snapshot is in heap order, so the top is the best of both."""
+        while self.head is not None and (not self.heap or self.head[0] <= self.heap[0][:3]):
+            _, e, deps_done = self.head
+            self._advance()
+            if e.id in self.status:
+                continue  # an event since the snapshot (or a claim attempt of ours) knows better
+            if deps_done:
+                self.done.update(e.depends_on)
+            self._set_pending(e)
 
     # -- picking ------------------------------------------------------------------------------------
     def ready(self, e: Entry, now: float) -> bool:
         """Claimable as far as the index knows: its dependencies are done (else it waits on them)
         and it is not backing off (else it waits in `backing_off` until it is due)."""
-        missing = [d for d in e.depends_on if d not in self.done]
+        missing = [d for d in e.depends_on if d not in self.done and not self._done_on_disk(d)]
         for d in missing:
             self.waiters.setdefault(d, set()).add(e.id)
         if not missing and e.not_before is not None and e.not_before > now:
             heapq.heappush(self.backing_off, (e.not_before, e.id, e.version))
             return False
         return not missing
+
+    def _done_on_disk(self, tid: str) -> bool:
+        """For a partial index, which knows no done tasks but those it was told of: ask the folder."""
+        if not self.partial or not os.path.exists(f"{self.colony.task_dir('done')}/{tid}.yaml"):
+            return False
+        self._mark_done(tid)
+        return True
 
     def _current(self, tid: str, version: int) -> Entry | None:
         """The pending entry a heap item names, or None when the item is stale."""
@@ -251,13 +387,25 @@ class Pool:
 
     def candidates(self) -> list[str]:
         """Up to TOP_K ready pending ids, best first, with the overlap penalty applied among them."""
+        try:
+            return self._candidates()
+        except snapshot.Torn:  # the snapshot was damaged after it was written: do without it
+            if self.snap is not None:
+                self.snap.discard()
+            self._go_full()
+            return self._candidates()
+
+    def _candidates(self) -> list[str]:
         now = time.time()
         while self.backing_off and self.backing_off[0][0] <= now:  # due again: back into the heap
             _, tid, version = heapq.heappop(self.backing_off)
             if (e := self._current(tid, version)) is not None:
                 heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
         picked: list[Entry] = []
-        while self.heap and len(picked) < TOP_K:
+        while len(picked) < TOP_K:
+            self._pull()
+            if not self.heap:
+                break
             _, _, tid, version = self.heap[0]
             e = self._current(tid, version)
             if e is None or not self.ready(e, now):
@@ -281,12 +429,14 @@ class Pool:
         e.version = old.version if old else 0
         self._set_pending(e)
 
-    def forget(self, tid: str, status: str) -> None:
-        """Record a task leaving `pending` (claimed by us or another, done, failed, vanished)."""
+    def forget(self, tid: str, status: str, outputs: list[str] | None = None) -> None:
+        """Record a task leaving `pending` (claimed by us or another, done, failed, vanished);
+        `outputs` are an active task's when the index has no entry for it."""
         self.status[tid] = status
         e = self.entries.get(tid)
-        if status == "active" and e is not None and e.outputs:
-            self.active.add(tid, e.outputs)
+        outputs = e.outputs if e is not None else outputs
+        if status == "active" and outputs:
+            self.active.add(tid, outputs)
         else:
             self.active.discard(tid)
 

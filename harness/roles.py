@@ -32,7 +32,6 @@ import yaml
 from harness import shipped as shipped_files
 from harness import tasks
 from harness.errors import UsageError
-from harness.models.registry import check_spec
 from harness.tasks import Task
 from harness.tools import ADD_NOTE, BASH, CREATE_TASK, EDIT, FINISH
 
@@ -136,6 +135,8 @@ def _parse(text: str, source: Path) -> Role:
         if meta.get(key) is not None and not (isinstance(meta[key], str) and meta[key].strip()):
             raise bad(key, f"{key}: must be a non-empty string (or left out)")
     if meta.get("model") is not None:
+        from harness.models.registry import check_spec  # the model layer: not loaded by every `task claim`
+
         try:
             check_spec(meta["model"])
         except UsageError as e:

@@ -38,3 +38,19 @@ def test_a_tail_reads_what_was_appended_and_waits_for_a_line_to_end(tmp_path: Pa
     path.write_bytes(b'{"new": 1}\n')  # replaced by a shorter file: read again from its start
     assert tail.read() == ([{"new": 1}], True)
 
+
+
+def test_a_resumed_tail_reads_on_from_where_another_stopped_and_counts_what_it_missed(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
+    first = Tail(path)
+    first.read()
+    tail = Tail.resume(path, first.offset, first.seen, first.partial)
+    assert tail.behind() == 0
+    with open(path, "ab") as f:
+        f.write(b'3}\n{"d": 4}\n')
+    assert tail.behind() == 2 and tail.read() == ([{"c": 3}, {"d": 4}], False)
+    path.write_bytes(b'{"x": 1}\n' * 4)  # replaced by another log as long: no longer the one it read
+    assert tail.behind() is None
+    path.unlink()
+    assert tail.behind() is None and Tail(path).behind() == 0
