@@ -207,10 +207,15 @@ def idle_and_startup(root: Path, agents: int, idle_s: float) -> dict[str, float]
     model = write_script(root / "slow.json", sleep=5.0)
     proc = launch(colony, model, agents, root / "ws-idle")
     pids = agent_pids(colony, agents)
-    time.sleep(2)  # past start-up: measure the steady idle state
+    time.sleep(2)  # past start-up
+    # Two windows one after the other: the first, while the naps between looks for work still
+    # double (0.2 s up to max_idle_sleep, 30 s), and the steady state that follows.
     before = {p: cpu_seconds(p) for p in pids}
     time.sleep(idle_s)
-    cpu = sum(cpu_seconds(p) - before[p] for p in pids)
+    middle = {p: cpu_seconds(p) for p in pids}
+    time.sleep(idle_s)
+    first = sum(middle[p] - before[p] for p in pids)
+    cpu = sum(cpu_seconds(p) - middle[p] for p in pids)
     rss = [rss_mib(p) for p in pids]
     # Start-up to all-claimed: file one slow task per agent and time the claims.
     t0 = time.time()
@@ -224,7 +229,8 @@ def idle_and_startup(root: Path, agents: int, idle_s: float) -> dict[str, float]
     claimed_after = max(e["ts"] for e in claims) - t0
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
-    return {"cpu_s": cpu, "cpu_pct_of_one_core": 100 * cpu / idle_s, "rss_mib_mean": sum(rss) / len(rss),
+    return {"cpu_s": cpu, "cpu_pct_of_one_core": 100 * cpu / idle_s, "first_pct_of_one_core": 100 * first / idle_s,
+            "rss_mib_mean": sum(rss) / len(rss),
             "all_claimed_s": claimed_after}
 
 

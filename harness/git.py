@@ -78,6 +78,7 @@ class Git:
     def __init__(self, cwd: Path, *, lock_timeout: float = 10.0) -> None:
         self.cwd = Path(cwd)
         self.lock_timeout = lock_timeout
+        self._common: Path | None = None
 
     def at(self, cwd: Path) -> Git:
         return Git(cwd, lock_timeout=self.lock_timeout)
@@ -125,8 +126,11 @@ class Git:
         return out.strip() or None
 
     def common_dir(self) -> Path:
-        """The repository's shared .git directory, whichever worktree ``cwd`` is in."""
-        return Path(self.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+        """The repository's shared .git directory, whichever worktree ``cwd`` is in. Asked once:
+        a landing needed it seven times, each a git process."""
+        if self._common is None:
+            self._common = Path(self.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+        return self._common
 
     def ref_value(self, ref: str) -> str | None:
         """The object a ref points to (any type: claim refs point to blobs), or None."""

@@ -49,6 +49,7 @@ class Workspace:
         self.wt = Git(self.path)  # operations inside this agent's worktree
         self.identity = Identity.for_agent(agent)
         self._configured = False
+        self._gitdir: str | None = None  # this worktree's admin dir, as _healthy last found it
 
     def prepare(self, branch: str | None = None) -> Path:
         """Reset the worktree to the tip of main on a fresh ``branch`` and return its path.
@@ -92,8 +93,9 @@ class Workspace:
         ident = author or self.identity
         self.wt.run("add", "--all")
         tree = self.wt.run("write-tree").strip()
-        head = self.wt.resolve("HEAD")
-        if head is not None and tree == self.wt.run("rev-parse", "HEAD^{tree}").strip():
+        known = self.wt.call("rev-parse", "HEAD^{commit}", "HEAD^{tree}")  # both in one git process
+        head, head_tree = known.stdout.split() if known.returncode == 0 else (None, None)
+        if head is not None and tree == head_tree:
             return None
         parents = ["-p", head] if head else []
         sha = self.wt.run(
@@ -127,15 +129,20 @@ class Workspace:
         if not (self.path / ".git").exists():
             return False
         done = self.wt.call("rev-parse", "--path-format=absolute", "--show-toplevel",
-                            "--git-common-dir", "--verify", "HEAD")
+                            "--git-common-dir", "--git-dir", "--verify", "HEAD")
         if done.returncode != 0:
             return False
-        top, common, _head = done.stdout.splitlines()
+        top, common, gitdir, _head = done.stdout.splitlines()
         mine = self.git.common_dir().resolve()
-        return Path(top).resolve() == self.path and Path(common).resolve() == mine
+        healthy = Path(top).resolve() == self.path and Path(common).resolve() == mine
+        self._gitdir = gitdir if healthy else None
+        return healthy
 
     def _remove_stale_locks(self) -> None:
-        gitdir = Path(self.wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip())
+        # The admin dir _healthy just read (one git process fewer per task), or ask for it when
+        # the worktree was made afresh.
+        known, self._gitdir = self._gitdir, None
+        gitdir = Path(known or self.wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip())
         for name in ("index.lock", "HEAD.lock"):
             (gitdir / name).unlink(missing_ok=True)
 
