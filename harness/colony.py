@@ -362,17 +362,17 @@ class Colony:
 
     def _older_than_lease(self, task_id: str, gen: int) -> bool:
         try:
-            return time.time() - os.lstat(self._gen_dir(task_id, gen)).st_mtime > self.config.lease_ttl
+            return time.time() - os.lstat(self._gen_entry(task_id, gen)).st_mtime > self.config.lease_ttl
         except FileNotFoundError:
             return False
 
-    def _is_stale(self, gen_dir: str, owner: dict[str, Any] | None, now: float,
+    def _is_stale(self, entry: str, owner: dict[str, Any] | None, now: float,
                   beats: dict[str, Any] | None = None) -> bool:
         """`beats` caches heartbeats by agent across one reaping pass."""
         ttl = self.config.lease_ttl
         if owner is None:  # an unreadable owner record: judged by the entry's age alone
             try:
-                return now - os.lstat(gen_dir).st_mtime > ttl
+                return now - os.lstat(entry).st_mtime > ttl
             except FileNotFoundError:
                 return False
         pid = owner.get("pid")
@@ -395,42 +395,42 @@ class Colony:
         so those that exist are 1..N, found by doubling past N and halving back."""
         lexists = os.path.lexists
         lo, hi = 0, 1
-        while lexists(self._gen_dir(task_id, hi)):
+        while lexists(self._gen_entry(task_id, hi)):
             lo, hi = hi, 2 * hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if lexists(self._gen_dir(task_id, mid)) else (lo, mid)
+            lo, hi = (mid, hi) if lexists(self._gen_entry(task_id, mid)) else (lo, mid)
         return lo
 
-    def _gen_dir(self, task_id: str, gen: int) -> str:
+    def _gen_entry(self, task_id: str, gen: int) -> str:
         return f"{self._lock_path(task_id)}.{gen:06d}"
 
     def generations(self, task_id: str) -> list[str]:
         """The paths of a task's generations, oldest first (for gc)."""
-        return [self._gen_dir(task_id, g) for g in range(1, self._generation(task_id) + 1)]
+        return [self._gen_entry(task_id, g) for g in range(1, self._generation(task_id) + 1)]
 
     def _owner(self, task_id: str, gen: int) -> dict[str, Any] | None:
         try:
-            owner = json.loads(os.readlink(self._gen_dir(task_id, gen)))
+            owner = json.loads(os.readlink(self._gen_entry(task_id, gen)))
         except (OSError, ValueError):
             return None
         return owner if isinstance(owner, dict) else None
 
     def _held(self, task_id: str, gen: int) -> bool:
-        return gen > 0 and not os.path.lexists(self._gen_dir(task_id, gen) + ".released")
+        return gen > 0 and not os.path.lexists(self._gen_entry(task_id, gen) + ".released")
 
     def _take_generation(self, task_id: str, gen: int, agent: str, pid: int | None) -> Claim | None:
         """The compare-and-swap: win generation `gen` by creating it, or lose to whoever did."""
         claim = Claim(task_id, agent, gen, secrets.token_hex(8), pid, self.host, time.time())
         try:
-            os.symlink(json.dumps(asdict(claim), sort_keys=True), self._gen_dir(task_id, gen))
+            os.symlink(json.dumps(asdict(claim), sort_keys=True), self._gen_entry(task_id, gen))
         except FileExistsError:
             return None
         return claim
 
     def _release_generation(self, claim: Claim, why: str) -> None:
         try:
-            os.symlink(why, self._gen_dir(claim.task_id, claim.generation) + ".released")
+            os.symlink(why, self._gen_entry(claim.task_id, claim.generation) + ".released")
         except FileExistsError:
             pass  # released already (a reaper and the owner may both end it)
 
@@ -453,7 +453,7 @@ class Colony:
             # Only a claim older than the lease can have a silent heartbeat; younger ones (even of
             # a dead pid) are left to reap(), so losing a race costs two syscalls, not five.
             if not self._older_than_lease(task_id, gen) or not self._is_stale(
-                    self._gen_dir(task_id, gen), self._owner(task_id, gen), time.time()):
+                    self._gen_entry(task_id, gen), self._owner(task_id, gen), time.time()):
                 return None
             self._reap(task_id, gen, agent)  # inline: a dead owner should not block the best task
             gen = self._generation(task_id)
@@ -490,7 +490,7 @@ class Colony:
     def token_held(self, name: str, gen: int | None = None) -> bool:
         """Token ``name`` is held by a live holder (one whose lease is good)."""
         gen = self._generation(name) if gen is None else gen
-        return self._held(name, gen) and not self._is_stale(self._gen_dir(name, gen), self._owner(name, gen),
+        return self._held(name, gen) and not self._is_stale(self._gen_entry(name, gen), self._owner(name, gen),
                                                              time.time())
 
     def drop_token(self, claim: Claim) -> None:
@@ -696,7 +696,7 @@ class Colony:
             if known is not None and not self._is_stale("", known, now, beats):
                 continue
             gen = self._generation(tid)
-            stale = not self._held(tid, gen) or self._is_stale(self._gen_dir(tid, gen), self._owner(tid, gen), now,
+            stale = not self._held(tid, gen) or self._is_stale(self._gen_entry(tid, gen), self._owner(tid, gen), now,
                                                                 beats)
             if stale and self._reap(tid, gen, reaper):
                 reaped.append(tid)
