@@ -3,13 +3,17 @@
     python bench/bench_colony.py                 # 16 agents, 500 tasks, 60 s of idling
     python bench/bench_colony.py --tasks 100 --idle 20    # a quicker look
 
-1. Throughput: 16 agents (the launcher, `python -m harness --agents 16 --until-empty`), the
+1. The landing step: the harness's `land()` (fence check, merge, commit, the user's checkout kept in
+   step, the fenced compare-and-swap of main and the claim ref) against the bare git commands of the
+   same landing (rev-parse, merge-tree, commit-tree, update-ref of both refs, read-tree -m -u in the
+   checkout), alternating on one repository: milliseconds per landing and their ratio.
+2. Throughput: 16 agents (the launcher, `python -m harness --agents 16 --until-empty`), the
    zero-latency scripted model, N tiny tasks each writing its own file, verify `true`: tasks landed
    per second, and harness time per task as a ratio to the bare git commands one landing needs
    (worktree reset, add, write-tree, commit-tree, merge-tree, commit-tree, update-ref), timed in
    the same run on the same repository.
-2. Idle: CPU used by 16 agents over the idle window with an empty pool, and RSS per agent.
-3. Start-up: time from launch until all 16 agents have claimed a task.
+3. Idle: CPU used by 16 agents over the idle window with an empty pool, and RSS per agent.
+4. Start-up: time from launch until all 16 agents have claimed a task.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 
 import bench_claims
 from harness.colony import Colony
+from harness.integrate import Fence, Landed, land
 from harness.tasks import Task
+from harness.workspace import Workspace
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
            "GIT_COMMITTER_EMAIL": "b@b"}
@@ -81,6 +87,36 @@ def bare_landing_seconds(root: Path, n: int = 30) -> float:
         commit = git(repo, "commit-tree", merged, "-p", tip, "-m", f"t{i}\n\nTask-Id: t{i}")
         git(repo, "update-ref", "refs/heads/main", commit, tip)
     return (time.perf_counter() - t0) / n
+
+
+def landing_step(root: Path, n: int = 40) -> dict[str, float]:
+    """Seconds per landing of the harness's land() and of the bare git commands doing the same
+    landing, alternating on one repository whose checkout has main checked out (so both keep it
+    in step). The work to land is committed outside the timing, as the claim is."""
+    repo = make_target(root, "landing-step").repo
+    ws = Workspace(repo, root / "ws-landing-step", "bench")
+    spent = {"harness": 0.0, "bare": 0.0}
+    for i in range(n):
+        for way in spent:
+            task = f"{way}-{i}"
+            ws.prepare()
+            (ws.path / f"out-{task}.txt").write_text(f"{task}\n")
+            work = ws.commit_all(task)
+            assert work is not None
+            fence = Fence.acquire(ws.git, task, 1, "bench")
+            assert isinstance(fence, Fence)
+            t0 = time.perf_counter()
+            if way == "harness":
+                assert isinstance(land(ws, work, title=task, fence=fence, verify=lambda _: True), Landed)
+            else:
+                tip = git(repo, "rev-parse", "main")
+                tree = git(repo, "merge-tree", "--write-tree", tip, work).splitlines()[0]
+                commit = git(repo, "commit-tree", tree, "-p", tip, "-m", f"{task}\n\nTask-Id: {task}")
+                git(repo, "update-ref", "--stdin", input=f"start\nupdate refs/heads/main {commit} {tip}\n"
+                                                         f"update {fence.ref} {commit} {fence.blob}\ncommit\n")
+                git(repo, "read-tree", "-m", "-u", tip, commit)
+            spent[way] += time.perf_counter() - t0
+    return {"harness_s": spent["harness"] / n, "bare_s": spent["bare"] / n, "ratio": spent["harness"] / spent["bare"]}
 
 
 def throughput(root: Path, agents: int, n_tasks: int, verify_s: float = 0.0) -> dict[str, float]:
@@ -261,6 +297,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-colony-") as tmp:
         root = Path(tmp)
+        step = landing_step(root)
+        print(f"landing step: harness land() {1000 * step['harness_s']:.1f} ms, the bare git commands of the same "
+              f"landing {1000 * step['bare_s']:.1f} ms: {step['ratio']:.2f}x")
         bare = bare_landing_seconds(root)
         t = throughput(root, args.agents, args.tasks)
         per_task = 1 / t["per_s"]

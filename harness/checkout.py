@@ -64,6 +64,7 @@ class UserCheckout:
         user = self.git.at(top)
         with exclusive(self.git, "checkout"):
             self.settle()  # a lander killed half-way before us
+            moved: bool | None = None  # known once the transaction ran; else settle asks git
             token = f"stigmergy {os.getpid()} {secrets.token_hex(8)}\n"
             try:
                 fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -75,7 +76,7 @@ class UserCheckout:
             try:
                 fsutil.write_json(self.journal, {"token": token, "from": old, "to": new, "pid": os.getpid(),
                                                  "host": socket.gethostname()}, fsync=False)
-                follow = user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip() == f"refs/heads/{self.branch}"
+                follow = self._follows(user)
                 busy = self._in_progress(follow)
                 if busy:
                     return Blocked(f"waiting to land: your checkout {self.top} is in the middle of a {busy} on "
@@ -88,6 +89,7 @@ class UserCheckout:
                     if refused:
                         return Blocked(refused)
                 done = transact()
+                moved = done.returncode == 0
                 if follow and done.returncode == 0:
                     os.replace(self.tmp, self.index)
                     # A git command that began meanwhile may hold the old index in memory: keep the
@@ -95,7 +97,15 @@ class UserCheckout:
                     _wait_while(lambda: _git_running_in(top) is not None)
                 return done
             finally:
-                self.settle()
+                self.settle(moved)
+
+    def _follows(self, user: Git) -> bool:
+        """The checkout has the branch checked out: its HEAD read as a file (a git process fewer
+        per landing), or asked of git where the file is only a stub (the reftable ref format)."""
+        head = (_read(self.common / "HEAD") or "").strip()
+        if head in ("", "ref: refs/heads/.invalid"):
+            head = "ref: " + user.run("symbolic-ref", "--quiet", "HEAD", check=False).strip()
+        return head == f"ref: refs/heads/{self.branch}"
 
     def _in_progress(self, follow: bool) -> str | None:
         """A merge, cherry-pick or revert on the branch, or a rebase of it, that the user has begun:
@@ -142,20 +152,23 @@ class UserCheckout:
             with exclusive(self.git, "checkout"):
                 self.settle()
 
-    def settle(self) -> None:
+    def settle(self, moved: bool | None = None) -> None:
         """Finish or undo a landing whose lander stopped between taking the lock and dropping it
         (under the flock, so a journal here means that lander is gone or is us, done).
 
         Branch at ``to``: the transaction happened after the files were merged, so the merged index
         copy is installed. Branch elsewhere: it did not, so every file the merge may have written
         (byte-identical to ``to``'s version) is put back from the untouched index; a file that
-        differs is the user's and is left alone."""
+        differs is the user's and is left alone. ``moved`` is whether the branch is at ``to``,
+        when the caller knows."""
         journal = fsutil.read_json(self.journal)
         if journal is None:
             return
         ours = _read(self.lock) == journal.get("token")
         if ours and self.top is not None:
-            if self.git.resolve(f"refs/heads/{self.branch}") == journal["to"]:
+            if moved is None:
+                moved = self.git.resolve(f"refs/heads/{self.branch}") == journal["to"]
+            if moved:
                 if self.tmp.exists():
                     os.replace(self.tmp, self.index)
             else:
@@ -203,19 +216,20 @@ def _git_running_in(top: Path) -> str | None:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            if Path(entry.path, "comm").read_text().strip() != "git":
-                continue
-            cwd = os.readlink(f"{entry.path}/cwd")
+        proc = entry.path
+        try:  # the cwd first: one syscall rules out nearly every process (a landing looks twice)
+            cwd = os.readlink(proc + "/cwd")
             if cwd != root and not cwd.startswith(root + "/"):
                 continue
-            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if _proc_read(proc + "/comm").strip() != b"git":
+                continue
+            argv = _proc_read(proc + "/cmdline").decode(errors="replace").split("\0")
             if argv == [""]:  # exiting (or a zombie): its memory, so its argv and environ, are gone
                 continue
-            env = b"\0" + Path(entry.path, "environ").read_bytes()
+            env = b"\0" + _proc_read(proc + "/environ")
             if b"\0STIGMERGY_GIT=" in env or b"\0STIGMERGY_AGENT=" in env:
                 continue
-            if env == b"\0" and not Path(entry.path, "cmdline").read_bytes():
+            if env == b"\0" and not _proc_read(proc + "/cmdline"):
                 continue  # it began exiting between the two reads
         except OSError:  # gone, or not ours to read
             continue
@@ -223,6 +237,16 @@ def _git_running_in(top: Path) -> str | None:
             return f"`{' '.join(argv).strip()[:80]}` (pid {entry.name})"
     return None
 
+
+def _proc_read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 # Git commands that never write the index: a `git log` left open in a pager must not hold landings.
 _NEVER_WRITE_INDEX = frozenset({

@@ -7,10 +7,10 @@ commit per task and ``git revert`` trivial; C itself is not needed on main becau
 effect is in the squashed tree (and a conflicted C is kept under ``refs/stigmergy/conflicts/``).
 
 Fencing lives inside git's own ref transaction. ``refs/stigmergy/claims/<task>`` points to a blob
-``claim <task> <generation> <token>`` written by the current holder (:meth:`Fence.acquire`), or
-``landed <task> <commit>`` once the task landed. The landing transaction moves main from M to the
-new commit *and* the claim ref from the holder's blob to the landed blob, each with its expected
-old value, so it commits entirely or not at all: an agent whose claim was taken over, or that
+``claim <task> <generation> <token>`` written by the current holder (:meth:`Fence.acquire`), or to
+the landed commit itself once the task landed (colonies before this wrote a blob ``landed <task>
+<commit>``; both are read). The landing transaction moves main from M to the new commit *and* the
+claim ref from the holder's blob to that commit, each with its expected old value, so it commits entirely or not at all: an agent whose claim was taken over, or that
 wakes up after the task landed, fails its old-value check and gets :class:`Fenced`.
 
 The exact tree that lands has passed ``verify``: when main moved since the verified tree, the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import fsutil
-from harness.checkout import Blocked, UserCheckout
+from harness.checkout import Blocked
 from harness.errors import GitError
 from harness.git import ZERO_OID, Git, redact
 from harness.mergequeue import Entry, MergeQueue
@@ -134,14 +134,13 @@ class Fence:
         for _ in range(attempts):
             old = git.ref_value(ref)
             if old is not None:
-                landed = landed_commit(git, old)
-                if landed is not None:
-                    return AlreadyLanded(landed)
                 if old == blob:
                     return cls(git, task_id, blob)
-                current = _claim_generation(git, old)
-                if current is not None and current > generation:
-                    return Fenced(f"claim on {task_id} is at generation {current} > {generation}")
+                what, value = claim_record(git, old)
+                if what == "landed":
+                    return AlreadyLanded(value)
+                if what == "claim" and int(value) > generation:
+                    return Fenced(f"claim on {task_id} is at generation {value} > {generation}")
             # Compare-and-swap on the value just read: a racing claimant makes this fail, then
             # we re-read and overwrite it (or find the task landed).
             done = git.call("update-ref", "-m", f"stigmergy: claim gen {generation}",
@@ -159,16 +158,20 @@ class Fence:
         return done.returncode == 0
 
 
-def landed_commit(git: Git, obj: str) -> str | None:
-    """The landed commit recorded in a claim-ref blob, or None if it is a live claim."""
-    words = git.run("cat-file", "blob", obj, check=False).split()
-    return words[2] if len(words) == 3 and words[0] == "landed" else None
-
-
-def _claim_generation(git: Git, obj: str) -> int | None:
-    words = git.run("cat-file", "blob", obj, check=False).split()
-    ok = len(words) == 4 and words[0] == "claim" and words[2].isdigit()
-    return int(words[2]) if ok else None
+def claim_record(git: Git, obj: str) -> tuple[str, str]:
+    """What a claim ref's object says, in one git call: ("landed", commit), ("claim", generation)
+    or ("", "") for anything else. A commit is the landed commit itself; a blob ``landed <task>
+    <commit>`` is how colonies before that recorded it."""
+    head, _, body = git.run("cat-file", "--batch", input=obj + "\n", check=False).partition("\n")
+    kind = head.split()[1:2]
+    if kind == ["commit"]:
+        return "landed", obj
+    words = body.split() if kind == ["blob"] else []
+    if len(words) == 3 and words[0] == "landed":
+        return "landed", words[2]
+    if len(words) == 4 and words[0] == "claim" and words[2].isdigit():
+        return "claim", words[2]
+    return "", ""
 
 
 def land(
@@ -217,9 +220,9 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
     checkout leaves the queue while it waits and joins again at the back."""
     git, task_id = ws.git, fence.task_id
     main_ref = f"refs/heads/{ws.main}"
-    checkout = UserCheckout(git, ws.main)
+    checkout = ws.checkout
     merges = _Merges(git, ws.identity.env(), queue.merges)
-    verified = {_tree(git, commit)} if commit_verified else set()
+    verified = {ws.tree_of(commit)} if commit_verified else set()
     failed: dict[str, str] = {}  # tree -> verify log, of trees that failed (maybe only speculatively)
     message = _message(title, task_id, ws.agent, trailers)
     tries, give_up = 0, time.monotonic() + patience
@@ -265,13 +268,11 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
             tries += 1
             if not _check(ws, verify, candidate, tree, verified, failed):
                 return VerifyFailed(failed[tree], candidate)
-        landed_blob = git.run("hash-object", "-w", "--stdin",
-                              input=f"landed {task_id} {candidate}\n").strip()
         # No separate `verify` line for the claim ref: git refuses two commands on one ref in a
         # transaction, and an `update` with an old value is the same check.
         transaction = (
             f"start\nupdate {main_ref} {candidate} {old}\n"
-            f"update {fence.ref} {landed_blob} {fence.blob}\ncommit\n"
+            f"update {fence.ref} {candidate} {fence.blob}\ncommit\n"
         )
         done = checkout.move(old, candidate, lambda: git.call(
             "update-ref", "--stdin", "-m", f"stigmergy: land {task_id} by {ws.agent}", input=transaction))
@@ -424,17 +425,13 @@ def _message(title: str, task_id: str, agent: str, trailers: Sequence[tuple[str,
     return f"{title.strip() or task_id}\n\n" + "\n".join(lines) + "\n"
 
 
-def _tree(git: Git, commit: str) -> str:
-    return git.run("rev-parse", f"{commit}^{{tree}}").strip()
-
-
 def _verdict(result: bool | Verdict) -> Verdict:
     return result if isinstance(result, Verdict) else Verdict(bool(result))
 
 
 def _fenced(fence: Fence) -> Fenced:
     current = fence.git.ref_value(fence.ref)
-    landed = landed_commit(fence.git, current) if current else None
-    if landed:
+    what, landed = claim_record(fence.git, current) if current else ("", "")
+    if what == "landed":
         return Fenced(f"task {fence.task_id} already landed as {landed[:12]}")
     return Fenced(f"claim on {fence.task_id} was taken over (claim ref moved)")

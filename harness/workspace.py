@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+from harness.checkout import UserCheckout
 from harness.errors import GitError, InvalidId
 from harness.git import ZERO_OID, Git, Identity, exclusive
 
@@ -50,6 +51,21 @@ class Workspace:
         self.identity = Identity.for_agent(agent)
         self._configured = False
         self._gitdir: str | None = None  # this worktree's admin dir, as _healthy last found it
+        self._admin: Path | None = None  # and as the last prepare() used it
+        self._made = ("", "")  # the commit commit_all made last and its tree: landing asks for it
+        self._checkout: UserCheckout | None = None
+
+    @property
+    def checkout(self) -> UserCheckout:
+        """The user's checkout of main, found once (it is the repository's main worktree)."""
+        if self._checkout is None:
+            self._checkout = UserCheckout(self.git, self.main)
+        return self._checkout
+
+    def tree_of(self, commit: str) -> str:
+        """The tree of ``commit``: known without git when commit_all just made it."""
+        made, tree = self._made
+        return tree if commit == made else self.wt.run("rev-parse", f"{commit}^{{tree}}").strip()
 
     def prepare(self, branch: str | None = None) -> Path:
         """Reset the worktree to the tip of main on a fresh ``branch`` and return its path.
@@ -103,8 +119,10 @@ class Workspace:
         ).strip()
         self.wt.run("update-ref", "-m", f"stigmergy: commit by {self.agent}", "HEAD", sha,
                     head or ZERO_OID)
-        if self.wt.resolve("MERGE_HEAD"):
+        merging = (self._admin / "MERGE_HEAD").exists() if self._admin else self.wt.resolve("MERGE_HEAD")
+        if merging:
             self.wt.run("merge", "--quit")
+        self._made = (sha, tree)
         return sha
 
     def _ensure_worktree(self, tip: str) -> None:
@@ -143,6 +161,7 @@ class Workspace:
         # the worktree was made afresh.
         known, self._gitdir = self._gitdir, None
         gitdir = Path(known or self.wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip())
+        self._admin = gitdir
         for name in ("index.lock", "HEAD.lock"):
             (gitdir / name).unlink(missing_ok=True)
 

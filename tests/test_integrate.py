@@ -276,6 +276,22 @@ def test_after_landing_acquire_reports_already_landed_and_late_landers_are_fence
     assert first_parent_log(a.git, f"{result.commit}") == []
 
 
+
+def test_the_claim_ref_of_a_landed_task_is_its_commit_and_older_landed_blobs_still_count(target: Path) -> None:
+    a, b = workspace(target, "ant-1"), workspace(target, "ant-2")
+    result = land(a, work(a, {"a.txt": "a\n"}), title="t", fence=fence(a, "task-5"), verify=Recorder())
+    assert isinstance(result, Landed)
+    assert a.git.ref_value("refs/stigmergy/claims/task-5") == result.commit  # no marker blob to write
+    assert a.git.run("cat-file", "-t", result.commit).strip() == "commit"
+
+    # A colony from before recorded a landing as a blob `landed <task> <commit>`.
+    old = fence(a, "task-6")
+    blob = a.git.run("hash-object", "-w", "--stdin", input=f"landed task-6 {result.commit}\n").strip()
+    a.git.run("update-ref", old.ref, blob, old.blob)
+    assert Fence.acquire(b.git, "task-6", 2, "tok-b") == AlreadyLanded(result.commit)
+    late = land(a, work(a, {"b.txt": "b\n"}), title="t", fence=old, verify=Recorder())
+    assert isinstance(late, Fenced) and "already landed" in late.reason
+
 LANDER = textwrap.dedent("""
     import json, os, subprocess, sys, time
     from pathlib import Path
