@@ -22,7 +22,7 @@ from harness import sandbox, tasks
 from harness.colony import Colony
 from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
-from harness.tasks import Task
+from harness.tasks import Task, readiness
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -284,15 +284,14 @@ def _rows(colony: Colony, status: str, role_name: str | None) -> list[dict[str, 
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
     now, rows = time.time(), []
     for st, t in listed:
-        waiting = [d for d in t.depends_on if d not in done]
+        waiting, retry_in = readiness(t, done.__contains__, now)  # retry_in: backing off after a failure
         row = t.to_dict() | {"status": st, "effective_priority": round(
             effective_priority(colony.config, Entry.of(t, role), now), 1)}
         if st == "pending":
-            retry_in = (t.not_before or 0) - now  # > 0: backing off after a failed attempt
-            row["ready"] = not waiting and retry_in <= 0
+            row["ready"] = not waiting and not retry_in
             if waiting:
                 row["waiting_on"] = waiting
-            if retry_in > 0:
+            if retry_in:
                 row["retry_in"] = max(1, round(retry_in))
             if t.id in cycle:
                 row["cycle"] = True

@@ -498,9 +498,9 @@ class Colony:
 
     def ready(self, task: Task) -> bool:
         """Claimable by what its file says: every dependency done, and not backing off."""
-        if task.not_before is not None and task.not_before > time.time():
-            return False
-        return all((self.task_dir("done") / f"{d}.yaml").exists() for d in task.depends_on)
+        done = self.task_dir("done")
+        missing, left = tasks.readiness(task, lambda d: (done / f"{d}.yaml").exists(), time.time())
+        return not missing and not left
 
     def backoff(self, task: Task) -> None:
         """A counted failure: no claim for retry_backoff * 2^(skips-1) seconds (capped), so a

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,40 +119,43 @@ sandbox_cli_env: []       # extra environment variables an agent CLI may see (it
 
 @dataclass
 class Config:
-    branch: str = "main"
-    model: str | None = None
-    api_base: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    verify: str = ""
-    verify_timeout: float = 1800
-    verify_rounds: int = 3
-    max_attempts: int = 5
-    retry_backoff: float = 30
-    retry_backoff_max: float = 900
-    prompt_notes_chars: int = 3000
-    prompt_inputs_chars: int = 12000
-    prompt_map_chars: int = 4000
-    red_main_attempts: int = 1
-    max_new_tasks_per_attempt: int = 10
-    max_new_tasks_per_hour: int = 30
-    sweep_interval: float = 1800
-    sweep_max_tasks: int = 5
-    cli_stall_seconds: float = 600
-    log_max_bytes: int = 10 * 1024 * 1024
-    lease_ttl: float = 120
-    heartbeat_interval: float = 5
-    budget_usd: float | None = None
-    budget_tokens: int | None = None
-    skip_step: int = 5
-    skip_cap: int = 25
-    aging_per_hour: float = 2
-    role_bonus: int = 15
-    overlap_penalty: int = 20
-    sandbox: str = "auto"
-    sandbox_read: list[str] = field(default_factory=list)
-    sandbox_write: list[str] = field(default_factory=list)
-    sandbox_network: bool = True
-    sandbox_cli_env: list[str] = field(default_factory=list)
+    """Every setting, typed; the values of a colony come from ``load`` (DEFAULT_CONFIG's, then the
+    file's), so the commented default file is the one place a default is written."""
+
+    branch: str
+    model: str | None
+    api_base: str | None
+    model_options: dict[str, Any]
+    verify: str
+    verify_timeout: float
+    verify_rounds: int
+    max_attempts: int
+    retry_backoff: float
+    retry_backoff_max: float
+    prompt_notes_chars: int
+    prompt_inputs_chars: int
+    prompt_map_chars: int
+    red_main_attempts: int
+    max_new_tasks_per_attempt: int
+    max_new_tasks_per_hour: int
+    sweep_interval: float
+    sweep_max_tasks: int
+    cli_stall_seconds: float
+    log_max_bytes: int
+    lease_ttl: float
+    heartbeat_interval: float
+    budget_usd: float | None
+    budget_tokens: int | None
+    skip_step: int
+    skip_cap: int
+    aging_per_hour: float
+    role_bonus: int
+    overlap_penalty: int
+    sandbox: str
+    sandbox_read: list[str]
+    sandbox_write: list[str]
+    sandbox_network: bool
+    sandbox_cli_env: list[str]
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -162,11 +167,12 @@ class Config:
         if not isinstance(data, dict):
             raise UsageError(f"{path}: must be a YAML mapping of settings")
         known = {f.name for f in fields(cls)}
+        defaults = _defaults()
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise UsageError(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
         for key, value in data.items():
-            default = getattr(cls, key, None)
+            default = defaults.get(key)
             if key == "model_options":
                 ok = isinstance(value, dict)
             elif key in LIST_SETTINGS:
@@ -190,8 +196,12 @@ class Config:
                 check_mode(data["sandbox"])
             except UsageError as e:
                 raise UsageError(f"{path}: {e}") from None
-        values: dict[str, Any] = dict(data)
-        return cls(**values)
+        return cls(**(copy.deepcopy(defaults) | data))  # a copy: a list default is no shared object
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return dict(yaml.safe_load(DEFAULT_CONFIG))
 
 
 def with_branch(text: str, branch: str) -> str:

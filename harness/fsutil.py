@@ -51,9 +51,12 @@ def append_line(path: Path, obj: Any) -> None:
     append_lines(path, [obj])
 
 
-def append_lines(path: Path, objs: list[Any]) -> None:
-    """One write for all the lines: another appender's line lands before or after, never inside."""
-    data = "".join(json.dumps(o, sort_keys=True, default=str) + "\n" for o in objs).encode()
+def append_lines(path: Path, objs: list[Any], *, sort_keys: bool = True) -> None:
+    """JSON lines appended in one write on an O_APPEND descriptor: another appender's line lands
+    before or after them, never inside (lines are far below any filesystem's atomic-append limit).
+    The one JSONL writer (events, the ledger, transcripts)."""
+    data = "".join(json.dumps(o, sort_keys=sort_keys, ensure_ascii=False, default=str) + "\n"
+                   for o in objs).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)

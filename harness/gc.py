@@ -43,7 +43,7 @@ from harness.errors import InvalidId
 from harness.git import Git, Identity, exclusive
 from harness.integrate import CLAIMS, CONFLICTS
 from harness.pidlock import agent_lock, holder
-from harness.workspace import check_name
+from harness.tasks import check_id
 
 KEPT = "refs/stigmergy/kept/"
 HEADS = "refs/heads/stigmergy/"
@@ -127,7 +127,7 @@ def _agents(colony: Colony, git: Git) -> list[str]:
     out = []
     for name in sorted(names & known):
         try:
-            out.append(check_name(name, "agent name"))
+            out.append(check_id(name, "worktree", "agent name"))
         except InvalidId:
             continue
     return out

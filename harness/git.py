@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import GitError
+from harness.redact import redact
 
 ZERO_OID = "0" * 40
 
@@ -43,7 +44,6 @@ _CLEAN_ENV = {
     "LANGUAGE": "C",
     "STIGMERGY_GIT": "1",  # a landing waits for git commands in the user's checkout, but not for ours
 }
-_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -136,11 +136,6 @@ class Git:
         """The object a ref points to (any type: claim refs point to blobs), or None."""
         out = self.run("rev-parse", "--verify", "--quiet", ref, check=False)
         return out.strip() or None
-
-
-def redact(text: str) -> str:
-    """Drop credentials embedded in URLs (``https://user:token@host``) from git's messages."""
-    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 @contextmanager

@@ -30,9 +30,11 @@ from pathlib import Path
 from harness import fsutil
 from harness.checkout import Blocked
 from harness.errors import GitError
-from harness.git import ZERO_OID, Git, redact
+from harness.git import ZERO_OID, Git
+from harness.redact import redact
 from harness.mergequeue import Entry, MergeQueue
-from harness.workspace import Workspace, check_name
+from harness.tasks import check_id
+from harness.workspace import Workspace
 
 CLAIMS = "refs/stigmergy/claims/"
 CONFLICTS = "refs/stigmergy/conflicts/"
@@ -127,7 +129,7 @@ class Fence:
     def acquire(
         cls, git: Git, task_id: str, generation: int, token: str, *, attempts: int = 50
     ) -> Fence | AlreadyLanded | Fenced:
-        check_name(task_id, "task id")
+        check_id(task_id, "claim ref")
         ref = CLAIMS + task_id
         blob = git.run("hash-object", "-w", "--stdin",
                        input=f"claim {task_id} {generation} {token}\n").strip()

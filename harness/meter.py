@@ -10,10 +10,12 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import fsutil
 from harness.errors import UsageError
 from harness.models.base import Usage
 
@@ -125,15 +127,8 @@ class Ledger:
             "cost_usd": round(cost_usd, 8),
             "ts": time.time() if ts is None else ts,
         }
-        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write on an O_APPEND fd: the line lands whole at the end even if another process
-        # appends to the same file at the same moment (lines are far below any pipe/fs limit).
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        fsutil.append_line(self.path, entry)
         return entry
 
 
@@ -157,16 +152,13 @@ class Totals:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
 
-def ledger_totals(ledger_dir: str | os.PathLike[str]) -> Totals:
-    """Cost, tokens and calls summed over every ``*.jsonl`` ledger in ``ledger_dir`` (missing dir: zeros).
-
-    The one place ledgers are summed for a budget or a status line: the USD and the token budget
-    then count the very same lines.
-    """
-    totals = Totals()
+def ledger_entries(ledger_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every call on every ``*.jsonl`` ledger in ``ledger_dir`` (missing dir: none), with
+    ``cost_usd`` a float and each of TOKEN_KEYS an int. The one reader of ledgers: the budgets,
+    the status line and the report count the very same lines."""
     directory = Path(ledger_dir)
     if not directory.is_dir():
-        return totals
+        return
     for path in sorted(directory.glob("*.jsonl")):
         try:
             data = path.read_text(encoding="utf-8", errors="replace")
@@ -175,18 +167,26 @@ def ledger_totals(ledger_dir: str | os.PathLike[str]) -> Totals:
         for line in data.splitlines():
             try:
                 entry = json.loads(line)
-                cost = float(entry.get("cost_usd", 0.0) or 0.0)
-                counts = [int(entry.get(key, 0) or 0) for key in TOKEN_KEYS]
+                entry["cost_usd"] = float(entry.get("cost_usd", 0.0) or 0.0)
+                for key in TOKEN_KEYS:
+                    entry[key] = int(entry.get(key, 0) or 0)
             except (ValueError, AttributeError, TypeError):
                 # A torn last line (writer killed mid-write) or stray junk: skip, never fail the
                 # budget check over it.
                 continue
-            totals.cost_usd += cost
-            totals.input_tokens += counts[0]
-            totals.output_tokens += counts[1]
-            totals.cache_read_tokens += counts[2]
-            totals.cache_write_tokens += counts[3]
-            totals.calls += 1
+            yield entry
+
+
+def ledger_totals(ledger_dir: str | os.PathLike[str]) -> Totals:
+    """Cost, tokens and calls summed over ``ledger_entries`` (a budget, a status line)."""
+    totals = Totals()
+    for entry in ledger_entries(ledger_dir):
+        totals.cost_usd += entry["cost_usd"]
+        totals.input_tokens += entry["input_tokens"]
+        totals.output_tokens += entry["output_tokens"]
+        totals.cache_read_tokens += entry["cache_read_tokens"]
+        totals.cache_write_tokens += entry["cache_write_tokens"]
+        totals.calls += 1
     return totals
 
 

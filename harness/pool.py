@@ -40,6 +40,7 @@ from harness import roles, snapshot
 from harness.config import Config
 from harness.fsutil import Tail
 from harness.roles import Role
+from harness.tasks import readiness
 
 if TYPE_CHECKING:
     from harness.colony import Colony
@@ -358,11 +359,11 @@ class Pool:
     def ready(self, e: Entry, now: float) -> bool:
         """Claimable as far as the index knows: its dependencies are done (else it waits on them)
         and it is not backing off (else it waits in `backing_off` until it is due)."""
-        missing = [d for d in e.depends_on if d not in self.done and not self._done_on_disk(d)]
+        missing, left = readiness(e, lambda d: d in self.done or self._done_on_disk(d), now)
         for d in missing:
             self.waiters.setdefault(d, set()).add(e.id)
-        if not missing and e.not_before is not None and e.not_before > now:
-            heapq.heappush(self.backing_off, (e.not_before, e.id, e.version))
+        if not missing and left:
+            heapq.heappush(self.backing_off, (now + left, e.id, e.version))
             return False
         return not missing
 

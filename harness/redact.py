@@ -26,8 +26,15 @@ def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if SECRET_NAME.search(k) and not PLACE_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Return ``text`` with every secret of at least 8 characters replaced by ``[REDACTED]``."""
+# Credentials written into a URL (`https://user:token@host`, as git echoes a remote's URL).
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` with the credentials of any URL in it replaced by ``***`` and every
+    secret of at least 8 characters by ``[REDACTED]``: the one redaction, for what is written
+    down (transcripts, logs, faults) and for git's messages."""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     # Longest first, so a secret that contains another is replaced whole.
     for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
@@ -37,8 +44,6 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 def redact_data(value: Any, secrets: Iterable[str]) -> Any:
     """``redact`` applied to every string inside nested dicts/lists (keys included)."""
     secrets = tuple(secrets)
-    if not secrets:
-        return value
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, dict):

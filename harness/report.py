@@ -18,8 +18,8 @@ from typing import Any
 
 from harness import secrets_scan
 from harness.colony import Colony
-from harness.fsutil import read_json, read_lines
-from harness.meter import TOKEN_KEYS
+from harness.fsutil import read_json
+from harness.meter import TOKEN_KEYS, ledger_entries
 from harness.redact import redact_data, secret_env
 from harness.textfmt import clip, duration
 
@@ -144,8 +144,7 @@ def _roles(colony: Colony) -> dict[str, str]:
 
 
 def _ledger(colony: Colony) -> list[dict[str, Any]]:
-    lines = [e for p in sorted(colony.home.glob("ledger/*.jsonl")) for e in read_lines(p)]
-    return sorted(lines, key=lambda e: float(e.get("ts", 0) or 0))
+    return sorted(ledger_entries(colony.home / "ledger"), key=lambda e: float(e.get("ts", 0) or 0))
 
 
 def build(colony: Colony) -> dict[str, Any]:
@@ -163,8 +162,8 @@ def build(colony: Colony) -> dict[str, Any]:
     spend: list[list[float]] = []  # [ts, cumulative USD, cumulative tokens]
     total_usd, total_tok = 0.0, 0
     for entry in _ledger(colony):
-        cost = float(entry.get("cost_usd", 0) or 0)
-        counts = {k: int(entry.get(k, 0) or 0) for k in TOKEN_KEYS}
+        cost = entry["cost_usd"]
+        counts = {k: entry[k] for k in TOKEN_KEYS}
         by_agent[str(entry.get("agent"))] += cost
         m = by_model.setdefault(str(entry.get("model")), {"calls": 0, "cost_usd": 0.0, "tasks": set()}
                                 | {k: 0 for k in TOKEN_KEYS})

@@ -12,7 +12,8 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import yaml
 
@@ -65,11 +66,32 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def check_id(value: object, where: str = "id") -> str:
-    if not isinstance(value, str) or not ID_RE.match(value) or ".." in value:
+class Schedulable(Protocol):
+    """A task file or an index entry: what "ready" looks at."""
+
+    @property
+    def depends_on(self) -> Sequence[str]: ...
+
+    @property
+    def not_before(self) -> float | None: ...
+
+
+def readiness(task: Schedulable, done: Callable[[str], bool], now: float) -> tuple[list[str], float]:
+    """"Ready", defined once (a claim checking the file, the pick index, `task list`): every
+    dependency done and no back-off left. Returns the dependencies not done (asked of ``done``,
+    which each caller answers from what it knows) and the seconds of back-off left (0 for none);
+    the task is ready when both are empty."""
+    left = task.not_before - now if task.not_before is not None and task.not_before > now else 0.0
+    return [d for d in task.depends_on if not done(d)], left
+
+
+def check_id(value: object, where: str = "id", what: str = "task id") -> str:
+    """The one check of an id (a task's, an agent's, a token's): each becomes a file name, a
+    branch or ref name component and part of a lock name, so it must be safe as all of them."""
+    if not isinstance(value, str) or not ID_RE.match(value) or ".." in value or value.endswith(".lock"):
         raise InvalidId(
-            f"{where}: {value!r} is not a valid task id: use 1-64 characters from a-z, 0-9, '.', '_', '-', "
-            "starting with a letter or digit (no uppercase, '/', '..' or control characters)"
+            f"{where}: {value!r} is not a valid {what}: use 1-64 characters from a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit (no uppercase, '/', '..', control characters or a '.lock' ending)"
         )
     return value
 

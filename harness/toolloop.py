@@ -36,7 +36,6 @@ model sees them too. What the agent's log should show of those goes to the ``say
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -44,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import shrink
+from harness import fsutil, shrink
 from harness.errors import BudgetExceeded, Interrupted, ModelContextOverflow, ModelError, ModelTimeout, UsageError
 from harness.interrupt import interruptible
 from harness.models.base import Model, Reply, Request, Usage
@@ -84,7 +83,7 @@ class Outcome:
 
 
 class Transcript:
-    """Append-only JSON lines; each line is one os.write on an O_APPEND descriptor."""
+    """Append-only JSON lines (fsutil.append_lines), each event redacted first."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -92,12 +91,7 @@ class Transcript:
 
     def write(self, event: dict[str, Any], secrets: Iterable[str] = ()) -> None:
         record = redact_data({"ts": round(time.time(), 3), **event}, secrets)
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        fsutil.append_lines(self.path, [record], sort_keys=False)  # "ts" first, as written
 
 
 class Attempt:

@@ -455,7 +455,8 @@ def _kill_group(pgid: int) -> bool:
 
 # -- shortening output ------------------------------------------------------------------------
 
-_ERRORISH = re.compile(r"(?i:error|exception)|Traceback|FAILED|FAIL:|panicked")
+# A line worth showing first from a long output (a shortened bash result, a verify excerpt).
+ERRORISH = re.compile(r"(?i:error|exception)|Traceback|FAILED|FAIL:|assert|panicked")
 
 
 def clip_lines(lines: Iterable[str], limit: int) -> str:
@@ -494,7 +495,7 @@ def clip_lines(lines: Iterable[str], limit: int) -> str:
         while tail_size > tail_budget and len(tail) > 1:
             middle = tail.popleft()
             tail_size -= len(middle)
-            if _ERRORISH.search(middle) and error_size + len(middle) <= error_budget:
+            if ERRORISH.search(middle) and error_size + len(middle) <= error_budget:
                 errors.append(middle)
                 error_size += len(middle)
             else:

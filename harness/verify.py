@@ -13,9 +13,8 @@ from typing import Mapping
 from harness.git import Git
 from harness.integrate import Verdict
 from harness.sandbox import Sandbox
-from harness.tools import execute
+from harness.tools import ERRORISH, execute
 
-ERRORISH = re.compile(r"(?i:error|exception)|Traceback|FAILED|FAIL:|assert|panicked")
 # git's conflict markers, as added lines of a unified diff. A lone "=======" is also a setext
 # heading underline, so a file counts only when it gains an opening or closing marker too.
 _MARKER = re.compile(r"\+(<{7}|\|{7}|>{7})(?: |$)|\+(={7})$")

@@ -7,26 +7,18 @@ touches it, which is what lets :meth:`Workspace.prepare` treat any lock file ins
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from harness.checkout import UserCheckout
-from harness.errors import GitError, InvalidId
+from harness.errors import GitError
 from harness.git import ZERO_OID, Git, Identity, exclusive
+from harness.tasks import check_id
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Applied once to the shared repository while agents run: an automatic gc or maintenance run
 # repacks objects and refs under concurrent agents (lock errors, slow landings).
 SHARED_SETTINGS = {"gc.auto": "0", "maintenance.auto": "false"}
-
-
-def check_name(name: str, what: str = "id") -> str:
-    """Reject names that are unsafe as a path component or a ref name component."""
-    if not _SAFE_NAME.fullmatch(name) or ".." in name or name.endswith(".lock"):
-        raise InvalidId(f"invalid {what} {name!r}: use [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
-    return name
 
 
 def configure_shared_repo(git: Git) -> None:
@@ -41,7 +33,7 @@ class Workspace:
     """``repo`` is the target repository (the user's checkout); ``root`` holds agents' worktrees."""
 
     def __init__(self, repo: Path, root: Path, agent: str, *, main: str = "main") -> None:
-        self.agent = check_name(agent, "agent name")
+        self.agent = check_id(agent, "agent", "agent name")
         self.repo = Path(repo).resolve()
         self.root = Path(root).resolve()
         self.path = self.root / agent

@@ -357,3 +357,26 @@ def test_a_task_claimed_many_times_keeps_counting_generations(colony: Colony) ->
         assert got is not None and got[0].generation == n == colony._generation("often")
         colony.release("often", "a1", token=got[0].token, skip=False)
     assert [os.path.basename(p) for p in colony.generations("often")] == [f"often.lock.{g:06d}" for g in range(1, 21)]
+
+
+def test_the_commented_default_file_is_where_defaults_live(tmp_path: Path) -> None:
+    import yaml
+
+    from harness.config import DEFAULT_CONFIG, Config
+    written = yaml.safe_load(DEFAULT_CONFIG)
+    first = Config.load(tmp_path / "missing.yaml")
+    assert {k: getattr(first, k) for k in written} == written  # every setting, with the file's value
+    (tmp_path / "one.yaml").write_text("lease_ttl: 7\n")
+    one = Config.load(tmp_path / "one.yaml")
+    assert one.lease_ttl == 7 and one.heartbeat_interval == written["heartbeat_interval"]
+    first.sandbox_read.append("/somewhere")  # a loaded list is the config's own
+    assert Config.load(tmp_path / "missing.yaml").sandbox_read == []
+
+
+def test_one_id_check_for_tasks_agents_and_refs() -> None:
+    for bad in ("Upper", "a/b", "..x", "x..y", "ends.lock", "", "-lead", "x" * 65):
+        with pytest.raises(InvalidId):
+            tasks.check_id(bad, "agent", "agent name")
+    assert tasks.check_id("coder-01.x_y", "agent", "agent name") == "coder-01.x_y"
+    with pytest.raises(InvalidId, match="not a valid agent name"):
+        tasks.check_id("Ant", "agent", "agent name")

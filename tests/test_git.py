@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GitError
-from harness.git import ZERO_OID, Git, Identity, redact
+from harness.git import ZERO_OID, Git, Identity
+from harness.redact import redact
 
 
 @pytest.fixture(autouse=True)
