@@ -30,7 +30,8 @@ from pathlib import Path
 
 import bench_claims
 from harness.colony import Colony
-from harness.integrate import Fence, Landed, land
+from harness.fence import Fence
+from harness.integrate import Landed, land
 from harness.tasks import Task
 from harness.workspace import Workspace
 

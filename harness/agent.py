@@ -37,8 +37,9 @@ from harness.command import CommandBackend
 from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
                             UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
-from harness.integrate import (AlreadyLanded, Conflict, Contended, Fence, Fenced, Landed, Unchanged, Verdict,
-                               VerifyFailed)
+from harness.fence import AlreadyLanded, Fence, Fenced
+from harness.fence import take as take_fence
+from harness.integrate import Conflict, Contended, Landed, Unchanged, Verdict, VerifyFailed
 from harness.meter import Ledger, budget_reached, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
@@ -276,16 +277,18 @@ class Agent:
     def attempt(self, claim: Claim, task: Task) -> None:
         self.current = task.id
         self.say(f"claimed {task.id} (generation {claim.generation}): {task.title}")
+        fence: Fence | AlreadyLanded | Fenced | None = None
+        landed = False
         try:
-            fence = Fence.acquire(self.ws.git, task.id, claim.generation, claim.token)
+            fence = take_fence(self.colony, self.ws.git, claim)
             if isinstance(fence, AlreadyLanded):  # an earlier owner landed it, then died
-                self.landed(claim, task, fence)
-            elif isinstance(fence, Fenced) or not self.colony.holds(claim):
-                self.say(f"lost {task.id} before starting: {getattr(fence, 'reason', 'claim taken over')}")
+                landed = self.landed(claim, task, fence)
+            elif isinstance(fence, Fenced):
+                self.say(f"lost {task.id} before starting: {fence.reason}")
             else:
                 run, env = self.colony.run_dir(task.id, f"{claim.generation:03d}"), self.env(task)
                 check = self.verify(task, env, run)
-                self.finish(claim, task, fence, self.work(task, run, env, check), check)
+                landed = self.finish(claim, task, fence, self.work(task, run, env, check), check)
         except GiveUp as e:
             self.release(claim, str(e), task)
         except Stop:
@@ -300,6 +303,8 @@ class Agent:
             self.say(traceback.format_exc())
             self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
+            if isinstance(fence, Fence) and not landed:
+                fence.release()  # the fence goes with the claim (released, failed, deferred)
             self.current = self.waiting = None
             self.last_outcome = None
 
@@ -320,13 +325,14 @@ class Agent:
         rounds = self.cfg.verify_rounds
         for round_ in range(1, rounds + 2):
             self.check_outcome(outcome)
-            commit = self.ws.commit_all(f"{task.title}\n\nTask-Id: {task.id}\nAgent: {self.id}\n")
-            if commit is None:  # nothing uncommitted: an agent CLI may have committed by itself
-                commit = self.ws.wt.resolve("HEAD")
-                if commit == start:
-                    return None
+            made = self.ws.commit_all(f"{task.title}\n\nTask-Id: {task.id}\nAgent: {self.id}\n")
+            commit = made or self.ws.wt.resolve("HEAD")  # none made: an agent CLI may have committed by itself
+            if commit is None or commit == start:
+                return None
             # A repair round that undid the change leaves main's tree: that is no work, not a landing.
-            if commit is None or (start and self._tree(commit) == self._tree(start)):
+            # (A first round's own commit differs from its parent, main's tip, by construction.)
+            undone = made is None or round_ > 1
+            if undone and start and self.ws.tree_of(commit) == self.ws.tree_of(start):
                 return None
             verdict = check(self.ws.path)
             if verdict.ok:
@@ -374,10 +380,11 @@ class Agent:
         """Nothing was claimed: a role with `when_idle` may look for work instead (sweep.py). True if it did."""
         return sweep.maybe(self)
 
-    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> None:
+    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> bool:
+        """Land the work (or say why not); True when it is on main."""
         if commit is None:  # the model finished without changing anything: nothing to land
             self.unchanged(claim, task, "its work leaves the worktree as main is")
-            return
+            return False
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         for _ in range(LAND_ROUNDS):  # main moving under every try of a round is a busy colony, not the work
             result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
@@ -388,7 +395,7 @@ class Agent:
         if isinstance(result, Unchanged):
             self.unchanged(claim, task, f"merged into main ({result.main[:10]}) it changes nothing")
         elif isinstance(result, (Landed, AlreadyLanded)):
-            self.landed(claim, task, result)
+            return self.landed(claim, task, result)
         elif isinstance(result, Conflict):
             self.file_conflict(claim, task, result)
         elif isinstance(result, Fenced):
@@ -401,6 +408,7 @@ class Agent:
             if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
                 self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
+        return False
 
     def unchanged(self, claim: Claim, task: Task, why: str) -> None:
         """Done, but nothing lands. Said in the log, a note and the event (``change: false``), so
@@ -412,17 +420,15 @@ class Agent:
         self.colony.add_note(task.id, self.id, notes.brief(note), kind="unchanged")
         self.colony.done(task.id, self.id, claim.token, landed=False, change=False)
 
-    def _tree(self, commit: str) -> str:
-        return self.ws.git.run("rev-parse", f"{commit}^{{tree}}").strip()
-
-    def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> None:
+    def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> bool:
         """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""
         if task.resolves:  # the original's work is on main too: it counts as done first
             self.colony.settle(task.resolves, by=self.id, via=task.id)
         self.colony.done(task.id, self.id, claim.token, commit=result.commit)
         if isinstance(result, Landed):  # its exact tree passed verify: main's new verdict, for free
-            self.gate.record(self.ws.git.run("rev-parse", f"{result.commit}^{{tree}}").strip(), True, self.id)
+            self.gate.record(result.tree, True, self.id)
         self.say(f"landed {task.id} as {result.commit[:10]}")
+        return True
 
     def wait_to_land(self, reason: str) -> bool:
         """The user's checkout holds the landing back: say why (log, event, heartbeat), wait, retry."""

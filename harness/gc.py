@@ -41,7 +41,8 @@ from harness import sweep
 from harness.colony import STATUSES, TOMBSTONE, Colony
 from harness.errors import InvalidId
 from harness.git import Git, Identity, exclusive
-from harness.integrate import CLAIMS, CONFLICTS
+from harness.fence import CLAIMS
+from harness.integrate import CONFLICTS
 from harness.pidlock import agent_lock, holder
 from harness.tasks import check_id
 

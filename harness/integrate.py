@@ -6,12 +6,10 @@ commit C into the current main M, squashed into a single-parent commit on M that
 commit per task and ``git revert`` trivial; C itself is not needed on main because its whole
 effect is in the squashed tree (and a conflicted C is kept under ``refs/stigmergy/conflicts/``).
 
-Fencing lives inside git's own ref transaction. ``refs/stigmergy/claims/<task>`` points to a blob
-``claim <task> <generation> <token>`` written by the current holder (:meth:`Fence.acquire`), or to
-the landed commit itself once the task landed (colonies before this wrote a blob ``landed <task>
-<commit>``; both are read). The landing transaction moves main from M to the new commit *and* the
-claim ref from the holder's blob to that commit, each with its expected old value, so it commits entirely or not at all: an agent whose claim was taken over, or that
-wakes up after the task landed, fails its old-value check and gets :class:`Fenced`.
+Fencing lives inside git's own ref transaction (fence.py): the landing moves main from M to the
+new commit *and* the task's claim ref from the holder's blob to that commit, each with its
+expected old value, so it commits entirely or not at all: an agent whose claim was taken over, or
+that wakes up after the task landed, fails its old-value check and gets :class:`Fenced`.
 
 The exact tree that lands has passed ``verify``: when main moved since the verified tree, the
 lander joins the merge queue (mergequeue.py), verifies its work on top of main and every
@@ -30,13 +28,12 @@ from pathlib import Path
 from harness import fsutil
 from harness.checkout import Blocked
 from harness.errors import GitError
-from harness.git import ZERO_OID, Git
-from harness.redact import redact
+from harness.fence import CLAIMS, AlreadyLanded, Fence, Fenced, fenced
+from harness.git import Git
 from harness.mergequeue import Entry, MergeQueue
-from harness.tasks import check_id
+from harness.redact import redact
 from harness.workspace import Workspace
 
-CLAIMS = "refs/stigmergy/claims/"
 CONFLICTS = "refs/stigmergy/conflicts/"
 MAX_DIFF_CHARS = 100_000  # a conflict's diffs go into a task file and a prompt: keep them bounded
 
@@ -54,17 +51,8 @@ Verify = Callable[[Path], "bool | Verdict"]
 @dataclass(frozen=True)
 class Landed:
     commit: str
+    tree: str  # the commit's tree, which passed verify
     attempts: int = 1  # verify runs and lost compare-and-swaps at the head of the queue (at least 1)
-
-
-@dataclass(frozen=True)
-class Fenced:
-    reason: str
-
-
-@dataclass(frozen=True)
-class AlreadyLanded:
-    commit: str
 
 
 @dataclass(frozen=True)
@@ -104,76 +92,6 @@ class Unchanged:
 LandResult = Landed | Fenced | AlreadyLanded | Conflict | VerifyFailed | Contended | Blocked | Unchanged
 # Told why a landing cannot go on yet (after waiting a little); False gives up.
 Wait = Callable[[str], bool]
-
-
-@dataclass(frozen=True)
-class Fence:
-    """The right to land one task, held as ``refs/stigmergy/claims/<task>`` -> our claim blob.
-
-    Protocol for the claimer: claim the task in the colony, ``Fence.acquire``, then re-check the
-    colony claim is still ours. Any later claimant acquires after us and so moves the ref off our
-    blob, which makes our landing transaction fail. Generations only grow (the colony's claim
-    CAS), so an acquire older than the claim already recorded is refused: an owner paused
-    between claiming and acquiring cannot push the current owner out.
-    """
-
-    git: Git
-    task_id: str
-    blob: str
-
-    @property
-    def ref(self) -> str:
-        return CLAIMS + self.task_id
-
-    @classmethod
-    def acquire(
-        cls, git: Git, task_id: str, generation: int, token: str, *, attempts: int = 50
-    ) -> Fence | AlreadyLanded | Fenced:
-        check_id(task_id, "claim ref")
-        ref = CLAIMS + task_id
-        blob = git.run("hash-object", "-w", "--stdin",
-                       input=f"claim {task_id} {generation} {token}\n").strip()
-        for _ in range(attempts):
-            old = git.ref_value(ref)
-            if old is not None:
-                if old == blob:
-                    return cls(git, task_id, blob)
-                what, value = claim_record(git, old)
-                if what == "landed":
-                    return AlreadyLanded(value)
-                if what == "claim" and int(value) > generation:
-                    return Fenced(f"claim on {task_id} is at generation {value} > {generation}")
-            # Compare-and-swap on the value just read: a racing claimant makes this fail, then
-            # we re-read and overwrite it (or find the task landed).
-            done = git.call("update-ref", "-m", f"stigmergy: claim gen {generation}",
-                            ref, blob, old or ZERO_OID)
-            if done.returncode == 0:
-                return cls(git, task_id, blob)
-        raise GitError(["update-ref", ref], 1, f"claim ref kept changing over {attempts} tries")
-
-    def holds(self) -> bool:
-        return self.git.ref_value(self.ref) == self.blob
-
-    def release(self) -> bool:
-        """Drop the claim ref if it is still ours (a landed marker is never removed)."""
-        done = self.git.call("update-ref", "-d", self.ref, self.blob)
-        return done.returncode == 0
-
-
-def claim_record(git: Git, obj: str) -> tuple[str, str]:
-    """What a claim ref's object says, in one git call: ("landed", commit), ("claim", generation)
-    or ("", "") for anything else. A commit is the landed commit itself; a blob ``landed <task>
-    <commit>`` is how colonies before that recorded it."""
-    head, _, body = git.run("cat-file", "--batch", input=obj + "\n", check=False).partition("\n")
-    kind = head.split()[1:2]
-    if kind == ["commit"]:
-        return "landed", obj
-    words = body.split() if kind == ["blob"] else []
-    if len(words) == 3 and words[0] == "landed":
-        return "landed", words[2]
-    if len(words) == 4 and words[0] == "claim" and words[2].isdigit():
-        return "claim", words[2]
-    return "", ""
 
 
 def land(
@@ -231,7 +149,7 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
     while True:
         ahead, refs = queue.look(entry[0] if entry else None, main_ref, fence.ref)
         if refs.get(fence.ref, ("", ""))[0] != fence.blob:  # early exit before merging and verifying for nothing
-            return _fenced(fence)
+            return fenced(fence)
         if not refs.get(main_ref, ("", ""))[1]:
             raise GitError(["for-each-ref", main_ref], 1, f"{main_ref} does not exist")
         old, old_tree = refs[main_ref]
@@ -286,10 +204,10 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
                 return done
             continue
         if done.returncode == 0:
-            return Landed(candidate, max(tries, 1))
+            return Landed(candidate, tree, max(tries, 1))
         # Which old-value check failed? stderr wording varies across versions: re-read the refs.
         if not fence.holds():
-            return _fenced(fence)
+            return fenced(fence)
         if git.resolve(main_ref) == old:
             raise GitError(["update-ref", "--stdin"], done.returncode, redact(done.stderr))
         tries += 1  # main moved outside the queue (a person, or a lander that saw it empty)
@@ -429,11 +347,3 @@ def _message(title: str, task_id: str, agent: str, trailers: Sequence[tuple[str,
 
 def _verdict(result: bool | Verdict) -> Verdict:
     return result if isinstance(result, Verdict) else Verdict(bool(result))
-
-
-def _fenced(fence: Fence) -> Fenced:
-    current = fence.git.ref_value(fence.ref)
-    what, landed = claim_record(fence.git, current) if current else ("", "")
-    if what == "landed":
-        return Fenced(f"task {fence.task_id} already landed as {landed[:12]}")
-    return Fenced(f"claim on {fence.task_id} was taken over (claim ref moved)")

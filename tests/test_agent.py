@@ -141,6 +141,14 @@ def test_main_never_gets_a_tree_that_fails_verify(colony: Colony, tmp_path: Path
     assert "bad" not in ids and "fixable" in ids
     assert len([i for i in ids if i in ("add-a", "add-b")]) == 1  # the second one's merge fails verify
     assert colony.get("bad")[0] == "failed"
+    fences = dict(line.split() for line in subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname:lstrip=3) %(objectname)", "refs/stigmergy/claims/"],
+        cwd=colony.repo, capture_output=True, text=True, check=True).stdout.splitlines())
+    landed_as = dict(line.split()[::-1] for line in subprocess.run(
+        ["git", "log", "--first-parent", "--format=%H %(trailers:key=Task-Id,valueonly)", "main"],
+        cwd=colony.repo, capture_output=True, text=True, check=True).stdout.splitlines() if len(line.split()) == 2)
+    assert "bad" not in fences  # a failed task's fence went with its claim
+    assert {t: fences[t] for t in landed_as} == landed_as  # a landed one's names its commit
     notes = " ".join(n["text"] for n in colony.notes("bad"))
     assert "verify still failed" in notes and "BAD" in notes
     commits = subprocess.run(["git", "rev-list", "--first-parent", "main"], cwd=colony.repo, capture_output=True,

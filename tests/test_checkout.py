@@ -16,7 +16,8 @@ import pytest
 from conftest import USER, make_repo
 from harness.checkout import JOURNAL, Blocked, UserCheckout
 from harness.git import Git
-from harness.integrate import Fence, Landed, land
+from harness.fence import Fence
+from harness.integrate import Landed, land
 from harness.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("no_user_git_config")

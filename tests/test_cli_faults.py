@@ -63,7 +63,8 @@ def test_a_cli_that_fails_but_exits_0_without_a_change_says_so(colony: Colony, t
 
 
 def test_land_refuses_work_that_main_has_already(repo: Path) -> None:
-    from harness.integrate import Fence, Unchanged, land
+    from harness.fence import Fence
+    from harness.integrate import Unchanged, land
     from harness.workspace import Workspace
     ws = Workspace(repo, repo.parent / "workspaces", "a1")
     ws.prepare()

@@ -16,7 +16,8 @@ from conftest import advance_main, cli, landed_ids, wait_for
 from harness import gc
 from harness.colony import Colony
 from harness.git import Git
-from harness.integrate import Fence, Fenced, Landed, land
+from harness.fence import Fence, Fenced
+from harness.integrate import Landed, land
 from harness.tasks import Task
 from harness.workspace import Workspace
 

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 
 from harness.git import Git
+from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.integrate import (
     CONFLICTS,
-    AlreadyLanded,
     Conflict,
     Contended,
-    Fence,
-    Fenced,
     Landed,
     Verdict,
     VerifyFailed,
@@ -295,7 +293,8 @@ def test_the_claim_ref_of_a_landed_task_is_its_commit_and_older_landed_blobs_sti
 LANDER = textwrap.dedent("""
     import json, os, subprocess, sys, time
     from pathlib import Path
-    from harness.integrate import Fence, land
+    from harness.fence import Fence
+    from harness.integrate import land
     from harness.workspace import Workspace
 
     repo, root, agent, go = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])

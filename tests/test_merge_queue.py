@@ -17,7 +17,8 @@ import pytest
 
 from conftest import advance_main, make_repo, wait_for
 from harness.git import Git
-from harness.integrate import Fence, Landed, LandResult, Verdict, VerifyFailed, land
+from harness.fence import Fence
+from harness.integrate import Landed, LandResult, Verdict, VerifyFailed, land
 from harness.mergequeue import QUEUE_DIR
 from harness.workspace import Workspace
 from test_integrate import LANDER, first_parent_log, trailers
