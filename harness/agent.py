@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 from harness import briefing, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
 from harness.checkout import Blocked
-from harness.colony import Claim, Colony
+from harness.colony import Colony
+from harness.leases import Claim
 from harness.command import CommandBackend
 from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
                             UsageError)
@@ -286,7 +287,7 @@ class Agent:
             elif isinstance(fence, Fenced):
                 self.say(f"lost {task.id} before starting: {fence.reason}")
             else:
-                run, env = self.colony.run_dir(task.id, f"{claim.generation:03d}"), self.env(task)
+                run, env = self.colony.store.run_dir(task.id, f"{claim.generation:03d}"), self.env(task)
                 check = self.verify(task, env, run)
                 landed = self.finish(claim, task, fence, self.work(task, run, env, check), check)
         except GiveUp as e:
@@ -505,7 +506,7 @@ class Agent:
 
     def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
         if len(note) > notes.NOTE_CHARS:  # the whole text to the run's folder, a brief to the note
-            log = self.colony.run_dir(claim.task_id, f"{claim.generation:03d}") / "release.log"
+            log = self.colony.store.run_dir(claim.task_id, f"{claim.generation:03d}") / "release.log"
             with open(log, "a") as f:
                 f.write(note + "\n")
             where = f"\n(whole text: {log.relative_to(self.colony.home)})"
@@ -590,7 +591,7 @@ class Agent:
 
     def nothing_left(self) -> bool:
         """For --until-empty: no task is ready or active, or main is red and its fix attempts are spent."""
-        if self.hold is not None and self.hold.red and not any(self.colony.task_dir("active").glob("*.yaml")):
+        if self.hold is not None and self.hold.red and not any(self.colony.store.task_dir("active").glob("*.yaml")):
             return True
         return self.colony.idle() and not sweep.running(self.colony)  # a sweep may yet file work
 
@@ -651,7 +652,7 @@ class Agent:
 
     def _log_size(self) -> int:
         try:
-            return os.stat(self.colony.events_path).st_size
+            return os.stat(self.colony.store.events_path).st_size
         except FileNotFoundError:
             return 0
 

@@ -185,9 +185,7 @@ def _agent_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from harness import swarm
-
-    path = swarm.request_stop(_colony(args), now=args.now)
+    path = _colony(args).request_stop(now=args.now)
     print(f"created {path}: agents " + ("abort their current step and exit" if args.now
                                         else "finish their current task and exit"))
     return 0
@@ -256,7 +254,7 @@ def check_depends(colony: Colony, new: list[Task], source: str) -> None:
     would leave the task waiting forever on a task nobody will ever file."""
     filed = {t.id for t in new}
     for task in new:
-        unknown = [d for d in task.depends_on if d not in filed and colony.locate(d) is None]
+        unknown = [d for d in task.depends_on if d not in filed and colony.store.locate(d) is None]
         if unknown:
             raise UnknownTask(f"{source}: task {task.id!r} depends on {', '.join(map(repr, unknown))}, but no task "
                               "has that id: check the spelling (`stigmergy task list --status all` shows every "
@@ -280,7 +278,7 @@ def _rows(colony: Colony, status: str, role_name: str | None) -> list[dict[str, 
     from harness import roles
     role = roles.load_role(role_name, colony.home) if role_name else None  # its `prefers:` earn the bonus
     listed = colony.listing(status)
-    done = {p.name[:-5] for p in colony.task_dir("done").glob("*.yaml")}  # names suffice: no parsing
+    done = {p.name[:-5] for p in colony.store.task_dir("done").glob("*.yaml")}  # names suffice: no parsing
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
     now, rows = time.time(), []
     for st, t in listed:
@@ -379,7 +377,7 @@ def cmd_task_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.file}: {e}") from None
     new = parse_import(text, args.file)  # all validated before any is added
     ids = [t.id for t in new]
-    dupes = {i for i in ids if ids.count(i) > 1} | {i for i in ids if colony.locate(i)}
+    dupes = {i for i in ids if ids.count(i) > 1} | {i for i in ids if colony.store.locate(i)}
     if dupes:
         raise InvalidTask(f"{args.file}: task id(s) already exist or repeat: {', '.join(sorted(dupes))}")
     check_depends(colony, new, args.file)

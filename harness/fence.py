@@ -17,7 +17,8 @@ from harness.git import ZERO_OID, Git
 from harness.tasks import check_id
 
 if TYPE_CHECKING:  # the fence needs only the colony's answer to holds(): no import at run time
-    from harness.colony import Claim, Colony
+    from harness.colony import Colony
+    from harness.leases import Claim
 
 CLAIMS = "refs/stigmergy/claims/"
 

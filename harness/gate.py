@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import fsutil, tasks
-from harness.colony import Colony, pid_alive
+from harness.colony import Colony
+from harness.leases import pid_alive
 from harness.errors import GitError, InvalidTask, VerifyNotRunnable
 from harness.git import Git
 from harness.tasks import Task
@@ -176,11 +177,11 @@ class Gate:
         if v.get("code") in NOT_RUNNABLE and self.command is not None:
             raise not_runnable(self.command, int(v["code"]), str(v.get("excerpt", "")))
         tid = self.file_red(tree, v, agent)
-        found = self.colony.locate(tid)
+        found = self.colony.store.locate(tid)
         if found is None:
             return Hold(f"main is red; its task {tid} is missing", red=True)
         status, path = found
-        task = self.colony.read_task(path) if status == "pending" else None
+        task = self.colony.store.read_task(path) if status == "pending" else None
         if task is not None and task.skip_count < self.attempts:
             return Fix(tid)
         why = "being fixed" if status == "active" else "waiting for a fix of main (its attempts are spent)"
@@ -188,7 +189,7 @@ class Gate:
 
     def file_red(self, tree: str, v: dict[str, Any], agent: str) -> str:
         tid = red_task_id(tree, str(self.command))
-        if self.colony.locate(tid) is not None:
+        if self.colony.store.locate(tid) is not None:
             return tid
         body = (f"The repo-wide verify command fails on main itself (tree {tree[:12]}), before any task's "
                 f"change, so no task can land until main is green again. Make `{self.command}` pass on main.\n\n"
@@ -209,12 +210,12 @@ class Gate:
         settled = []
         # The red tasks ever filed are listed on the side: a landing must not list all of pending/.
         for tid in dict.fromkeys(str(r.get("task")) for r in fsutil.read_lines(self.dir / "red.jsonl")):
-            if not (self.colony.task_dir("pending") / f"{tid}.yaml").exists():
+            if not (self.colony.store.task_dir("pending") / f"{tid}.yaml").exists():
                 continue
             self.colony.add_note(tid, agent, f"main is green again (tree {tree[:12]}) without this task: "
                                  "nothing left to fix", kind="obsolete")
             try:  # the rename decides: of several agents settling at once, or one claiming it, one wins
-                os.rename(self.colony.task_dir("pending") / f"{tid}.yaml", self.colony.task_dir("done") / f"{tid}.yaml")
+                os.rename(self.colony.store.task_dir("pending") / f"{tid}.yaml", self.colony.store.task_dir("done") / f"{tid}.yaml")
             except FileNotFoundError:
                 continue
             self.colony.event("done", tid, agent=agent, obsolete=True)

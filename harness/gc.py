@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import sweep
-from harness.colony import STATUSES, TOMBSTONE, Colony
+from harness.colony import Colony
+from harness.leases import TOMBSTONE
+from harness.store import STATUSES
 from harness.errors import InvalidId
 from harness.git import Git, Identity, exclusive
 from harness.fence import CLAIMS
@@ -266,7 +268,7 @@ def _status(colony: Colony) -> dict[str, str]:
     """Task id -> status, from the file names alone (no task file is parsed)."""
     out: dict[str, str] = {}
     for st in STATUSES:
-        for name in os.listdir(colony.task_dir(st)):
+        for name in os.listdir(colony.store.task_dir(st)):
             if name.endswith(".yaml") and not name.startswith("."):
                 out[name[:-5]] = st
     return out
@@ -302,7 +304,7 @@ def _compact_locks(colony: Colony, result: Result) -> None:
     """Old generations of done tasks lose their owner record (a block each) but not their entry:
     generations are never deleted, the newest is how a late lander stays fenced."""
     for tid in sorted(t for t, st in _status(colony).items() if st == "done"):
-        for path in colony.generations(tid)[:-1]:
+        for path in colony.leases.generations(tid)[:-1]:
             try:
                 if os.readlink(path) == TOMBSTONE:
                     continue
@@ -331,7 +333,7 @@ def _runs(colony: Colony, cutoff: float, result: Result) -> None:
         if tid in status or not sweep.is_sweep_id(tid):  # a sweep's: no task, finished once untouched
             if status.get(tid) not in FINISHED:
                 continue
-            found = colony.locate(tid)  # once more, just before: a failed task may have been retried
+            found = colony.store.locate(tid)  # once more, just before: a failed task may have been retried
             if found is None or found[0] not in FINISHED:
                 continue
         result.runs.append(str(folder))

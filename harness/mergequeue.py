@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.colony import pid_alive
+from harness.leases import pid_alive
 from harness.git import Git
 
 QUEUE_DIR = "stigmergy-queue"

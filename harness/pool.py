@@ -160,7 +160,7 @@ class Pool:
         self.colony = colony
         self.cfg = colony.config
         self.role = roles.load_role(role, colony.home) if role is not None else None
-        self.tail = Tail(colony.events_path)
+        self.tail = Tail(colony.store.events_path)
         self._forget_everything()
 
     def _forget_everything(self) -> None:
@@ -182,7 +182,7 @@ class Pool:
     def resume(self) -> bool:
         """Start this new index from the role's snapshot instead of the whole log: a partial index,
         with what the log added since applied. False when there is none fresh enough for it."""
-        snap = snapshot.load(self._snapshot_path(), self._order_key(), self.colony.events_path)
+        snap = snapshot.load(self._snapshot_path(), self._order_key(), self.colony.store.events_path)
         if snap is None:
             return False
         try:
@@ -199,7 +199,7 @@ class Pool:
         except (ValueError, TypeError, KeyError, AttributeError):  # damaged after it was written
             snap.discard()
             self._forget_everything()
-            self.tail = Tail(self.colony.events_path)
+            self.tail = Tail(self.colony.store.events_path)
             return False
         self.scanned_at = time.monotonic()  # the first rescan is what turns it into a full index
         self._tail_events()
@@ -218,7 +218,7 @@ class Pool:
         """Turn a partial index into a full one: a scan needs every task known, so the log is
         replayed from its start and the folders listed, as for an index built without a snapshot."""
         self._forget_everything()
-        self.tail = Tail(self.colony.events_path)
+        self.tail = Tail(self.colony.store.events_path)
         self.refresh(force_scan=True)
 
     def _tail_events(self) -> None:
@@ -241,7 +241,7 @@ class Pool:
         elif kind in ("release", "reap"):
             e = self.entries.get(tid)
             if e is None and self.partial:  # claimed since the snapshot: its entry is its file
-                task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
+                task = self.colony.store.read_task(self.colony.store.task_dir("pending") / f"{tid}.yaml")
                 if task is not None:
                     self._set_pending(Entry.of(task, self.role))
             elif e is not None:
@@ -281,22 +281,22 @@ class Pool:
             return []
         if isinstance(ev.get("outputs"), list):
             return [str(o) for o in ev["outputs"]]
-        task = self.colony.read_task(self.colony.task_dir("active") / f"{tid}.yaml")
+        task = self.colony.store.read_task(self.colony.store.task_dir("active") / f"{tid}.yaml")
         return task.outputs if task is not None else []
 
     def _rescan(self) -> None:
         self.scanned_at = time.monotonic()
         learnt = 0
-        for name in _names(self.colony.task_dir("done")):
+        for name in _names(self.colony.store.task_dir("done")):
             if name not in self.done:
                 self._mark_done(name)
-        on_disk = set(_names(self.colony.task_dir("pending")))
+        on_disk = set(_names(self.colony.store.task_dir("pending")))
         for tid, st in list(self.status.items()):
             if st == "pending" and tid not in on_disk:
                 self.status[tid] = "gone"
         for tid in on_disk:
             if self.status.get(tid) != "pending" and tid not in self.entries:
-                task = self.colony.read_task(self.colony.task_dir("pending") / f"{tid}.yaml")
+                task = self.colony.store.read_task(self.colony.store.task_dir("pending") / f"{tid}.yaml")
                 if task is not None:
                     self._set_pending(Entry.of(task, self.role))
                     learnt += 1
@@ -304,7 +304,7 @@ class Pool:
                 self._set_pending(self.entries[tid])
         # The snapshot is rewritten when it lags, and at once when this scan found a file no event
         # told of (dropped in by hand): one-shot claims must see it too.
-        snapshot.keep(self._snapshot_path(), self._order_key(), self.colony.events_path, self._saved, force=learnt > 0)
+        snapshot.keep(self._snapshot_path(), self._order_key(), self.colony.store.events_path, self._saved, force=learnt > 0)
 
     # -- the snapshot (snapshot.py) ------------------------------------------------------------------
     def _snapshot_path(self) -> Path:
@@ -369,7 +369,7 @@ class Pool:
 
     def _done_on_disk(self, tid: str) -> bool:
         """For a partial index, which knows no done tasks but those it was told of: ask the folder."""
-        if not self.partial or not os.path.exists(f"{self.colony.task_dir('done')}/{tid}.yaml"):
+        if not self.partial or not os.path.exists(f"{self.colony.store.task_dir('done')}/{tid}.yaml"):
             return False
         self._mark_done(tid)
         return True

@@ -25,7 +25,7 @@ class Progress:
                  quiet_every: float = QUIET_EVERY) -> None:
         self.colony, self.log = colony, log
         self.every, self.quiet_every = every, quiet_every
-        self.tail = EventTail(colony.events_path)
+        self.tail = EventTail(colony.store.events_path)
         self.next_at = 0.0
         self.said_at = float("-inf")
         self.said: tuple[int, int] | None = None  # (done, failed) when a plain line was last said

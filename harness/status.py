@@ -17,7 +17,8 @@ from dataclasses import asdict
 from typing import Any
 
 from harness import diskuse, faults, gate
-from harness.colony import STATUSES, Colony
+from harness.colony import Colony
+from harness.store import STATUSES
 from harness.meter import ledger_totals
 from harness.models.retry import CoolDown
 from harness.pidlock import agent_lock, holder, running
@@ -56,7 +57,7 @@ def agent_state(colony: Colony, beat: dict[str, Any], now: float) -> tuple[str, 
 
 def _claims(colony: Colony, now: float) -> list[dict[str, Any]]:
     active = []
-    for path in sorted(colony.task_dir("active").glob("*.yaml")):
+    for path in sorted(colony.store.task_dir("active").glob("*.yaml")):
         claim = colony.current_claim(path.name[:-5])
         if claim:
             active.append({"task": claim.task_id, "agent": claim.agent, "generation": claim.generation,
@@ -88,9 +89,9 @@ def progress(colony: Colony, timeline: Timeline, now: float | None = None) -> di
     """The cheap part: task counts (folder listings), agents (one heartbeat each), spend (the
     ledgers) and the pace from `timeline`. What the launcher computes every few seconds."""
     now = time.time() if now is None else now
-    counts = {s: sum(1 for n in os.listdir(colony.task_dir(s)) if n.endswith(".yaml") and not n.startswith("."))
+    counts = {s: sum(1 for n in os.listdir(colony.store.task_dir(s)) if n.endswith(".yaml") and not n.startswith("."))
               for s in STATUSES}
-    counts["quarantine"] = sum(1 for n in os.listdir(colony.task_dir("quarantine")) if not n.endswith(".reason"))
+    counts["quarantine"] = sum(1 for n in os.listdir(colony.store.task_dir("quarantine")) if not n.endswith(".reason"))
     active = _claims(colony, now)
     totals = ledger_totals(colony.home / "ledger")
     cfg = colony.config
@@ -106,7 +107,7 @@ def snapshot(colony: Colony, disk: bool = True, tail: EventTail | None = None) -
     """Everything `status` knows (the JSON of `status --json`). `tail` follows the event log
     across calls (`--watch`); `disk=False` leaves out the one costly figure."""
     now = time.time()
-    timeline = (tail or EventTail(colony.events_path)).read()
+    timeline = (tail or EventTail(colony.store.events_path)).read()
     s = progress(colony, timeline, now)
     pool = colony.pool(None)  # the scheduling index: kinds and back-offs without parsing task files
     pool.refresh()

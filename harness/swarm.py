@@ -65,7 +65,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from harness import agentlog, deadline, faults, fsutil, gate, roles, summary
+from harness import agentlog, deadline, faults, gate, roles, summary
 from harness.colony import Colony
 from harness.errors import AlreadyRunning, GitError, UsageError
 from harness.launchlog import LauncherLog
@@ -170,12 +170,6 @@ def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
 def role_models(plan: list[AgentSpec], home: Path) -> tuple[str, ...]:
     """The models named by the roles these agents work as (an `any` agent may take any role)."""
     return tuple(r.model for r in roles.may_work_as({a.role for a in plan}, home) if r.model is not None)
-
-
-def request_stop(colony: Colony, now: bool = False) -> Path:
-    """Lay the stop pheromone. ``now`` asks agents to abort their current step, not finish it."""
-    fsutil.atomic_write(colony.stop_path, "now\n" if now else "")
-    return colony.stop_path
 
 
 @dataclass

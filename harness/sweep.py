@@ -66,7 +66,7 @@ def due(colony: Colony, role: str, now: float) -> bool:
 def running(colony: Colony) -> bool:
     """Some agent is sweeping now (its token is held under a good lease)."""
     first = ".lock.000001"  # every token ever taken has its first generation
-    return any(colony.token_held(p.name[:-len(first)]) for p in (colony.home / "locks").glob(f"{TOKEN_PREFIX}*{first}"))
+    return any(colony.leases.token_held(p.name[:-len(first)]) for p in (colony.home / "locks").glob(f"{TOKEN_PREFIX}*{first}"))
 
 
 def known_tasks(colony: Colony, now: float) -> tuple[list[tuple[str, Task]], list[tuple[str, Task]]]:
@@ -75,12 +75,12 @@ def known_tasks(colony: Colony, now: float) -> tuple[list[tuple[str, Task]], lis
     open_ = sorted([*colony.listing("pending"), *colony.listing("active")], key=lambda st: -st[1].created_at)
     recent: list[tuple[float, str, Task]] = []
     for status in ("done", "failed"):
-        for path in colony.task_dir(status).glob("*.yaml"):
+        for path in colony.store.task_dir(status).glob("*.yaml"):
             try:
                 changed = path.stat().st_ctime
             except FileNotFoundError:
                 continue
-            task = colony.read_task(path) if changed >= now - RECENT_S else None
+            task = colony.store.read_task(path) if changed >= now - RECENT_S else None
             if task is not None:
                 recent.append((changed, status, task))
     recent.sort(key=lambda r: -r[0])
@@ -133,7 +133,7 @@ def maybe(agent: Agent) -> bool:
         return False
     if agent.cooldown.remaining() > 0 or not main_green(agent):
         return False
-    held = colony.take_token(token(role.name), agent.id, os.getpid())
+    held = colony.leases.take_token(token(role.name), agent.id, os.getpid())
     if held is None:
         return False  # another agent of this role is sweeping
     try:
@@ -143,7 +143,7 @@ def maybe(agent: Agent) -> bool:
         agent.swept += 1
         _sweep(agent, sweep_id(role.name, number), allowed)
     finally:
-        colony.drop_token(held)
+        colony.leases.drop_token(held)
     return True
 
 
@@ -231,6 +231,6 @@ def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink)
     box = Toolbox(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
     metered = agent.metered(sid, role)
     return run_attempt(metered, system, prompt, box, agent.limits_for(role),
-                       Transcript(colony.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid,
+                       Transcript(colony.store.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid,
                        task_title=pseudo.title, abort_check=agent.must_abort, secrets=agent.secrets,
                        on_reply=metered.record, say=agent.say)

@@ -24,7 +24,7 @@ class _Snapshots:
     """`status.snapshot` for a loop: the event log read once and then only its new lines."""
 
     def __init__(self, colony: Colony) -> None:
-        self.colony, self.tail = colony, EventTail(colony.events_path)
+        self.colony, self.tail = colony, EventTail(colony.store.events_path)
         self.disk: dict[str, Any] | None = None
         self.disk_at = float("-inf")
 

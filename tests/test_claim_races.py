@@ -36,7 +36,7 @@ def test_64_processes_claim_10k_tasks_each_exactly_once(colony: Colony, tmp_path
     claimed = [tid for i in range(n_procs) for tid in json.loads((tmp_path / f"out-{i}.json").read_text())]
     assert len(claimed) == n_tasks
     assert set(claimed) == {f"t{i:05d}" for i in range(n_tasks)}
-    assert len(list(colony.task_dir("active").iterdir())) == n_tasks
+    assert len(list(colony.store.task_dir("active").iterdir())) == n_tasks
     claims = [e for e in colony.events() if e["event"] == "claim"]
     assert len(claims) == n_tasks and {e["generation"] for e in claims} == {1}
     assert sum(1 for i in range(n_procs) if json.loads((tmp_path / f"out-{i}.json").read_text())) > 1

@@ -23,7 +23,7 @@ def events(colony: Colony, kind: str) -> list[dict[str, object]]:
 
 
 def pending_files(colony: Colony) -> list[str]:
-    return sorted(p.name for p in colony.task_dir("pending").iterdir())
+    return sorted(p.name for p in colony.store.task_dir("pending").iterdir())
 
 
 # -- 1. nothing is filed that a read would quarantine ---------------------------------------------
@@ -35,7 +35,7 @@ def test_task_add_refuses_a_body_over_the_size_limit(colony: Colony, tmp_path: P
     assert "'big' would be quarantined" in proc.stderr and str(tasks.MAX_TASK_BYTES) in proc.stderr
     assert "inputs" in proc.stderr  # and what to do instead
     assert proc.stdout == ""  # no id printed for a task that would vanish
-    assert pending_files(colony) == [] and not any(colony.task_dir("quarantine").iterdir())
+    assert pending_files(colony) == [] and not any(colony.store.task_dir("quarantine").iterdir())
     assert not events(colony, "add")
     # Just under the limit once written is filed, and reads back.
     body.write_text("y" * (tasks.MAX_TASK_BYTES - 200))
@@ -112,7 +112,7 @@ def test_task_import_counts_its_own_tasks_as_known_dependencies(colony: Colony, 
     (tmp_path / "bad.yaml").write_text("- {id: ui, title: UI, depends_on: [api, apii]}\n- {id: x, title: X}\n")
     proc = cli("task", "import", str(tmp_path / "bad.yaml"), "--repo", str(colony.repo))
     assert proc.returncode == 2 and "'ui' depends on 'apii'" in proc.stderr, proc.stderr
-    assert colony.locate("ui") is None and colony.locate("x") is None
+    assert colony.store.locate("ui") is None and colony.store.locate("x") is None
 
 
 # -- 4. far more agents than cores ----------------------------------------------------------------

@@ -197,11 +197,11 @@ def test_import_yaml_and_markdown(colony: Colony, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("- {id: ok-1, title: fine}\n- {id: BAD, title: nope}\n")
     proc = cli("task", "import", str(tmp_path / "bad.yaml"), "--repo", str(colony.repo))
     assert proc.returncode == 2 and "item 2" in proc.stderr
-    assert colony.locate("ok-1") is None  # all or nothing
+    assert colony.store.locate("ok-1") is None  # all or nothing
 
 
 def test_corrupt_task_files_are_quarantined_while_claims_go_on(colony: Colony, tmp_path: Path) -> None:
-    pending = colony.task_dir("pending")
+    pending = colony.store.task_dir("pending")
     for i in range(5):
         colony.add(Task(id=f"good-{i}", title=f"good {i}"))
     (pending / "badyaml.yaml").write_text("id: badyaml\ntitle: [oops\n")
@@ -217,7 +217,7 @@ def test_corrupt_task_files_are_quarantined_while_claims_go_on(colony: Colony, t
     while got := fresh.claim("a"):
         claimed.append(got[1].id)
     assert sorted(claimed) == [f"good-{i}" for i in range(5)]
-    quarantined = sorted(p.name.split(".yaml")[0] for p in colony.task_dir("quarantine").glob("*.yaml.*")
+    quarantined = sorted(p.name.split(".yaml")[0] for p in colony.store.task_dir("quarantine").glob("*.yaml.*")
                          if not p.name.endswith(".reason"))
     assert quarantined == ["badyaml", "binary", "huge", "link", "mismatch", "unknown", "wrongtype"]
     reasons = {e["file"]: e["reason"] for e in colony.events() if e["event"] == "quarantine"}
@@ -254,7 +254,7 @@ def test_heartbeat_cli_keeps_an_external_claim(colony: Colony) -> None:
 def test_a_truncated_event_log_does_not_blind_a_running_agent(colony: Colony) -> None:
     colony.add(Task(id="before", title="before"))
     pool = colony.pool(None)  # a running agent's index, already past the first event
-    colony.events_path.write_text("")  # someone rotates or deletes the log...
+    colony.store.events_path.write_text("")  # someone rotates or deletes the log...
     colony.add(Task(id="after-with-a-longer-id", title="after"))  # ...and it grows past our offset
     pool.refresh()  # an ordinary refresh, not a forced rescan
     assert sorted(pool.candidates()) == ["after-with-a-longer-id", "before"]
@@ -347,16 +347,16 @@ def test_claims_of_a_colony_from_before_symlinks_are_carried_over(colony: Colony
     assert reopened.holds(claims["held"]) and reopened.current_claim("free") is None
     assert not any(p.is_dir() for p in locks.iterdir())
     assert reopened.claim("b1") is not None and reopened.claim("b1") is None  # free is claimable, held is not
-    assert reopened._generation("free") == 2
+    assert reopened.leases.generation("free") == 2
 
 
 def test_a_task_claimed_many_times_keeps_counting_generations(colony: Colony) -> None:
     colony.add(Task(id="often", title="often"))
     for n in range(1, 21):  # the current generation is found by probing: check it at every step
         got = colony.claim("a1")
-        assert got is not None and got[0].generation == n == colony._generation("often")
+        assert got is not None and got[0].generation == n == colony.leases.generation("often")
         colony.release("often", "a1", token=got[0].token, skip=False)
-    assert [os.path.basename(p) for p in colony.generations("often")] == [f"often.lock.{g:06d}" for g in range(1, 21)]
+    assert [os.path.basename(p) for p in colony.leases.generations("often")] == [f"often.lock.{g:06d}" for g in range(1, 21)]
 
 
 def test_the_commented_default_file_is_where_defaults_live(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
         colony.release("done1", "a1", token=got[0].token, skip=False)
     assert stale is not None
     commit = land_task_after_claims(colony, ws, "done1")
-    assert colony._generation("done1") == 3
+    assert colony.leases.generation("done1") == 3
     colony.add(Task(id="failed1", title="failed one"))
     got = colony.claim("a1")
     assert got is not None
@@ -203,18 +203,18 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
     git(repo, "update-ref", "refs/stigmergy/conflicts/live1", commit)
     old = time.time() - 30 * 86400
     for tid in ("done1", "failed1", "live1"):
-        run = colony.run_dir(tid, "001")
+        run = colony.store.run_dir(tid, "001")
         (run / "verify.log").write_text("$ true\n")
         for path in (run / "verify.log", run, run.parent):
             os.utime(path, (old, old))
     colony.add(Task(id="sweep-docs-1", title="a pending task that looks like a sweep", priority=1))  # picked last
     for name in ("sweep-critic-1", "sweep-docs-1", "sweep-critic-2"):  # sweeps' runs, and that task's
-        run = colony.run_dir(name, "001")
+        run = colony.store.run_dir(name, "001")
         (run / "transcript.jsonl").write_text("{}\n")
         if name != "sweep-critic-2":  # the second sweep ran yesterday
             for path in (run / "transcript.jsonl", run, run.parent):
                 os.utime(path, (old, old))
-    young = colony.run_dir("done1-young", "001")  # a finished task's run of yesterday
+    young = colony.store.run_dir("done1-young", "001")  # a finished task's run of yesterday
     colony.add(Task(id="done1-young", title="young"))
     got = colony.claim("a1")
     assert got is not None and got[0].task_id == "done1-young"
@@ -228,9 +228,9 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
     assert "refs/stigmergy/claims/live1" in left  # held right now
     assert "refs/stigmergy/conflicts/done1" not in left and "refs/stigmergy/conflicts/live1" in left
     # Only the newest generation of a done task keeps its owner; the older ones stay, as tombstones.
-    assert [os.readlink(p) == "-" for p in colony.generations("done1")] == [True, True, False]
-    assert colony._generation("done1") == 3 and colony._owner("done1", 3) is not None
-    assert colony._owner("failed1", 1) is not None and colony.current_claim("live1") is not None
+    assert [os.readlink(p) == "-" for p in colony.leases.generations("done1")] == [True, True, False]
+    assert colony.leases.generation("done1") == 3 and colony.leases.owner("done1", 3) is not None
+    assert colony.leases.owner("failed1", 1) is not None and colony.current_claim("live1") is not None
     assert result.lock_generations == 2 and result.bytes_freed > 0
     runs = colony.home / "runs"
     assert not (runs / "done1").exists() and not (runs / "failed1").exists()
@@ -238,7 +238,7 @@ def test_finished_tasks_lose_claims_conflicts_old_locks_and_runs(colony: Colony,
     assert not (runs / "sweep-critic-1").exists() and (runs / "sweep-critic-2").is_dir()
     assert (runs / "sweep-docs-1").is_dir()  # a task's, not finished: kept whatever its name
     # The compacted task is still done and cannot be claimed again; the old owner cannot land.
-    assert colony._generation("done1") == 3 and colony.current_claim("done1") is None
+    assert colony.leases.generation("done1") == 3 and colony.current_claim("done1") is None
     assert colony.try_claim("done1", "late") is None and colony.get("done1")[0] == "done"
     ws.prepare()
     (ws.path / "late.txt").write_text("late\n")

@@ -13,7 +13,6 @@ from conftest import cli, file_on_main, landed_ids, set_config, wait_for
 from harness import roles
 from harness.colony import Colony
 from harness.errors import UsageError
-from harness.swarm import request_stop
 from harness.tasks import Task
 from test_agent import start_agent, write_script
 
@@ -137,7 +136,7 @@ def test_a_stuck_model_releases_the_task_with_its_summary_and_lands_nothing(colo
     proc = start_agent(colony, "coder-01", model, tmp_path, "--until-empty")
     # The back-off (30 s) keeps it pending: stop the agent once it has released it.
     wait_for(lambda: any(e["event"] == "release" for e in colony.events()), what="a release")
-    request_stop(colony)
+    colony.request_stop()
     assert proc.wait(timeout=60) == 0, (tmp_path / "coder-01.log").read_text()
     state, task = colony.get("hard")
     assert state == "pending" and task.skip_count == 1 and task.not_before is not None

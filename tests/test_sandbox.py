@@ -166,7 +166,7 @@ def test_kill_pkill_and_rm_from_tool_calls_harm_no_other_agent(colony: Colony, t
     assert sorted(landed_ids(colony.repo)) == sorted([*ATTACKS, "work-0", "work-1", "work-2"]), out
     for tid in ATTACKS:  # each attack really ran, inside the sandbox, and its task landed harmlessly
         assert file_on_main(colony.repo, f"{tid}.ran") == "ran\n"
-    events = [json.loads(line) for line in colony.events_path.read_text().splitlines()]
+    events = [json.loads(line) for line in colony.store.events_path.read_text().splitlines()]
     assert not [e for e in events if e.get("event") == "agent_restart"], "an agent was killed and restarted"
     exits = [e for e in events if e.get("event") == "agent_exit" and e.get("by") == "launcher"]
     assert len(exits) == 3 and all(e["code"] == 0 for e in exits), exits

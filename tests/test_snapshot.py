@@ -36,7 +36,7 @@ def header(colony: Colony) -> dict[str, object]:
 
 
 def lag(colony: Colony) -> int | None:
-    return snapshot.lag(snap_file(colony), Pool(colony, None)._order_key(), colony.events_path)
+    return snapshot.lag(snap_file(colony), Pool(colony, None)._order_key(), colony.store.events_path)
 
 
 def full_order(colony: Colony, role: str | None = None) -> list[str]:
@@ -152,12 +152,12 @@ def _garbage(colony: Colony) -> None:
 
 def _log_replaced(colony: Colony) -> None:
     # The same events behind one more line: as long as before, but not the log the snapshot read.
-    log = colony.events_path.read_bytes()
-    colony.events_path.write_bytes(b'{"event": "rotated", "task": null, "ts": 1}\n' + log)
+    log = colony.store.events_path.read_bytes()
+    colony.store.events_path.write_bytes(b'{"event": "rotated", "task": null, "ts": 1}\n' + log)
 
 
 def _log_emptied(colony: Colony) -> None:
-    colony.events_path.write_bytes(b"")
+    colony.store.events_path.write_bytes(b"")
 
 
 @pytest.mark.parametrize("damage", [_truncate, _other_format, _damage_row(1), _damage_row(3), _out_of_order,
@@ -198,14 +198,14 @@ def test_a_lagging_snapshot_serves_until_the_bound_and_full_indexes_rewrite_it(c
     colony.add_many([Task(id=f"t{i:03d}", title=f"t{i}", priority=i % 100) for i in range(20)])
     snap_now(colony)
     noise = [{"ts": 1, "event": "sweep", "task": None}] * (snapshot.REWRITE_LAG + 1)
-    fsutil.append_lines(colony.events_path, noise)
+    fsutil.append_lines(colony.store.events_path, noise)
     written = snap_file(colony).read_bytes()
     got, used = one_shot(colony, "a")  # behind, but within MAX_LAG: still used, and not rewritten
     assert got == "t019" and used.partial and snap_file(colony).read_bytes() == written
 
     live = Colony.open(colony.repo).pool(None)  # a long-lived agent's full index rewrites it ...
     assert lag(colony) == 0
-    fsutil.append_lines(colony.events_path, noise)
+    fsutil.append_lines(colony.store.events_path, noise)
     written = snap_file(colony).read_bytes()
     live.refresh()
     assert snap_file(colony).read_bytes() == written  # ... not at every refresh, at its periodic rescan
@@ -217,7 +217,7 @@ def test_a_lagging_snapshot_serves_until_the_bound_and_full_indexes_rewrite_it(c
     live.refresh(force_scan=True)
     assert lag(colony) == 0
 
-    fsutil.append_lines(colony.events_path, [{"ts": 1, "event": "sweep", "task": None}] * (snapshot.MAX_LAG + 1))
+    fsutil.append_lines(colony.store.events_path, [{"ts": 1, "event": "sweep", "task": None}] * (snapshot.MAX_LAG + 1))
     got, used = one_shot(colony, "b")  # too far behind: a full build, which writes a new one
     assert got == "t018" and not used.partial
     assert lag(colony) == 1  # written before its claim
@@ -231,7 +231,7 @@ def test_a_task_file_dropped_in_by_hand_is_found_within_a_rescan(colony: Colony)
     assert got is not None and got[1].id == "a" and agent._pools[None].partial
 
     def drop(tid: str, priority: int) -> None:  # as a person or script does: a file, no event
-        fsutil.atomic_write(colony.task_dir("pending") / f"{tid}.yaml",
+        fsutil.atomic_write(colony.store.task_dir("pending") / f"{tid}.yaml",
                             Task(id=tid, title=tid, priority=priority).to_yaml())
 
     drop("hand", 99)

@@ -20,7 +20,6 @@ from harness.agent import Agent, AgentOptions
 from harness.colony import Colony
 from harness.errors import FilingRefused, UsageError
 from harness.models.scripted import ScriptedModel
-from harness.swarm import request_stop
 from harness.tasks import Task
 from harness.tools import Toolbox
 from test_agent import start_agent, write_script
@@ -108,13 +107,13 @@ def test_rate_limit_and_one_sweep_of_a_role_at_a_time(colony: Colony, tmp_path: 
     assert sweep.maybe(a) is True
     assert sweep.maybe(a) is False and sweep.maybe(b) is False  # within sweep_interval, for any agent of the role
     time.sleep(2.1)
-    held = colony.take_token(sweep.token("critic"), "critic-02", os.getpid())  # critic-02 sweeping, alive
+    held = colony.leases.take_token(sweep.token("critic"), "critic-02", os.getpid())  # critic-02 sweeping, alive
     assert held is not None and sweep.running(colony)
     assert sweep.maybe(a) is False
-    colony.drop_token(held)
+    colony.leases.drop_token(held)
     assert not sweep.running(colony)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = colony.take_token(sweep.token("critic"), "critic-03", int(dead.stdout))  # its holder died holding it
+    stale = colony.leases.take_token(sweep.token("critic"), "critic-03", int(dead.stdout))  # its holder died holding it
     assert stale is not None and not sweep.running(colony)
     assert sweep.maybe(a) is True  # the dead sweeper's token is taken over
     assert [e["sweep"] for e in events(colony, "sweep_start")] == ["sweep-critic-1", "sweep-critic-2"]
@@ -139,7 +138,7 @@ def test_no_sweep_when_stopping_over_budget_disabled_or_without_when_idle(colony
     colony = with_critic(colony, sweep_interval=0.01)
     script = [{"match": "^sweep-", "actions": [{"finish": "looked"}]}]
     assert sweep.maybe(agent(colony, tmp_path, script, name="coder-01", role="coder")) is False  # no when_idle
-    request_stop(colony)
+    colony.request_stop()
     assert sweep.maybe(agent(colony, tmp_path, script)) is False
     colony.stop_path.unlink()
     assert sweep.maybe(agent(colony, tmp_path, script, budget_tokens=0)) is False
@@ -183,7 +182,7 @@ def test_idle_critics_sweep_one_at_a_time_and_file_once(colony: Colony, tmp_path
     try:
         wait_for(lambda: len(events(colony, "sweep_end")) >= 3, timeout=90, what="three sweeps")
     finally:
-        request_stop(colony)
+        colony.request_stop()
         codes = [p.wait(timeout=60) for p in procs]
     assert codes == [0, 0, 0]
     starts, ends = events(colony, "sweep_start"), events(colony, "sweep_end")

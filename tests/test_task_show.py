@@ -24,7 +24,7 @@ def test_history_of_claims_outcomes_verify_and_landing(colony: Colony) -> None:
     colony.add(Task(id="job", title="Do the job"))
     first = colony.claim("a1")
     assert first is not None
-    (colony.run_dir("job", "001") / "verify.log").write_text(
+    (colony.store.run_dir("job", "001") / "verify.log").write_text(
         "$ pytest -q\nE   assert 1 == 2\n[verify failed: exit code 1]\n")
     colony.release("job", "a1", note="tried the quick fix\nmore detail", token=first[0].token, skip=False)
     second = colony.claim("a2", pid=dead_pid())  # a2 dies holding it: a3 reaps
@@ -32,7 +32,7 @@ def test_history_of_claims_outcomes_verify_and_landing(colony: Colony) -> None:
     assert colony.reap("a3") == ["job"]
     third = colony.claim("a3")
     assert third is not None and third[0].generation == 4  # the reaper's break took generation 3
-    (colony.run_dir("job", "004") / "verify.log").write_text(
+    (colony.store.run_dir("job", "004") / "verify.log").write_text(
         "$ pytest -q\nF\n[verify failed: exit code 1]\n$ pytest -q\n.\n1 passed\n")
     colony.done("job", "a3", third[0].token, commit=COMMIT)
 
