@@ -41,7 +41,7 @@ from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.fence import take as take_fence
 from harness.integrate import Conflict, Contended, Landed, Unchanged, Verdict, VerifyFailed
-from harness.meter import Ledger, budget_reached, ledger_totals
+from harness.meter import FREE, Ledger, Price, budget_reached, cost_usd, ledger_totals
 from harness.models.base import Model, Reply, Request
 from harness.models.retry import CoolDown
 from harness.pidlock import PidLock, agent_lock
@@ -101,9 +101,9 @@ class Metered:
     stop or the deadline may interrupt: a reply that was paid for is always on the ledger."""
 
     def __init__(self, model: Model, ledger: Ledger, agent: str, task: str, cooldown: CoolDown | None = None,
-                 abort: Callable[[], bool] = lambda: False) -> None:
+                 abort: Callable[[], bool] = lambda: False, price: Price = FREE) -> None:
         self.model, self.ledger, self.agent, self.task = model, ledger, agent, task
-        self.cooldown, self.abort = cooldown, abort
+        self.cooldown, self.abort, self.price = cooldown, abort, price
         self.name = model.name
 
     def complete(self, request: Request) -> Reply:
@@ -113,7 +113,9 @@ class Metered:
             if self.abort():
                 raise ModelTransient("the agent stopped while the colony was cooling down")
             time.sleep(0.2)
-        return self.model.complete(request)
+        reply = self.model.complete(request)
+        reply.cost_usd = cost_usd(reply.usage, self.price)  # the one place a call is priced
+        return reply
 
     def record(self, reply: Reply) -> None:
         self.ledger.record(agent=self.agent, task=self.task, model=self.name, usage=reply.usage,
@@ -230,6 +232,11 @@ class Agent:
         """The attempt's limits, with the role's `max_steps` (when it has one) over --max-steps."""
         limits = self.opts.limits
         return limits if role.max_steps is None else dataclasses.replace(limits, max_steps=role.max_steps)
+
+    def price_of(self, model: Model) -> Price:
+        """What a call to ``model`` costs (unknown models: nothing; their tokens still count)."""
+        from harness.models.registry import price_of
+        return price_of(model.name, self.cfg.model_options) or FREE
 
     def _load_model(self, spec: str) -> Model:
         from harness.models.registry import load_model
@@ -375,7 +382,7 @@ class Agent:
         model = self.model_for(role)
         assert model is not None
         return Metered(model, self.ledger, self.id, task_id, self.cooldown,
-                       lambda: self.stopping() or self.must_abort())
+                       lambda: self.stopping() or self.must_abort(), self.price_of(model))
 
     def sweep(self) -> bool:
         """Nothing was claimed: a role with `when_idle` may look for work instead (sweep.py). True if it did."""

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from harness.errors import ModelAuthError, ModelBadRequest, ModelError, ModelNotFound, ModelRateLimited, ModelTransient
-from harness.meter import Ledger
+from harness.meter import FREE, Ledger, cost_usd
 from harness.models.base import Model, Reply, Request, ToolSpec
 from harness.models.fake_server import FakeServer
-from harness.models.registry import load_model
+from harness.models.registry import load_model, price_of
 from harness.models.retry import CoolDown, RetryPolicy
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -361,21 +361,25 @@ def test_usage_and_cost_with_cache_tokens(kind: str) -> None:
     script = [{"match": "x", "replies": [{"text": "ok", "usage": usage}]}]
     price = {"input": 1.0, "output": 10.0, "cache_read": 0.1, "cache_write": 2.0}
     with FakeServer(script, api_key=KEY) as srv:
-        reply = ask(make_model(kind, srv, model="no-such-model", price=price), "x")
+        model = make_model(kind, srv, model="no-such-model", price=price)
+        reply = ask(model, "x")
     write = 20 if kind.startswith("anthropic") else 0
     assert (reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.cache_read_tokens) == (40, 10, 60)
     assert reply.usage.cache_write_tokens == write
-    assert reply.cost_usd == pytest.approx((40 * 1.0 + 10 * 10.0 + 60 * 0.1 + write * 2.0) / 1e6)
+    assert reply.cost_usd == 0.0  # a provider reports usage; the price is the meter's, once
+    cost = cost_usd(reply.usage, price_of(model.name, {"price": price}))  # type: ignore[arg-type]
+    assert cost == pytest.approx((40 * 1.0 + 10 * 10.0 + 60 * 0.1 + write * 2.0) / 1e6)
 
 
 @pytest.mark.parametrize("kind", ["anthropic", "openai"])
 def test_unknown_model_costs_nothing_but_counts_tokens(kind: str) -> None:
     script = [{"match": "x", "replies": [{"text": "ok"}]}]
     with FakeServer(script, api_key=KEY) as srv:
-        unknown = ask(make_model(kind, srv, model="mystery-model-7b"), "x")
-        known = ask(make_model(kind, srv), "x")  # claude-sonnet-5 / gpt-4o are in the table
-    assert unknown.cost_usd == 0.0 and unknown.usage.input_tokens > 0 and unknown.usage.output_tokens > 0
-    assert known.cost_usd > 0
+        mystery, table = make_model(kind, srv, model="mystery-model-7b"), make_model(kind, srv)
+        unknown = ask(mystery, "x")
+        known = ask(table, "x")  # claude-sonnet-5 / gpt-4o are in the table
+    assert price_of(mystery.name) is None and unknown.usage.input_tokens > 0 and unknown.usage.output_tokens > 0
+    assert cost_usd(known.usage, price_of(table.name) or FREE) > 0
 
 
 def test_anthropic_stream_accumulates_text_deltas() -> None:

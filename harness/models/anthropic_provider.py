@@ -17,7 +17,6 @@ import anthropic
 import httpx2
 
 from harness.errors import ModelError, ModelTimeout, ModelTransient, UsageError
-from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
 from harness.models.dialect import (ANTHROPIC_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
                                     request_options)
@@ -93,7 +92,7 @@ def _usage(u: Any) -> Usage:
 class AnthropicModel:
     """One Messages API call per ``complete``; wrap in ``RetryingModel`` for retries."""
 
-    SETTINGS = ("api_key", "api_base", "stream", "timeout", "price")
+    SETTINGS = ("api_key", "api_base", "stream", "timeout")
 
     def __init__(
         self,
@@ -103,7 +102,6 @@ class AnthropicModel:
         api_base: str | None = None,
         stream: bool = False,
         timeout: float = 600.0,
-        price: dict[str, float] | None = None,
         **options: Any,
     ) -> None:
         # Sent with every request (temperature, tool_choice, extra_body, ...); typos refused by name.
@@ -117,7 +115,6 @@ class AnthropicModel:
         self.stream = stream
         self.base_url = api_base or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
         self._secrets = (key,)
-        self._price: Price = price_for(model, price)
         self._timeout = timeout
         self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout,
                                            http_client=deadline_http_client(timeout))
@@ -162,7 +159,6 @@ class AnthropicModel:
         except anthropic.AnthropicError as exc:
             # e.g. a torn or unparseable body: the network's fault more often than the API's.
             raise ModelTransient(self._say(f"bad response: {type(exc).__name__}: {exc}")) from None
-        reply.cost_usd = cost_usd(reply.usage, self._price)
         return reply
 
     def _say(self, message: str) -> str:

@@ -16,7 +16,7 @@ import httpx2
 import openai
 
 from harness.errors import ModelError, ModelTimeout, ModelTransient
-from harness.meter import cost_usd, price_for
+from harness.meter import Price
 from harness.models.base import Reply, Request
 from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, call_timeout, deadline_http_client,
                                     request_options)
@@ -55,7 +55,7 @@ def _upstream_status(exc: BaseException) -> int | None:
 class LiteLLMModel:
     """One ``litellm.completion`` per ``complete`` (litellm's retries off); wrap in RetryingModel."""
 
-    SETTINGS = ("api_key", "api_base", "timeout", "price")
+    SETTINGS = ("api_key", "api_base", "timeout")
 
     def __init__(
         self,
@@ -64,7 +64,6 @@ class LiteLLMModel:
         api_key: str | None = None,
         api_base: str | None = None,
         timeout: float = 600.0,
-        price: dict[str, float] | None = None,
         **options: Any,
     ) -> None:
         self.model = model  # "<provider>/<model>", as litellm wants it
@@ -75,7 +74,6 @@ class LiteLLMModel:
         self.base_url = api_base
         self._api_key = api_key
         self._timeout = timeout
-        self._price_override = price
         # litellm reads provider keys from the environment itself; any of them could be echoed.
         self._secrets = (api_key or "", *secret_env(os.environ).values())
         self._litellm = _import_litellm()
@@ -121,18 +119,7 @@ class LiteLLMModel:
             raise ModelTransient(self._say(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - litellm raises many classes; this is the boundary
             raise self._map(exc, deadline_bound, timeout) from None
-        reply.cost_usd = self._cost(response, reply)
         return reply
-
-    def _cost(self, response: Any, reply: Reply) -> float:
-        if self._price_override is None:
-            try:
-                cost = float(self._litellm.completion_cost(completion_response=response) or 0.0)
-                if cost > 0:
-                    return cost
-            except Exception:  # noqa: BLE001 - unmapped model: fall back to our table
-                pass
-        return cost_usd(reply.usage, price_for(self.model, self._price_override))
 
     def _map(self, exc: Exception, deadline_bound: bool = False, timeout: float = 0.0) -> ModelError:
         status = _upstream_status(exc)
@@ -159,3 +146,18 @@ class LiteLLMModel:
 
     def _say(self, message: str) -> str:
         return redact(f"{self.name}: {message}", self._secrets)
+
+
+def map_price(model: str) -> Price | None:
+    """``model``'s price ("<provider>/<model>") in litellm's cost map, or None when it has none
+    (or only zeros: its local ollama models are unpriced, not free by choice)."""
+    try:
+        info = _import_litellm().get_model_info(model)
+    except Exception:  # noqa: BLE001 - litellm raises its own classes for "not mapped"
+        return None
+    per_m = {key: float(info.get(key) or 0) * 1_000_000 for key in (
+        "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost")}
+    inp, out = per_m["input_cost_per_token"], per_m["output_cost_per_token"]
+    if inp <= 0 and out <= 0:
+        return None
+    return Price(inp, out, per_m["cache_read_input_token_cost"] or inp, per_m["cache_creation_input_token_cost"] or inp)

@@ -15,7 +15,6 @@ from typing import Any
 import openai
 
 from harness.errors import ModelBadRequest, ModelTimeout, ModelTransient, UsageError
-from harness.meter import Price, cost_usd, price_for
 from harness.models.base import Reply, Request, ToolCall, ToolSpec, Usage
 from harness.models.dialect import (OPENAI_REQUEST_OPTIONS, Deadline, after, call_timeout, deadline_http_client,
                                     request_options)
@@ -167,7 +166,7 @@ class ToolChoice:
 class OpenAIModel:
     """One chat-completions call per ``complete``; wrap in ``RetryingModel`` for retries."""
 
-    SETTINGS = ("api_key", "api_base", "timeout", "price", "max_tokens_param")
+    SETTINGS = ("api_key", "api_base", "timeout", "max_tokens_param")
 
     def __init__(
         self,
@@ -176,7 +175,6 @@ class OpenAIModel:
         api_key: str | None = None,
         api_base: str | None = None,
         timeout: float = 600.0,
-        price: dict[str, float] | None = None,
         max_tokens_param: str = "max_tokens",
         **options: Any,
     ) -> None:
@@ -197,7 +195,6 @@ class OpenAIModel:
         self.max_tokens_param = max_tokens_param
         self._timeout = timeout
         self._secrets = (key,)
-        self._price: Price = price_for(model, price)
         self._client = openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout,
                                      http_client=deadline_http_client(timeout))
 
@@ -240,7 +237,6 @@ class OpenAIModel:
             raise ModelTransient(self._say(str(exc))) from None
         except openai.OpenAIError as exc:
             raise ModelTransient(self._say(f"bad response: {type(exc).__name__}: {exc}")) from None
-        reply.cost_usd = cost_usd(reply.usage, self._price)
         return reply
 
     def _say(self, message: str) -> str:

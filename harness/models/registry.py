@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.errors import UsageError
+from harness.meter import FREE, Price, known_price, price_for
 from harness.models.base import Model
 from harness.models.retry import CoolDown, RetryingModel, RetryPolicy
 
@@ -40,42 +41,32 @@ def check_spec(spec: str) -> None:
     raise UsageError(f"unknown model spec {spec!r}; accepted forms: {SPEC_FORMS}")
 
 
-def spend_countable(spec: str | None, options: Mapping[str, Any] | None = None) -> bool:
-    """Whether the colony can count what ``spec`` spends, so a USD budget can trip.
-
-    ``spec`` None is the command backend: an agent CLI calls its model itself and our ledgers never
-    see a token of it. A scripted model is free by design. anthropic/ and openai/ need an entry in
-    meter.PRICES or ``model_options.price``; litellm/ may also be priced by litellm's cost map
-    (imported only here, and only for a litellm spec: it costs seconds). A bad ``price`` is refused.
-    """
-    from harness.meter import known_price, price_for
-
+def price_of(spec: str | None, options: Mapping[str, Any] | None = None) -> Price | None:
+    """The price of every call to ``spec``, decided once here (the agent's meter applies it to
+    each reply's usage; providers only report usage): ``model_options.price``, else
+    meter.PRICES, else for litellm/ litellm's cost map (imported only then: it costs seconds).
+    A scripted model is free by design; None: the colony cannot count what it spends (an unknown
+    model, or spec None, the command backend, whose agent CLI calls its model itself). A bad
+    ``price`` is refused (UsageError)."""
     if spec is None:
-        return False
+        return None
     check_spec(spec)
     if spec.startswith("scripted:"):
-        return True
+        return FREE
     price = (options or {}).get("price")
     if price is not None:
-        price_for(spec, price)  # UsageError naming the shape a price must have
-        return True
+        return price_for(spec, price)
     model = spec.split("/", 1)[1]
-    if known_price(model) is not None:
-        return True
-    return spec.startswith("litellm/") and _litellm_prices(model)
+    known = known_price(model)
+    if known is not None or not spec.startswith("litellm/"):
+        return known
+    from harness.models.litellm_provider import map_price
+    return map_price(model)
 
 
-def _litellm_prices(model: str) -> bool:
-    """litellm's cost map has a non-zero price for ``model`` ("<provider>/<model>"). An entry of
-    zeros (its local ollama models) is counted as unpriced: the budget could not trip on it either,
-    and `price: {input: 0, output: 0}` says so knowingly."""
-    from harness.models.litellm_provider import _import_litellm
-
-    try:
-        info = _import_litellm().get_model_info(model)
-    except Exception:  # noqa: BLE001 - litellm raises its own classes for "not mapped"
-        return False
-    return any(float(info.get(key) or 0) > 0 for key in ("input_cost_per_token", "output_cost_per_token"))
+def spend_countable(spec: str | None, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the colony can count what ``spec`` spends, so a USD budget can trip (``price_of``)."""
+    return price_of(spec, options) is not None
 
 
 def load_model(
@@ -92,12 +83,14 @@ def load_model(
 
     Network providers come wrapped in ``RetryingModel`` (``retry`` policy, optional shared
     ``cooldown``; ``model_options: {retry: {attempts: 3, base_wait: 0.5, ...}}`` arrives here as a
-    dict of RetryPolicy fields; ``max_tokens`` caps each reply, 4096 unless given). ``opts`` go to the provider: its settings (``price={"input":..,
-    "output":..}``, ``timeout``, ``stream`` (anthropic), ``max_tokens_param`` (openai)) and the request
+    dict of RetryPolicy fields; ``max_tokens`` caps each reply, 4096 unless given; ``price`` is
+    the meter's, ``price_of``). ``opts`` go to the provider: its settings (``timeout``, ``stream``
+    (anthropic), ``max_tokens_param`` (openai)) and the request
     options it sends with every call (``harness.models.dialect``: temperature, tool_choice, extra_body,
     ...; ``tool_choice: null`` sends none). Anything else is refused with the accepted names.
     """
     check_spec(spec)
+    opts.pop("price", None)  # not the provider's: a reply's cost is the meter's (price_of)
     if isinstance(retry, dict):
         retry = RetryPolicy.from_options(retry)
     if spec.startswith("scripted:"):
