@@ -49,9 +49,7 @@ from harness.interrupt import interruptible
 from harness.models.base import Model, Reply, Request, Usage
 from harness.redact import redact, redact_data
 from harness.tools import Toolbox, ToolResult, clip_lines
-
-# Starts the user message that carries a verify failure; the scripted model keys on it.
-VERIFY_FAILURE_MARKER = "[stigmergy:verify-failed]"
+from harness.toolspec import VERIFY_FAILURE_MARKER
 
 # How much of each tool result the transcript keeps: enough to replay what happened.
 TRANSCRIPT_RESULT_LIMIT = 4_000

@@ -41,8 +41,7 @@ import yaml
 
 from harness.errors import NoScriptMatch, UsageError
 from harness.models.base import Reply, Request, ToolCall, Usage
-from harness.toolloop import VERIFY_FAILURE_MARKER
-from harness.tools import ADD_NOTE, BASH, CREATE_TASK, EDIT, FINISH, TOOL_SPECS, schema_problem
+from harness.toolspec import ADD_NOTE, BASH, CREATE_TASK, EDIT, FINISH, TOOL_SPECS, VERIFY_FAILURE_MARKER, schema_problem
 
 EXHAUSTED = "scripted actions exhausted"
 
