@@ -288,9 +288,7 @@ class Colony:
     def backoff(self, task: Task) -> None:
         """A counted failure: no claim for retry_backoff * 2^(skips-1) seconds (capped), so a
         repeatable error cannot spend max_attempts in a second and other tasks go first meanwhile."""
-        step, cap = self.config.retry_backoff, self.config.retry_backoff_max
-        wait = min(step * 2 ** max(task.skip_count - 1, 0), cap) if step > 0 else 0
-        task.not_before = round(time.time() + wait, 3) if wait > 0 else None
+        tasks.back_off(task, self.config.retry_backoff, self.config.retry_backoff_max, time.time())
 
     def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
         """Claim the best ready task for this agent and role, or None when nothing is ready."""

@@ -160,8 +160,17 @@ class Config:
     @classmethod
     def load(cls, path: Path) -> Config:
         try:
-            data = yaml.safe_load(path.read_text()) if path.exists() else None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            text = path.read_text() if path.exists() else ""
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix or delete it") from None
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text: str, path: Path | str) -> Config:
+        """The settings ``text`` says (``path`` names where it came from in every message)."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
             raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix or delete it") from None
         data = data or {}
         if not isinstance(data, dict):

@@ -27,6 +27,9 @@
     │                            error (exit 2, nothing changed), or it is not logged in / its key
     │                            is refused; the message holds the CLI's own last lines
     ├── GitError                 a git command failed (stderr kept, secrets redacted)
+    ├── NestUnreachable          the nest (a git remote, nest.py) did not answer or refused us for
+    │                            another reason than a lost race: its URL (credentials dropped)
+    │                            and git's words; not the task's fault, retried by the caller
     ├── ToolError                a tool call the model made cannot be carried out; answered to
     │                            the model as a tool error, never escapes the tool loop
     └── ModelError               the model endpoint failed for good (after retries)
@@ -119,6 +122,10 @@ class GitError(HarnessError):
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(f"git {' '.join(args[:3])} failed ({returncode}): {stderr.strip()[:2000]}")
+
+
+class NestUnreachable(HarnessError):
+    pass
 
 
 class ToolError(HarnessError):

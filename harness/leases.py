@@ -90,19 +90,12 @@ class Leases:
                 return now - os.lstat(entry).st_mtime > ttl
             except FileNotFoundError:
                 return False
-        pid = owner.get("pid")
-        if pid and owner.get("host") == self.host and not pid_alive(int(pid)):
-            return True
         agent = str(owner.get("agent"))
         if beats is None or agent not in beats:
             beat = self.last_beat(agent)
             if beats is not None:
                 beats[agent] = beat
-        beat = beats[agent] if beats is not None else beat
-        if beat and beat.get("state") == "exited" and float(beat.get("ts", 0)) > float(owner.get("claimed_at", 0)):
-            return True  # the owner said goodbye after claiming: whatever it still holds is abandoned
-        last = max(float(owner.get("claimed_at", 0)), float(beat["ts"]) if beat and "ts" in beat else 0.0)
-        return now - last > ttl
+        return owner_gone(owner, beats[agent] if beats is not None else beat, now, ttl, self.host)
 
     def generation(self, task_id: str) -> int:
         """The highest generation: generations are made one after the other and never deleted,
@@ -173,6 +166,19 @@ class Leases:
 
     def drop_token(self, claim: Claim) -> None:
         self.end(claim, "released")
+
+def owner_gone(owner: dict[str, Any], beat: dict[str, Any] | None, now: float, ttl: float, host: str) -> bool:
+    """The one rule of staleness (environment.py): the owner's pid is gone on its host (``host``
+    is where we are; another host's pid is not ours to judge), it said it exited after claiming,
+    or neither the claim nor its last heartbeat is younger than ``ttl``."""
+    pid = owner.get("pid")
+    if pid and owner.get("host") == host and not pid_alive(int(pid)):
+        return True
+    if beat and beat.get("state") == "exited" and float(beat.get("ts", 0)) > float(owner.get("claimed_at", 0)):
+        return True  # the owner said goodbye after claiming: whatever it still holds is abandoned
+    last = max(float(owner.get("claimed_at", 0)), float(beat["ts"]) if beat and "ts" in beat else 0.0)
+    return now - last > ttl
+
 
 def pid_alive(pid: int) -> bool:
     try:

@@ -85,6 +85,13 @@ def readiness(task: Schedulable, done: Callable[[str], bool], now: float) -> tup
     return [d for d in task.depends_on if not done(d)], left
 
 
+def back_off(task: Task, step: float, cap: float, now: float) -> None:
+    """A counted failure: the task waits ``step * 2^(skips-1)`` seconds (at most ``cap``) before
+    anyone claims it again, so a repeatable error cannot spend its attempts in a second."""
+    wait = min(step * 2 ** max(task.skip_count - 1, 0), cap) if step > 0 else 0
+    task.not_before = round(now + wait, 3) if wait > 0 else None
+
+
 def check_id(value: object, where: str = "id", what: str = "task id") -> str:
     """The one check of an id (a task's, an agent's, a token's): each becomes a file name, a
     branch or ref name component and part of a lock name, so it must be safe as all of them."""

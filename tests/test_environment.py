@@ -21,8 +21,10 @@ import yaml
 
 from conftest import make_repo
 from harness.colony import Colony
+from harness.config import DEFAULT_CONFIG
 from harness.environment import Environment
 from harness.errors import InvalidTask, NotOwner
+from harness.nest import Nest
 from harness.tasks import Task
 
 
@@ -47,9 +49,19 @@ def _local(tmp_path: Path) -> Backend:
     return Backend("local", make, lambda env: str(env.home.parent), lambda address: Colony.open(Path(address)), code)
 
 
-@pytest.fixture(params=["local"])
+def _nest(tmp_path: Path) -> Backend:
+    """A nest in a bare repository on disk, the processes of this machine sharing one cache."""
+    def make(**settings: Any) -> Environment:
+        return Nest.init(str(tmp_path / "nest.git"), DEFAULT_CONFIG + (yaml.safe_dump(settings) if settings else ""), tmp_path / "cache")
+    code = ("import sys\nfrom pathlib import Path\nfrom harness.nest import Nest\n"
+            "env = Nest(sys.argv[1], Path(sys.argv[1]).parent / 'cache')\n")
+    return Backend("nest", make, lambda env: str(tmp_path / "nest.git"),
+                   lambda address: Nest(address, Path(address).parent / "cache"), code)
+
+
+@pytest.fixture(params=["local", "nest"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield {"local": _local}[request.param](tmp_path)
+    yield {"local": _local, "nest": _nest}[request.param](tmp_path)
 
 
 def dead_pid() -> int:

@@ -1,0 +1,460 @@
+"""The nest: the colony's environment kept in a git remote, so agents on many machines share one.
+
+Any git URL will do (a path, file://, ssh, https, git://): the remote is the only thing the
+agents share, and it is the compare-and-swap. Layout on the remote, all under refs/stigmergy/:
+
+    config                   the colony's config.yaml (``nest init``)
+    tasks/<id>               the task and its state: status, the last claim generation, the claim
+    quarantine/<id>          a task whose record did not parse, moved aside with the reason
+    beats/<agent>            the agent's last heartbeat
+    log/<writer>             one chain of commits per writing process: its events and notes
+    STOP                     present: every agent stops
+
+Each ref points at a record: a commit with the empty tree whose message is one JSON object
+(ASCII). A change is one ``git push --atomic`` in which every update names the value it expects
+(``--force-with-lease=<ref>:<old>``, empty for "must not exist"); the remote checks it under its
+ref lock, so of many pushers expecting one value exactly one wins. Hence:
+
+- add: create ``tasks/<id>``: one of many filers of an id wins.
+- claim: ``tasks/<id>`` from pending (generation N) to active (N + 1, the claim) expecting the
+  pending record; a take-over of a stale claim (reap) pushes expecting the stale record, and
+  uses a generation of its own, as on local disk.
+- release, done, fail: from the owner's active record, expected, to the next: a reaper that
+  got there first makes the owner's push fail, and the owner learns it is no longer the owner.
+- events and notes: a process appends to its own chain only, so appends never contend; a
+  reader merges the chains by time, each in its own order.
+
+What is read is fetched into a local bare cache (objects only, never refs, so that the
+processes of one machine share it without locking each other); records are immutable, so the
+cache is never stale, only the ref listing (``ls-remote``) is asked anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import roles, tasks
+from harness.config import DEFAULT_CONFIG, Config
+from harness.errors import GitError, InvalidTask, NestUnreachable, NotOwner, UnknownTask
+from harness.git import Git
+from harness.leases import Claim, owner_gone
+from harness.pool import Busy, Entry, effective_priority, meta_of
+from harness.redact import redact
+from harness.tasks import Task
+
+NS = "refs/stigmergy/"
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_IDENT = "stigmergy <nest@stigmergy.local>"
+_REFUSED = re.compile(r"^!\t[^\t]*\t(.*)$", re.M)  # a porcelain push line: an update the remote refused
+# ... because a ref was not as expected, or another push held it: a lost race, nothing changed.
+_LOST_RACE = re.compile(r"stale info|atomic push failed|atomic transaction failed|cannot lock ref|failed to lock|"
+                        r"failed to update ref|reference already exists|incorrect old value|fetch first")
+MISSING = ""  # an expected old value: the ref must not exist
+
+
+def cache_for(url: str) -> Path:
+    """The machine's cache of a nest, shared by its processes: objects only, so safe to share."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "stigmergy" / "nest" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def is_path(url: str) -> bool:
+    """``url`` names a folder on this machine (not ssh's host:path, nor a URL with a scheme)."""
+    return "://" not in url and ":" not in url.split("/", 1)[0]
+
+
+class Remote:
+    """The git half: a remote URL and a local bare cache of the objects read from it or written."""
+
+    def __init__(self, url: str, cache: Path) -> None:
+        self.url, self.cache = url, cache
+        self.git = Git(cache)
+        if not (cache / "objects").is_dir():
+            cache.mkdir(parents=True, exist_ok=True)
+            self.git.run("init", "--bare", "-q", ".")
+        self._write(b"tree", b"")  # the empty tree every record commit has
+
+    def _say(self, what: str, exc: GitError) -> NestUnreachable:
+        return NestUnreachable(redact(f"the nest {self.url} could not {what}: {exc.stderr.strip()[-600:]}; "
+                                      "check the URL, the network and your access to it"))
+
+    def refs(self, pattern: str = NS + "*") -> dict[str, str]:
+        """Every ref of the remote matching ``pattern`` and the record it points at, now."""
+        try:
+            out = self.git.run("ls-remote", "--", self.url, pattern)
+        except GitError as exc:
+            raise self._say("be listed", exc) from None
+        return {ref: oid for oid, ref in (line.split("\t", 1) for line in out.splitlines())}
+
+    def messages(self, refs: dict[str, str]) -> dict[str, str]:
+        """The record of each ref (its commit's message), fetching those the cache lacks. A ref
+        that moved since it was listed is left out: the next listing sees its new value."""
+        got = self._read(set(refs.values()))
+        missing = sorted(ref for ref, oid in refs.items() if oid not in got)
+        if missing:
+            try:  # by name: no refs are written here, so processes sharing the cache never lock
+                self.git.run("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--",
+                             self.url, *missing)
+            except GitError as exc:
+                raise self._say("be fetched from", exc) from None
+            got |= self._read({refs[ref] for ref in missing})
+        return {ref: got[oid] for ref, oid in refs.items() if oid in got}
+
+    def _read(self, oids: set[str]) -> dict[str, str]:
+        if not oids:
+            return {}
+        # Sizes are in bytes: the text is turned back into the bytes git wrote before it is cut.
+        out = self.git.run("cat-file", "--batch", input="".join(f"{oid}\n" for oid in oids)).encode(
+            "utf-8", "surrogateescape")
+        got, at = {}, 0
+        while at < len(out):  # "<oid> commit <size>\n<body>\n" or "<oid> missing\n"
+            eol = out.index(b"\n", at)
+            head = out[at:eol].split()
+            at = eol + 1
+            if len(head) == 3:
+                body = out[at:at + int(head[2])]
+                at += int(head[2]) + 1
+                got[head[0].decode()] = body.partition(b"\n\n")[2].decode("utf-8", "replace")
+        return got
+
+    def _write(self, kind: bytes, body: bytes) -> str:
+        raw = kind + b" %d\0" % len(body) + body
+        oid = hashlib.sha1(raw).hexdigest()
+        path = self.cache / "objects" / oid[:2] / oid[2:]
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.parent / f"tmp_{secrets.token_hex(6)}"
+            tmp.write_bytes(zlib.compress(raw))
+            os.replace(tmp, path)  # identical content, identical name: a concurrent writer is harmless
+        return oid
+
+    def record(self, data: dict[str, Any], parent: str | None = None) -> str:
+        """Write a record commit (``data`` as its message, ``parent`` for a log chain); its oid."""
+        stamp = f"{_IDENT} {int(time.time())} +0000"
+        head = f"tree {EMPTY_TREE}\n" + (f"parent {parent}\n" if parent else "") + f"author {stamp}\ncommitter {stamp}\n\n"
+        return self._write(b"commit", (head + json.dumps(data, sort_keys=True) + "\n").encode("ascii"))
+
+    def push(self, updates: Sequence[tuple[str, str | None, str | None]]) -> bool:
+        """One atomic push of (ref, expected old value or None for "whatever it is", new value or
+        None to delete). True when every update was made; False when the remote refused because a
+        ref was not as expected (a lost race: nothing was changed); NestUnreachable otherwise."""
+        leases = [f"--force-with-lease={ref}:{old}" for ref, old, _ in updates if old is not None]
+        # No lease: forced ("+"). With one, git forces only when the ref is as expected.
+        specs = [("+" if old is None else "") + (f"{new}:{ref}" if new else f":{ref}") for ref, old, new in updates]
+        args = ["push", "--porcelain", "--atomic", "--no-verify", *leases, "--", self.url, *specs]
+        done = self.git.call(*args)
+        if done.returncode == 0:
+            return True
+        reasons = _REFUSED.findall(done.stdout)
+        if reasons and all(_LOST_RACE.search(r) for r in reasons):
+            return False
+        said = "; ".join(r for r in reasons if not _LOST_RACE.search(r)) or done.stderr
+        raise NestUnreachable(redact(f"the nest {self.url} refused a push ({said.strip()[-600:]}): check your access "
+                                     "to it, and that nothing (branch protection, a hook) guards refs/stigmergy/"))
+
+
+def _event(event: str, task: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"event": {"event": event, "task": task, **fields}}
+
+
+def _note(task_id: str, agent: str, text: str, kind: str) -> dict[str, Any]:
+    return {"on": tasks.check_id(task_id), "note": {"agent": agent, "kind": kind, "text": text}}
+
+
+@dataclass
+
+@dataclass
+class State:
+    """What ``tasks/<id>`` says: the task, its status, its last claim generation and the claim."""
+
+    status: str
+    task: Task
+    generation: int = 0
+    claim: dict[str, Any] | None = None
+    oid: str = field(default="", compare=False)  # the record it was read from: the next push's lease
+
+    def data(self) -> dict[str, Any]:
+        # The nonce: two pushers of the same next state (two reapers) must not both "win" because
+        # git calls a ref already at the value pushed up to date.
+        return {"status": self.status, "task": self.task.to_dict(), "generation": self.generation, "claim": self.claim,
+                "nonce": secrets.token_hex(8)}
+
+
+class Nest:
+    """The environment (environment.py) in a git remote; see the module docstring."""
+
+    def __init__(self, url: str, home: Path | None = None) -> None:
+        self.url = url
+        self.home = home or cache_for(url)
+        self.remote = Remote(url, self.home / "objects.git")
+        self.host = socket.gethostname()
+        found = self.remote.messages(self.remote.refs(NS + "config"))
+        if not found:
+            raise NestUnreachable(redact(f"{url} is no nest yet (it has no {NS}config): run `stigmergy nest init {url}`"))
+        self.config = Config.parse(json.loads(next(iter(found.values())))["config"], f"{redact(url)} {NS}config")
+        self._writer = re.sub(r"[^a-z0-9_-]", "-", f"{self.host.lower()}-{os.getpid()}-{secrets.token_hex(3)}")
+        self._tip: str | None = None  # the head of our own log chain
+
+    @classmethod
+    def init(cls, url: str, config: str = DEFAULT_CONFIG, home: Path | None = None) -> Nest:
+        """Make ``url`` a nest (idempotent: an existing nest keeps its config). A local path that
+        does not exist yet becomes a bare repository."""
+        if is_path(url) and not Path(url).exists():
+            Git(Path.cwd()).run("init", "--bare", "-q", str(Path(url).resolve()))
+        remote = Remote(url, home or cache_for(url))
+        remote.push([(NS + "config", MISSING, remote.record({"config": config}))])  # False: it was one already
+        return cls(url, home)
+
+    # -- records ---------------------------------------------------------------------------------
+    def _states(self, refs: dict[str, str]) -> dict[str, State]:
+        """The task states of ``refs`` (task refs only); a record that does not parse is quarantined."""
+        wanted = {ref: oid for ref, oid in refs.items() if ref.startswith(NS + "tasks/")}
+        out: dict[str, State] = {}
+        for ref, text in self.remote.messages(wanted).items():
+            tid = ref[len(NS + "tasks/"):]
+            try:
+                data = json.loads(text)
+                task = tasks.from_dict(data["task"], f"{NS}tasks/{tid}")
+                if task.id != tid or data["status"] not in ("pending", "active", "done", "failed"):
+                    raise InvalidTask(f"{NS}tasks/{tid}: its record names task {task.id!r}, status {data['status']!r}")
+                out[tid] = State(data["status"], task, int(data.get("generation", 0)), data.get("claim"), wanted[ref])
+            except (ValueError, KeyError, TypeError, InvalidTask) as exc:
+                self._quarantine(tid, wanted[ref], str(exc))
+        return out
+
+    def _quarantine(self, tid: str, oid: str, reason: str) -> None:
+        self._push([(NS + f"tasks/{tid}", oid, None), (NS + f"quarantine/{tid}", None, oid)],
+                   [_event("quarantine", tid, reason=reason[:500])])
+
+    def _state(self, task_id: str) -> State | None:
+        ref = NS + f"tasks/{tasks.check_id(task_id)}"
+        for _ in range(5):  # a ref that moves while it is read is read again
+            listed = {r: oid for r, oid in self.remote.refs(ref).items() if r == ref}
+            if not listed:
+                return None
+            if (found := self._states(listed).get(task_id)) is not None:
+                return found
+        raise NestUnreachable(f"the nest {redact(self.url)}: task {task_id!r} kept moving while it was read; try again")
+
+    def _move(self, old: State, new: State, *records: dict[str, Any]) -> bool:
+        """``tasks/<id>`` from ``old`` (expected) to ``new``, and ``records`` onto our log, in one
+        push: an event is on the log exactly when what it tells happened."""
+        ref = NS + f"tasks/{old.task.id}"
+        return self._push([(ref, old.oid, self.remote.record(new.data()))], list(records))
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def add(self, task: Task) -> Task:
+        self.add_many([task])
+        return task
+
+    def add_many(self, new: list[Task]) -> None:
+        ids = [tasks.check_id(t.id) for t in new]
+        if len(set(ids)) != len(ids):
+            raise InvalidTask(f"task ids repeat in one batch: {sorted({i for i in ids if ids.count(i) > 1})}")
+        taken = set(self.remote.refs(NS + "tasks/*")) | set(self.remote.refs(NS + "quarantine/*"))
+        for tid in ids:
+            if NS + f"tasks/{tid}" in taken or NS + f"quarantine/{tid}" in taken:
+                raise InvalidTask(f"task {tid!r} already exists; choose another --id or leave it out")
+        updates = [(NS + f"tasks/{t.id}", MISSING, self.remote.record(State("pending", t).data())) for t in new]
+        told = [_event("add", t.id, meta=meta_of(t), created_by=t.created_by) for t in new]
+        if not self._push(updates, told):  # all or nothing: another filer took one of the ids meanwhile
+            raise InvalidTask(f"a task among {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''} already exists "
+                              "(filed by another process just now); choose another --id")
+
+    def get(self, task_id: str) -> tuple[str, Task]:
+        found = self._state(task_id)
+        if found is None:
+            raise UnknownTask(f"no task {task_id!r} in the nest {redact(self.url)}")
+        return found.status, found.task
+
+    def listing(self, status: str = "pending") -> list[tuple[str, Task]]:
+        states = self._states(self.remote.refs(NS + "tasks/*"))
+        return [(s.status, s.task) for _, s in sorted(states.items()) if status in ("all", s.status)]
+
+    def ready(self, task: Task) -> bool:
+        done = {tid for tid, s in self._states({NS + f"tasks/{d}": oid for d in task.depends_on
+                                                for oid in self.remote.refs(NS + f"tasks/{d}").values()}).items()
+                if s.status == "done"}
+        missing, left = tasks.readiness(task, done.__contains__, time.time())
+        return not missing and not left
+
+    # -- claims ----------------------------------------------------------------------------------
+    def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
+        tasks.check_id(agent, "agent")
+        suits = roles.load_role(role, self.home) if role else None
+        reaped = False
+        for _ in range(50):  # a look per round; a round whose candidates were all taken: look again
+            refs = self.remote.refs()
+            states = self._states(refs)
+            picks = self._candidates(states, suits)
+            if not picks:
+                if reaped:
+                    return None
+                self._reap_stale(states, refs, agent)  # before giving up: stale claims back to pending
+                reaped = True  # whoever won each break, look once more
+                continue
+            for state in picks:
+                claim = Claim(state.task.id, agent, state.generation + 1, secrets.token_hex(8), pid, self.host,
+                              time.time())
+                told = _event("claim", claim.task_id, agent=agent, generation=claim.generation, pid=pid,
+                              host=self.host, claimed_at=claim.claimed_at, outputs=state.task.outputs)
+                if self._move(state, State("active", state.task, claim.generation, asdict(claim)), told):
+                    return claim, state.task
+        return None
+
+    def _candidates(self, states: dict[str, State], role: roles.Role | None, top: int = 16) -> list[State]:
+        """The most urgent ready tasks, best first; within one point of each other in random order,
+        so that many claimers at once spread over them (pool.py's order, without the index)."""
+        now = time.time()
+        done = {tid for tid, s in states.items() if s.status == "done"}
+        busy = Busy()
+        for tid, s in states.items():
+            if s.status == "active" and s.task.outputs:
+                busy.add(tid, s.task.outputs)
+        def score(s: State) -> tuple[int, float]:
+            hit = bool(s.task.outputs) and busy.touches(s.task.outputs)
+            rank = effective_priority(self.config, Entry.of(s.task, role), now)
+            return int(rank - (self.config.overlap_penalty if hit else 0)), random.random()
+        ready = [s for s in states.values() if s.status == "pending"
+                 and not any(tasks.readiness(s.task, done.__contains__, now))]
+        return sorted(ready, key=score, reverse=True)[:top]
+
+    def _reap_stale(self, states: dict[str, State], refs: dict[str, str], reaper: str) -> list[str]:
+        """Reap every active task of ``states`` whose owner is gone (its heartbeat read from ``refs``)."""
+        now = time.time()
+        active = {tid: s for tid, s in sorted(states.items()) if s.status == "active"}
+        owners = {str((s.claim or {}).get("agent")) for s in active.values()}
+        beats = {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(
+            {NS + f"beats/{a}": refs[NS + f"beats/{a}"] for a in owners if NS + f"beats/{a}" in refs}).items()}
+        return [tid for tid, s in active.items()
+                if owner_gone(s.claim or {}, beats.get(str((s.claim or {}).get("agent"))), now, self.config.lease_ttl,
+                              self.host) and self._reap(s, reaper)]
+
+    def _reap(self, state: State, reaper: str) -> bool:
+        """Break a stale claim: back to pending under a generation of the reaper's own (so the
+        claim after it is N + 2, as on local disk); True for the one process whose push won."""
+        task = Task(**asdict(state.task))
+        task.skip_count += 1  # no back-off: an owner's death is no sign the task is at fault
+        abandoned = (state.claim or {}).get("agent", "unknown")
+        note = _note(task.id, reaper, f"claim abandoned by {abandoned} (lease expired or process gone); "
+                     f"reaped by {reaper}", "reap")
+        told = _event("reap", task.id, agent=reaper, abandoned_by=abandoned, generation=state.generation,
+                      skip_count=task.skip_count)
+        return self._move(state, State("pending", task, state.generation + 1), note, told)
+
+    def reap(self, reaper: str) -> list[str]:
+        refs = self.remote.refs()
+        return self._reap_stale(self._states(refs), refs, reaper)
+
+    def current_claim(self, task_id: str) -> Claim | None:
+        state = self._state(task_id)
+        return Claim(**state.claim) if state and state.status == "active" and state.claim else None
+
+    def holds(self, claim: Claim) -> bool:
+        return self.current_claim(claim.task_id) == claim
+
+    def heartbeat(self, agent: str, pid: int | None = None, **info: Any) -> None:
+        tasks.check_id(agent, "agent")
+        beat = {"agent": agent, "pid": pid, "host": self.host, "ts": time.time(), **info}
+        self.remote.push([(NS + f"beats/{agent}", None, self.remote.record(beat))])
+
+    def last_beat(self, agent: str) -> dict[str, Any] | None:
+        found = self.remote.messages(self.remote.refs(NS + f"beats/{tasks.check_id(agent, 'agent')}"))
+        return json.loads(next(iter(found.values()))) if found else None
+
+    def _end(self, task_id: str, agent: str, token: str | None, status: str,
+             change: Callable[[Task], object] | None = None, *records: Any) -> State:
+        """Move the owner's task from active to ``status`` (``change`` applied to the task first)
+        with ``records`` (or functions of the moved task making them) onto the log."""
+        for _ in range(20):
+            state = self._state(task_id)
+            claim = state.claim if state and state.status == "active" else None
+            if claim is None or claim["agent"] != agent or (token is not None and claim["token"] != token):
+                holder = f"held by {claim['agent']}" if claim else "not claimed"
+                raise NotOwner(f"task {task_id!r} is {holder}; only its current owner may release, finish or fail it")
+            assert state is not None
+            task = Task(**asdict(state.task))
+            if change is not None:
+                change(task)
+            told = [rec(task) if callable(rec) else rec for rec in records]
+            if self._move(state, State(status, task, state.generation), *told):
+                return State(status, task, state.generation)
+            # lost: a reaper moved it; the next look says who holds it
+        raise NestUnreachable(f"the nest {redact(self.url)} kept refusing to move task {task_id!r}; try again later")
+
+    def release(self, task_id: str, agent: str, note: str | None = None, token: str | None = None,
+                skip: bool = True) -> int:
+        def count(task: Task) -> None:
+            if skip:
+                task.skip_count += 1
+                tasks.back_off(task, self.config.retry_backoff, self.config.retry_backoff_max, time.time())
+        told = [_note(task_id, agent, note, "release")] if note else []
+        moved = self._end(task_id, agent, token, "pending", count, *told, lambda t: _event(
+            "release", task_id, agent=agent, skip_count=t.skip_count, not_before=t.not_before, note=note))
+        return moved.task.skip_count
+
+    def done(self, task_id: str, agent: str, token: str | None = None, **fields: Any) -> None:
+        self._end(task_id, agent, token, "done", None, _event("done", task_id, agent=agent, **fields))
+
+    def fail(self, task_id: str, agent: str, note: str, token: str | None = None) -> None:
+        self._end(task_id, agent, token, "failed", None, _note(task_id, agent, note, "fail"),
+                  _event("fail", task_id, agent=agent, note=note))
+
+    # -- what agents leave for each other ----------------------------------------------------------
+    def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]]) -> bool:
+        """``updates`` and ``records`` appended to this process's own log chain, in one atomic push.
+        Nobody else writes the chain, so only ``updates`` can lose a race."""
+        tip = self._tip
+        for rec in records:
+            tip = self.remote.record({"ts": round(time.time(), 3), **rec}, tip)
+        log = [(NS + f"log/{self._writer}", self._tip or MISSING, tip)] if records else []
+        if not self.remote.push([*updates, *log]):
+            return False
+        self._tip = tip
+        return True
+
+    def _chains(self) -> list[list[dict[str, Any]]]:
+        """Every writer's records, each chain oldest first (``git log``: one process a chain)."""
+        tips = self.remote.refs(NS + "log/*")
+        self.remote.messages(tips)  # fetches every chain whole
+        chains = []
+        for tip in tips.values():
+            out = self.remote.git.run("log", "--format=%B%x00", tip)
+            chains.append([json.loads(m) for m in reversed(out.split("\x00")) if m.strip()])
+        return chains
+
+    def add_note(self, task_id: str, agent: str, text: str, kind: str = "note") -> None:
+        self._push([], [_note(task_id, agent, text, kind)])
+
+    def notes(self, task_id: str) -> list[dict[str, Any]]:
+        return [{"ts": r["ts"], **r["note"]} for r in self._log() if r.get("on") == task_id]
+
+    def event(self, event: str, task: str | None = None, **fields: Any) -> None:
+        self._push([], [_event(event, task, **fields)])
+
+    def events(self) -> list[dict[str, Any]]:
+        return [{"ts": r["ts"], **r["event"]} for r in self._log() if "event" in r]
+
+    def _log(self) -> list[dict[str, Any]]:
+        """Every writer's records merged by time, each writer's in the order it wrote them."""
+        return list(heapq.merge(*self._chains(), key=lambda r: float(r["ts"])))
+
+    def request_stop(self, now: bool = False) -> Path:
+        self.remote.push([(NS + "STOP", None, self.remote.record({"now": now}))])
+        return Path(f"{redact(self.url)} {NS}STOP")
+
+    def stop_requested(self) -> bool:
+        return bool(self.remote.refs(NS + "STOP"))
