@@ -20,6 +20,7 @@ import yaml
 
 from harness import sandbox, tasks
 from harness.colony import Colony
+from harness.environment import Environment
 from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task, readiness
@@ -33,6 +34,15 @@ def _repo(args: argparse.Namespace) -> Path:
 
 def _colony(args: argparse.Namespace) -> Colony:
     return Colony.open(_repo(args))
+
+
+def _environment(args: argparse.Namespace) -> Environment:
+    """The colony the command speaks to: the nest at --nest (a git remote, nest.py), else the
+    one on local disk in --repo."""
+    if getattr(args, "nest", None):
+        from harness.nest import Nest
+        return Nest(args.nest)
+    return _colony(args)
 
 
 def _print_json(obj: Any) -> None:
@@ -185,7 +195,7 @@ def _agent_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    path = _colony(args).request_stop(now=args.now)
+    path = _environment(args).request_stop(now=args.now)
     print(f"created {path}: agents " + ("abort their current step and exit" if args.now
                                         else "finish their current task and exit"))
     return 0
@@ -215,7 +225,7 @@ def _read_body(args: argparse.Namespace) -> str:
 def cmd_task_add(args: argparse.Namespace) -> int:
     from harness import deadline, filing, roles
 
-    colony = _colony(args)
+    colony = _environment(args)
     data: dict[str, Any] = {
         "id": args.id or tasks.new_id(args.title), "title": args.title, "kind": args.kind,
         "priority": args.priority, "depends_on": args.depends_on, "inputs": args.input,
@@ -229,7 +239,11 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     # STIGMERGY_TASK while at work), the task is checked as the tool loop's create_task is, then
     # attributed to the agent and counted against its filing caps.
     agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
+    if agent and not isinstance(colony, Colony):
+        raise UsageError("an agent files tasks into the colony on local disk only: filing caps and the stop "
+                         "are not kept in a nest yet; file it without --nest, or as a person (unset STIGMERGY_AGENT)")
     if agent:
+        assert isinstance(colony, Colony)
         try:
             if colony.stop_requested() or deadline.Watch(colony.home).passed():
                 raise FilingRefused("stopping", "the colony is stopping, so no task is filed now: finish the "
@@ -238,7 +252,7 @@ def cmd_task_add(args: argparse.Namespace) -> int:
         except FilingRefused as e:
             raise colony.refuse_filing(agent, working_on, e) from None
     filing.check_role(args.role, known)  # people too: a misspelt role would match no agent, unnoticed
-    if agent and working_on and args.created_by == "human":
+    if agent and working_on and args.created_by == "human" and isinstance(colony, Colony):
         colony.check_filing(agent, working_on)
         data["created_by"] = agent
     task = tasks.from_dict(data, "task add")
@@ -249,12 +263,13 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_depends(colony: Colony, new: list[Task], source: str) -> None:
+def check_depends(colony: Environment, new: list[Task], source: str) -> None:
     """Every dependency names a task that exists in any status, or one filed along with it: a typo
     would leave the task waiting forever on a task nobody will ever file."""
     filed = {t.id for t in new}
+    known = colony.ids()
     for task in new:
-        unknown = [d for d in task.depends_on if d not in filed and colony.store.locate(d) is None]
+        unknown = [d for d in task.depends_on if d not in filed and d not in known]
         if unknown:
             raise UnknownTask(f"{source}: task {task.id!r} depends on {', '.join(map(repr, unknown))}, but no task "
                               "has that id: check the spelling (`stigmergy task list --status all` shows every "
@@ -267,18 +282,18 @@ def _worktree(cwd: Path) -> Path:
     return next((d for d in (cwd, *cwd.parents) if (d / ".git").exists()), cwd)
 
 
-def _warn_cycles(colony: Colony) -> None:
+def _warn_cycles(colony: Environment) -> None:
     waiting = {t.id: t.depends_on for _, t in colony.listing("pending") if t.depends_on}
     cycle = find_cycle(waiting)
     if cycle:
         print(f"warning: dependency cycle {' -> '.join(cycle)}: these tasks can never be ready", file=sys.stderr)
 
 
-def _rows(colony: Colony, status: str, role_name: str | None) -> list[dict[str, Any]]:
+def _rows(colony: Environment, status: str, role_name: str | None) -> list[dict[str, Any]]:
     from harness import roles
     role = roles.load_role(role_name, colony.home) if role_name else None  # its `prefers:` earn the bonus
     listed = colony.listing(status)
-    done = {p.name[:-5] for p in colony.store.task_dir("done").glob("*.yaml")}  # names suffice: no parsing
+    done = colony.ids("done")
     cycle = set(find_cycle({t.id: t.depends_on for st, t in listed if st == "pending"}) or [])
     now, rows = time.time(), []
     for st, t in listed:
@@ -299,7 +314,7 @@ def _rows(colony: Colony, status: str, role_name: str | None) -> list[dict[str, 
 
 
 def cmd_task_list(args: argparse.Namespace) -> int:
-    rows = _rows(_colony(args), args.status, args.role)
+    rows = _rows(_environment(args), args.status, args.role)
     if args.json:
         _print_json(rows)
         return 0
@@ -401,7 +416,7 @@ def cmd_task_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_task_claim(args: argparse.Namespace) -> int:
-    colony = _colony(args)
+    colony = _environment(args)
     got = colony.claim(args.agent, args.role, pid=args.pid)
     if got is None:
         raise NothingToClaim("no ready task to claim")
@@ -415,17 +430,17 @@ def cmd_task_claim(args: argparse.Namespace) -> int:
 
 
 def cmd_task_release(args: argparse.Namespace) -> int:
-    _colony(args).release(args.id, args.agent, note=args.note)
+    _environment(args).release(args.id, args.agent, note=args.note)
     return 0
 
 
 def cmd_task_done(args: argparse.Namespace) -> int:
-    _colony(args).done(args.id, args.agent)
+    _environment(args).done(args.id, args.agent)
     return 0
 
 
 def cmd_task_fail(args: argparse.Namespace) -> int:
-    _colony(args).fail(args.id, args.agent, note=args.note)
+    _environment(args).fail(args.id, args.agent, note=args.note)
     return 0
 
 
@@ -551,7 +566,7 @@ def _write_html(path: Path, built: dict[str, Any], repo: Path) -> None:
 
 
 def cmd_agent_heartbeat(args: argparse.Namespace) -> int:
-    _colony(args).heartbeat(args.agent, pid=args.pid)
+    _environment(args).heartbeat(args.agent, pid=args.pid)
     return 0
 
 
@@ -642,10 +657,29 @@ def cmd_prompt_idle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nest_init(args: argparse.Namespace) -> int:
+    from harness.config import DEFAULT_CONFIG, with_branch
+    from harness.nest import Nest
+    from harness.redact import redact
+
+    try:
+        text = DEFAULT_CONFIG if args.config is None else Path(args.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {args.config}: cannot read it ({exc}); name a config.yaml") from None
+    nest = Nest.init(args.url, with_branch(text, args.branch) if args.branch else text)
+    print(f"nest ready at {redact(args.url)}; work lands on branch {nest.config.branch!r} "
+          "(an existing nest keeps its config)")
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--repo", help="target git repository (default: current directory)")
+    nest = argparse.ArgumentParser(add_help=False, parents=[common])  # commands that speak the contract only
+    nest.add_argument("--nest", metavar="URL", default=os.environ.get("STIGMERGY_NEST") or None,
+                      help="the colony in this git remote (`nest init`) instead of the one in --repo "
+                           "(env STIGMERGY_NEST)")
 
     p = argparse.ArgumentParser(prog="stigmergy", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action=_Version)
@@ -670,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_flags(launch)
     launch.set_defaults(func=cmd_run)
 
-    stop = sub.add_parser("stop", parents=[common], help="create .stigmergy/STOP: agents finish and exit")
+    stop = sub.add_parser("stop", parents=[nest], help="create .stigmergy/STOP: agents finish and exit")
     stop.add_argument("--now", action="store_true", help="abort the current step instead of finishing it")
     stop.set_defaults(func=cmd_stop)
 
@@ -705,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     gcp.set_defaults(func=cmd_gc)
 
     task = sub.add_parser("task", help="manage the task pool").add_subparsers(dest="task_command", required=True)
-    add = task.add_parser("add", parents=[common], help="file a new pending task")
+    add = task.add_parser("add", parents=[nest], help="file a new pending task")
     add.add_argument("title")
     add.add_argument("--id")
     add.add_argument("--priority", default="normal", help="0-100 or low|normal|high|critical")
@@ -720,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--created-by", default="human", help=argparse.SUPPRESS)
     add.set_defaults(func=cmd_task_add)
 
-    ls = task.add_parser("list", parents=[common], help="tasks by effective priority")
+    ls = task.add_parser("list", parents=[nest], help="tasks by effective priority")
     ls.add_argument("--status", default="pending", choices=("pending", "active", "done", "failed", "all"))
     ls.add_argument("--role", help="rank as an agent of this role would")
     ls.add_argument("--json", action="store_true")
@@ -741,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--agent", default="human", help=argparse.SUPPRESS)
     retry.set_defaults(func=cmd_task_retry)
 
-    claim = task.add_parser("claim", parents=[common], help="claim the best ready task (exit 3: none ready)")
+    claim = task.add_parser("claim", parents=[nest], help="claim the best ready task (exit 3: none ready)")
     claim.add_argument("--agent", required=True)
     claim.add_argument("--role")
     claim.add_argument("--pid", type=int, help="a long-lived process whose death frees the claim")
@@ -751,12 +785,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("release", cmd_task_release, "back to pending, skip_count + 1"),
                               ("done", cmd_task_done, "mark a claimed task done"),
                               ("fail", cmd_task_fail, "mark a claimed task failed")):
-        sp = task.add_parser(name, parents=[common], help=help_)
+        sp = task.add_parser(name, parents=[nest], help=help_)
         sp.add_argument("id")
         sp.add_argument("--agent", required=True)
         if name != "done":
             sp.add_argument("--note", required=name == "fail")
         sp.set_defaults(func=func)
+
+    np = sub.add_parser("nest", help="a colony in a git remote, shared by machines").add_subparsers(
+        dest="nest_command", required=True)
+    ni = np.add_parser("init", help="make a git remote a nest: its config under refs/stigmergy/ (idempotent)")
+    ni.add_argument("url", help="any git remote: a path (made a bare repository when missing), ssh, https, git://")
+    ni.add_argument("--branch", metavar="NAME", help="the branch work lands on (default: main)")
+    ni.add_argument("--config", metavar="FILE", help="a config.yaml to start from (default: the commented defaults)")
+    ni.set_defaults(func=cmd_nest_init)
 
     agent = sub.add_parser("agent", help="agent processes").add_subparsers(dest="agent_command", required=True)
     run = agent.add_parser("run", parents=[common], help="run one agent process (the launcher starts these)")
@@ -770,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_flags(run)
     run.set_defaults(func=cmd_agent_run)
 
-    hb = agent.add_parser("heartbeat", parents=[common], help="refresh an external agent's lease")
+    hb = agent.add_parser("heartbeat", parents=[nest], help="refresh an external agent's lease")
     hb.add_argument("--agent", required=True)
     hb.add_argument("--pid", type=int)
     hb.set_defaults(func=cmd_agent_heartbeat)

@@ -143,6 +143,9 @@ class Colony:
     def listing(self, status: str = "pending") -> list[tuple[str, Task]]:
         return self.store.listing(status)
 
+    def ids(self, status: str = "all") -> set[str]:
+        return self.store.ids(status)
+
     def retry(self, task_id: str, by: str) -> Task:
         return self.store.retry(task_id, by)
 

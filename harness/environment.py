@@ -45,6 +45,10 @@ class Environment(Protocol):
         """(status, task) of every task in ``status`` ("all" for every status). A malformed task
         file is quarantined, never returned and never fatal."""
 
+    def ids(self, status: str = "all") -> set[str]:
+        """The ids of every task in ``status`` ("all": any), without reading the tasks where the
+        backend can (a typo'd dependency check, ``task list``'s done set)."""
+
     def ready(self, task: Task) -> bool:
         """Claimable as far as its own file says: dependencies done and no back-off left."""
 

@@ -125,7 +125,7 @@ class GitError(HarnessError):
 
 
 class NestUnreachable(HarnessError):
-    pass
+    exit_code = 2  # the URL, the access or the network: the user's to fix
 
 
 class ToolError(HarnessError):

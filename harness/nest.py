@@ -71,6 +71,18 @@ def cache_for(url: str) -> Path:
     return root / "stigmergy" / "nest" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def _first_words(stderr: str) -> str:
+    """git's own reason, without its advice: the first ``fatal:``/``error:`` line, else the last."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "no reason given")
+    return said[:300]
+
+
+def absolute(url: str) -> str:
+    """``url`` as every process on this machine names it: a path made absolute, anything else as given."""
+    return str(Path(url).resolve()) if is_path(url) else url
+
+
 def is_path(url: str) -> bool:
     """``url`` names a folder on this machine (not ssh's host:path, nor a URL with a scheme)."""
     return "://" not in url and ":" not in url.split("/", 1)[0]
@@ -80,21 +92,25 @@ class Remote:
     """The git half: a remote URL and a local bare cache of the objects read from it or written."""
 
     def __init__(self, url: str, cache: Path) -> None:
-        self.url, self.cache = url, cache
+        self.url, self.cache = url, cache  # url: absolute when a path (git runs in the cache)
         self.git = Git(cache)
+        # Unattended: ssh must fail rather than ask for a password nobody will type (unless the
+        # user chose their own ssh command).
+        self.env = {} if {"GIT_SSH", "GIT_SSH_COMMAND"} & set(os.environ) else {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
         if not (cache / "objects").is_dir():
             cache.mkdir(parents=True, exist_ok=True)
             self.git.run("init", "--bare", "-q", ".")
         self._write(b"tree", b"")  # the empty tree every record commit has
 
     def _say(self, what: str, exc: GitError) -> NestUnreachable:
-        return NestUnreachable(redact(f"the nest {self.url} could not {what}: {exc.stderr.strip()[-600:]}; "
-                                      "check the URL, the network and your access to it"))
+        return NestUnreachable(redact(f"the nest {self.url} could not {what}: {_first_words(exc.stderr)}; "
+                                      "check the URL (`stigmergy nest init URL` makes one), the network and your "
+                                      "access to it"))
 
     def refs(self, pattern: str = NS + "*") -> dict[str, str]:
         """Every ref of the remote matching ``pattern`` and the record it points at, now."""
         try:
-            out = self.git.run("ls-remote", "--", self.url, pattern)
+            out = self.git.run("ls-remote", "--", self.url, pattern, env=self.env)
         except GitError as exc:
             raise self._say("be listed", exc) from None
         return {ref: oid for oid, ref in (line.split("\t", 1) for line in out.splitlines())}
@@ -107,7 +123,7 @@ class Remote:
         if missing:
             try:  # by name: no refs are written here, so processes sharing the cache never lock
                 self.git.run("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--",
-                             self.url, *missing)
+                             self.url, *missing, env=self.env)
             except GitError as exc:
                 raise self._say("be fetched from", exc) from None
             got |= self._read({refs[ref] for ref in missing})
@@ -155,15 +171,15 @@ class Remote:
         # No lease: forced ("+"). With one, git forces only when the ref is as expected.
         specs = [("+" if old is None else "") + (f"{new}:{ref}" if new else f":{ref}") for ref, old, new in updates]
         args = ["push", "--porcelain", "--atomic", "--no-verify", *leases, "--", self.url, *specs]
-        done = self.git.call(*args)
+        done = self.git.call(*args, env=self.env)
         if done.returncode == 0:
             return True
         reasons = _REFUSED.findall(done.stdout)
         if reasons and all(_LOST_RACE.search(r) for r in reasons):
             return False
-        said = "; ".join(r for r in reasons if not _LOST_RACE.search(r)) or done.stderr
-        raise NestUnreachable(redact(f"the nest {self.url} refused a push ({said.strip()[-600:]}): check your access "
-                                     "to it, and that nothing (branch protection, a hook) guards refs/stigmergy/"))
+        said = "; ".join(r for r in reasons if not _LOST_RACE.search(r)) or _first_words(done.stderr)
+        raise NestUnreachable(redact(f"the nest {self.url} refused a push ({said}): check the URL, your access to "
+                                     "it, and that nothing (branch protection, a hook) guards refs/stigmergy/"))
 
 
 def _event(event: str, task: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -197,7 +213,7 @@ class Nest:
     """The environment (environment.py) in a git remote; see the module docstring."""
 
     def __init__(self, url: str, home: Path | None = None) -> None:
-        self.url = url
+        self.url = url = absolute(url)
         self.home = home or cache_for(url)
         self.remote = Remote(url, self.home / "objects.git")
         self.host = socket.gethostname()
@@ -212,8 +228,9 @@ class Nest:
     def init(cls, url: str, config: str = DEFAULT_CONFIG, home: Path | None = None) -> Nest:
         """Make ``url`` a nest (idempotent: an existing nest keeps its config). A local path that
         does not exist yet becomes a bare repository."""
+        url = absolute(url)
         if is_path(url) and not Path(url).exists():
-            Git(Path.cwd()).run("init", "--bare", "-q", str(Path(url).resolve()))
+            Git(Path.cwd()).run("init", "--bare", "-q", url)
         remote = Remote(url, home or cache_for(url))
         remote.push([(NS + "config", MISSING, remote.record({"config": config}))])  # False: it was one already
         return cls(url, home)
@@ -283,6 +300,11 @@ class Nest:
     def listing(self, status: str = "pending") -> list[tuple[str, Task]]:
         states = self._states(self.remote.refs(NS + "tasks/*"))
         return [(s.status, s.task) for _, s in sorted(states.items()) if status in ("all", s.status)]
+
+    def ids(self, status: str = "all") -> set[str]:
+        if status == "all":  # the ref names say it all
+            return {ref[len(NS + "tasks/"):] for ref in self.remote.refs(NS + "tasks/*")}
+        return {t.id for _, t in self.listing(status)}
 
     def ready(self, task: Task) -> bool:
         done = {tid for tid, s in self._states({NS + f"tasks/{d}": oid for d in task.depends_on

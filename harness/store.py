@@ -105,6 +105,11 @@ class Store:
             if events:
                 fsutil.append_lines(self.events_path, events)
 
+    def ids(self, status: str = "all") -> set[str]:
+        """Names suffice: no task file is parsed."""
+        return {name[:-5] for st in (STATUSES if status == "all" else (status,))
+                for name in os.listdir(self.task_dir(st)) if name.endswith(".yaml") and not name.startswith(".")}
+
     def locate(self, task_id: str) -> tuple[str, Path] | None:
         for status in STATUSES:
             path = self.task_dir(status) / f"{task_id}.yaml"
