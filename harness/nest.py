@@ -38,6 +38,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import socket
 import time
 import zlib
@@ -49,7 +50,7 @@ from typing import Any
 from harness import roles, tasks
 from harness.config import DEFAULT_CONFIG, Config
 from harness.errors import GitError, InvalidTask, NestUnreachable, NotOwner, UnknownTask
-from harness.git import Git
+from harness.git import Completed, Git
 from harness.leases import Claim, owner_gone
 from harness.pool import Busy, Entry, effective_priority, meta_of
 from harness.redact import redact
@@ -63,6 +64,9 @@ _REFUSED = re.compile(r"^!\t[^\t]*\t(.*)$", re.M)  # a porcelain push line: an u
 _LOST_RACE = re.compile(r"stale info|atomic push failed|atomic transaction failed|cannot lock ref|failed to lock|"
                         r"failed to update ref|reference already exists|incorrect old value|fetch first")
 MISSING = ""  # an expected old value: the ref must not exist
+# git's words for a connection that was never made (nothing sent, so safe to try again).
+_NO_CONNECTION = re.compile(r"unable to connect|Connection refused|Could not resolve host|Network is unreachable|"
+                            r"No route to host|Connection timed out|ssh: connect to host")
 
 
 def cache_for(url: str) -> Path:
@@ -89,7 +93,8 @@ def is_path(url: str) -> bool:
 
 
 class Remote:
-    """The git half: a remote URL and a local bare cache of the objects read from it or written."""
+    """The git half: a remote URL and a local git dir holding the objects read from it or written:
+    the nest's bare cache, or (to land) the git dir of a clone of the target that holds the work."""
 
     def __init__(self, url: str, cache: Path) -> None:
         self.url, self.cache = url, cache  # url: absolute when a path (git runs in the cache)
@@ -97,9 +102,14 @@ class Remote:
         # Unattended: ssh must fail rather than ask for a password nobody will type (unless the
         # user chose their own ssh command).
         self.env = {} if {"GIT_SSH", "GIT_SSH_COMMAND"} & set(os.environ) else {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
-        if not (cache / "objects").is_dir():
-            cache.mkdir(parents=True, exist_ok=True)
-            self.git.run("init", "--bare", "-q", ".")
+        if not (cache / "objects").is_dir():  # made aside and renamed in: processes may start at once
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            aside = cache.parent / f".{cache.name}.{secrets.token_hex(4)}"
+            Git(cache.parent).run("init", "--bare", "-q", str(aside))
+            try:
+                os.rename(aside, cache)
+            except OSError:  # another process's is in place
+                shutil.rmtree(aside)
         self._write(b"tree", b"")  # the empty tree every record commit has
 
     def _say(self, what: str, exc: GitError) -> NestUnreachable:
@@ -107,13 +117,29 @@ class Remote:
                                       "check the URL (`stigmergy nest init URL` makes one), the network and your "
                                       "access to it"))
 
+    def _talk(self, *args: str) -> Completed:
+        """One git command that talks to the remote. A connection that was never made (a server
+        whose backlog is full, a network blip) is tried again, a few times: nothing was sent, so
+        nothing can have happened twice. Any other failure is the caller's to judge."""
+        for wait in (0.1, 0.3, 1.0, 3.0, 0.0):
+            done = self.git.call(*args, env=self.env)
+            if done.returncode == 0 or not _NO_CONNECTION.search(done.stderr) or not wait:
+                break
+            time.sleep(wait * random.uniform(0.5, 1.5))
+        return done
+
+    def _fetch(self, refs: list[str]) -> None:
+        """Fetch ``refs`` by name: no ref is written here, so processes sharing the cache never lock."""
+        done = self._talk("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", self.url, *refs)
+        if done.returncode != 0:
+            raise self._say("be fetched from", GitError(["fetch"], done.returncode, redact(done.stderr)))
+
     def refs(self, pattern: str = NS + "*") -> dict[str, str]:
         """Every ref of the remote matching ``pattern`` and the record it points at, now."""
-        try:
-            out = self.git.run("ls-remote", "--", self.url, pattern, env=self.env)
-        except GitError as exc:
-            raise self._say("be listed", exc) from None
-        return {ref: oid for oid, ref in (line.split("\t", 1) for line in out.splitlines())}
+        done = self._talk("ls-remote", "--", self.url, pattern)
+        if done.returncode != 0:
+            raise self._say("be listed", GitError(["ls-remote"], done.returncode, redact(done.stderr)))
+        return {ref: oid for oid, ref in (line.split("\t", 1) for line in done.stdout.splitlines())}
 
     def messages(self, refs: dict[str, str]) -> dict[str, str]:
         """The record of each ref (its commit's message), fetching those the cache lacks. A ref
@@ -121,13 +147,17 @@ class Remote:
         got = self._read(set(refs.values()))
         missing = sorted(ref for ref, oid in refs.items() if oid not in got)
         if missing:
-            try:  # by name: no refs are written here, so processes sharing the cache never lock
-                self.git.run("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--",
-                             self.url, *missing, env=self.env)
-            except GitError as exc:
-                raise self._say("be fetched from", exc) from None
+            self._fetch(missing)
             got |= self._read({refs[ref] for ref in missing})
         return {ref: got[oid] for ref, oid in refs.items() if oid in got}
+
+    def tip(self, branch: str) -> str | None:
+        """The commit ``branch`` is at in the nest, fetched here (no ref written); None: no such branch."""
+        ref = f"refs/heads/{branch}"
+        oid = self.refs(ref).get(ref)
+        if oid is not None and self.git.resolve(oid) is None:
+            self._fetch([ref])
+        return oid
 
     def _read(self, oids: set[str]) -> dict[str, str]:
         if not oids:
@@ -171,7 +201,7 @@ class Remote:
         # No lease: forced ("+"). With one, git forces only when the ref is as expected.
         specs = [("+" if old is None else "") + (f"{new}:{ref}" if new else f":{ref}") for ref, old, new in updates]
         args = ["push", "--porcelain", "--atomic", "--no-verify", *leases, "--", self.url, *specs]
-        done = self.git.call(*args, env=self.env)
+        done = self._talk(*args)
         if done.returncode == 0:
             return True
         reasons = _REFUSED.findall(done.stdout)
@@ -434,6 +464,31 @@ class Nest:
     def fail(self, task_id: str, agent: str, note: str, token: str | None = None) -> None:
         self._end(task_id, agent, token, "failed", None, _note(task_id, agent, note, "fail"),
                   _event("fail", task_id, agent=agent, note=note))
+
+    # -- landing ---------------------------------------------------------------------------------
+    def land(self, claim: Claim, repo: Path, commit: str, branch: str, expected: str | None, **fields: Any) -> bool:
+        """Land ``commit`` (in the git repository ``repo``) on the nest's ``branch`` and end ``claim``
+        as done, in one atomic push: the branch is expected at ``expected`` (None: not there yet)
+        and the task at the claim's own record. So a stale owner can never land (its record was
+        replaced when it was reaped: NotOwner), and a branch that moved meanwhile is a lost race
+        (False: nothing changed; fetch ``tip``, merge and verify again, land again). True: landed,
+        and a ``done`` event (``commit`` and ``fields``) is on the log."""
+        state = self._state(claim.task_id)
+        if state is None or state.status != "active" or state.claim != asdict(claim):
+            holder = f"held by {state.claim['agent']}" if state and state.status == "active" and state.claim else "not held"
+            raise NotOwner(f"task {claim.task_id!r} is {holder}: {claim.agent}'s claim (generation "
+                           f"{claim.generation}) is over, so its work does not land")
+        work = Remote(self.url, Git(repo).common_dir())  # the commit's objects are there, not in our cache
+        done = work.record(State("done", state.task, state.generation).data())
+        if not work.push([(f"refs/heads/{branch}", expected or MISSING, commit), (NS + f"tasks/{claim.task_id}",
+                                                                                state.oid, done)]):
+            if not self.holds(claim):
+                raise NotOwner(f"task {claim.task_id!r}: {claim.agent}'s claim was broken while it landed; "
+                               "its work does not land")
+            return False
+        # On the log after the fact: the chain's objects are in our cache, not in ``repo``.
+        self.event("done", claim.task_id, agent=claim.agent, commit=commit, **fields)
+        return True
 
     # -- what agents leave for each other ----------------------------------------------------------
     def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]]) -> bool:

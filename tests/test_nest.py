@@ -156,3 +156,131 @@ def test_a_url_that_is_no_nest_says_what_to_do_and_keeps_credentials_out(tmp_pat
     gone = _cli("task", "list", "--nest", "https://bob:hunter2-secret@127.0.0.1:9/x.git", cwd=tmp_path)
     assert gone.returncode == 2 and "could not be listed" in gone.stderr
     assert "hunter2-secret" not in gone.stderr + gone.stdout
+
+
+# -- landing through the nest -----------------------------------------------------------------------
+
+COMMIT_ON = """
+import os, subprocess, sys, tempfile
+def commit_on(repo, parent, name, text):
+    '''A commit adding file `name` on top of `parent`, made in `repo` without touching any checkout.'''
+    env = dict(os.environ, GIT_INDEX_FILE=tempfile.mktemp(), GIT_AUTHOR_NAME="a", GIT_AUTHOR_EMAIL="a@x",
+               GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@x")
+    run = lambda *a, **k: subprocess.run(["git", *a], cwd=repo, env=env, check=True, capture_output=True,
+                                         text=True, **k).stdout.strip()
+    run("read-tree", parent)
+    blob = run("hash-object", "-w", "--stdin", input=text)
+    run("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}")
+    return run("commit-tree", run("write-tree"), "-p", parent, "-m", f"add {name}")
+"""
+exec(COMMIT_ON)  # the same helper here and in the landing processes below
+
+
+def _nest_with_code(tmp_path: Path, ttl: float = 3600) -> tuple[Nest, str]:
+    """A nest holding a target's main (pushed as a user would) and its tip."""
+    nest = Nest.init(str(tmp_path / "nest.git"), f"lease_ttl: {ttl}\n", home=tmp_path / "cache")
+    target = tmp_path / "target"
+    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
+    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty", "-m", "base")
+    Git(target).run("push", "-q", nest.url, "main")
+    return nest, Git(target).run("rev-parse", "main").strip()
+
+
+def _clone(nest: Nest, where: Path) -> Path:
+    where.parent.mkdir(parents=True, exist_ok=True)
+    Git(where.parent).run("clone", "-q", nest.url, str(where))
+    return where
+
+
+def test_landing_moves_the_branch_and_ends_the_claim_in_one_push(tmp_path: Path) -> None:
+    nest, base = _nest_with_code(tmp_path)
+    nest.add(Task(id="t1", title="one"))
+    host = _clone(nest, tmp_path / "host")
+    claim, _ = nest.claim("a1") or pytest.fail("nothing claimed")
+    work = commit_on(host, base, "one.txt", "one\n")  # type: ignore[name-defined] # noqa: F821
+    assert nest.land(claim, host, work, "main", base, attempt="1")
+    assert nest.remote.tip("main") == work
+    assert nest.get("t1")[0] == "done" and nest.current_claim("t1") is None
+    done = [e for e in nest.events() if e["event"] == "done"]
+    assert [(e["task"], e["commit"], e["attempt"]) for e in done] == [("t1", work, "1")]
+
+
+def test_a_stale_owner_can_never_land(tmp_path: Path) -> None:
+    nest, base = _nest_with_code(tmp_path)
+    nest.add(Task(id="t1", title="one"))
+    host = _clone(nest, tmp_path / "host")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale, _ = nest.claim("sleeper", pid=gone.pid) or pytest.fail("nothing claimed")
+    taker, _ = nest.claim("a2") or pytest.fail("the stale claim was not broken")
+    assert taker.generation == stale.generation + 2
+    late = commit_on(host, base, "late.txt", "late\n")  # type: ignore[name-defined] # noqa: F821
+    with pytest.raises(NotOwner, match="sleeper's claim"):
+        nest.land(stale, host, late, "main", base)
+    assert nest.remote.tip("main") == base  # nothing of the stale owner's reached the branch
+    mine = commit_on(host, base, "mine.txt", "mine\n")  # type: ignore[name-defined] # noqa: F821
+    assert nest.land(taker, host, mine, "main", base) and nest.remote.tip("main") == mine
+
+
+def test_a_branch_that_moved_is_a_lost_race_and_the_owner_keeps_its_claim(tmp_path: Path) -> None:
+    nest, base = _nest_with_code(tmp_path)
+    nest.add_many([Task(id="t1", title="one"), Task(id="t2", title="two")])
+    host = _clone(nest, tmp_path / "host")
+    first, _ = nest.claim("a1") or pytest.fail("nothing claimed")
+    second, _ = nest.claim("a2") or pytest.fail("nothing claimed")
+    ahead = commit_on(host, base, "a.txt", "a\n")  # type: ignore[name-defined] # noqa: F821
+    assert nest.land(first, host, ahead, "main", base)
+    behind = commit_on(host, base, "b.txt", "b\n")  # type: ignore[name-defined] # noqa: F821
+    assert not nest.land(second, host, behind, "main", base)  # built on the old tip: refused, nothing changed
+    assert nest.holds(second) and nest.remote.tip("main") == ahead
+    tip = Remote(nest.url, Git(host).common_dir()).tip("main")
+    assert tip == ahead
+    again = commit_on(host, tip, "b.txt", "b\n")  # type: ignore[name-defined] # noqa: F821
+    assert nest.land(second, host, again, "main", tip)
+    assert Git(host).run("fetch", "-q", nest.url, "main") == "" and Git(host).run(
+        "rev-list", "--first-parent", "FETCH_HEAD").split() == [again, ahead, base]
+
+
+LAND_ALL = COMMIT_ON + """
+import json
+from pathlib import Path
+from harness.git import Git
+from harness.nest import Nest, Remote
+url, clone, agent = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+nest = Nest(url, clone.parent / "cache")
+work = Remote(url, Git(clone).common_dir())
+landed, lost = [], 0
+while (got := nest.claim(agent)) is not None:
+    claim, task = got
+    while True:  # a lost race: build on the new tip and land again
+        tip = work.tip("main")
+        if nest.land(claim, clone, commit_on(clone, tip, f"out-{task.id}.txt", task.id + "\\n"), "main", tip):
+            break
+        lost += 1
+    landed.append(task.id)
+print(json.dumps({"landed": landed, "lost": lost}))
+"""
+
+
+def test_processes_on_three_hosts_land_every_task_once_through_a_git_server(
+        daemon: tuple[str, Path], tmp_path: Path) -> None:
+    base_url, served = daemon
+    nest, base = _nest_with_code(tmp_path)
+    Git(tmp_path).run("clone", "-q", "--mirror", nest.url, str(served / "colony.git"))  # --bare: no refs/stigmergy/
+    url = f"{base_url}/colony.git"
+    n = 30
+    Nest(url, tmp_path / "setup").add_many([Task(id=f"t{i:02d}", title=f"task {i}") for i in range(n)])
+    clones = [_clone(Nest(url, tmp_path / "setup"), tmp_path / f"host{h}" / "clone") for h in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", LAND_ALL, url, str(clones[h]), f"h{h}a{i}"],
+                              stdout=subprocess.PIPE, text=True) for h in range(3) for i in range(2)]
+    said = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    landed = sorted(t for s in said for t in s["landed"])
+    assert landed == [f"t{i:02d}" for i in range(n)]
+    check = clones[0]
+    Git(check).run("fetch", "-q", url, "main")
+    line = Git(check).run("rev-list", "--first-parent", "--reverse", "FETCH_HEAD").split()
+    assert line[0] == base and len(line) == n + 1  # one first-parent commit per task, none lost, none twice
+    added = [Git(check).run("diff-tree", "--no-commit-id", "--name-only", "-r", c).split() for c in line[1:]]
+    assert sorted(a for names in added for a in names) == sorted(f"out-t{i:02d}.txt" for i in range(n))
+    assert all(len(names) == 1 for names in added)
+    assert {status for status, _ in Nest(url, tmp_path / "setup").listing("all")} == {"done"}
