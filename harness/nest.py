@@ -4,7 +4,8 @@ Any git URL will do (a path, file://, ssh, https, git://): the remote is the onl
 agents share, and it is the compare-and-swap. Layout on the remote, all under refs/stigmergy/:
 
     config                   the colony's config.yaml (``nest init``)
-    tasks/<id>               the task and its state: status, the last claim generation, the claim
+    tasks/<status>/<id>      the task, its last claim generation and the claim; the folder is its
+                             status (pending, active, done, failed), as on local disk
     quarantine/<id>          a task whose record did not parse, moved aside with the reason
     beats/<agent>            the agent's last heartbeat
     log/<writer>             one chain of commits per writing process: its events and notes
@@ -15,10 +16,11 @@ Each ref points at a record: a commit with the empty tree whose message is one J
 (``--force-with-lease=<ref>:<old>``, empty for "must not exist"); the remote checks it under its
 ref lock, so of many pushers expecting one value exactly one wins. Hence:
 
-- add: create ``tasks/<id>``: one of many filers of an id wins.
-- claim: ``tasks/<id>`` from pending (generation N) to active (N + 1, the claim) expecting the
-  pending record; a take-over of a stale claim (reap) pushes expecting the stale record, and
-  uses a generation of its own, as on local disk.
+- add: create ``tasks/pending/<id>``: one of many filers of an id wins.
+- claim: delete ``tasks/pending/<id>`` expecting the record read (generation N) and create
+  ``tasks/active/<id>`` (N + 1, the claim); a take-over of a stale claim (reap) moves it back
+  expecting the stale record, under a generation of its own, as on local disk. A move is one
+  atomic push, so a task is in exactly one status.
 - release, done, fail: from the owner's active record, expected, to the next: a reaper that
   got there first makes the owner's push fail, and the owner learns it is no longer the owner.
 - events and notes: a process appends to its own chain only, so appends never contend; a
@@ -26,7 +28,9 @@ ref lock, so of many pushers expecting one value exactly one wins. Hence:
 
 What is read is fetched into a local bare cache (objects only, never refs, so that the
 processes of one machine share it without locking each other); records are immutable, so the
-cache is never stale, only the ref listing (``ls-remote``) is asked anew.
+cache is never stale, only the ref listing (``ls-remote``) is asked anew. Since the status is in
+the ref's name, a claim reads no record but the pending ones it has not seen yet: one listing and
+one push per try once a process has read the pool.
 """
 
 from __future__ import annotations
@@ -128,9 +132,18 @@ class Remote:
             time.sleep(wait * random.uniform(0.5, 1.5))
         return done
 
-    def _fetch(self, refs: list[str]) -> None:
-        """Fetch ``refs`` by name: no ref is written here, so processes sharing the cache never lock."""
-        done = self._talk("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", self.url, *refs)
+    def _fetch(self, refs: dict[str, str]) -> None:
+        """Fetch the objects ``refs`` (name -> oid, as listed) point at, by object id (a protocol v2
+        server gives any object it has). No ref is written here, so processes sharing the cache
+        never lock each other. A ref that moved or went since it was listed may make the fetch
+        fail: then those still where they were are fetched again (the others are the next look's),
+        and only a failure of those is the nest's."""
+        fetch = ("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", self.url)
+        done = self._talk(*fetch, *sorted(set(refs.values())))
+        if done.returncode != 0:
+            now = self.refs(NS + "*") | self.refs("refs/heads/*")
+            same = sorted({oid for ref, oid in refs.items() if now.get(ref) == oid})
+            done = self._talk(*fetch, *same) if same else Completed(0, "", "")
         if done.returncode != 0:
             raise self._say("be fetched from", GitError(["fetch"], done.returncode, redact(done.stderr)))
 
@@ -147,7 +160,7 @@ class Remote:
         got = self._read(set(refs.values()))
         missing = sorted(ref for ref, oid in refs.items() if oid not in got)
         if missing:
-            self._fetch(missing)
+            self._fetch({ref: refs[ref] for ref in missing})
             got |= self._read({refs[ref] for ref in missing})
         return {ref: got[oid] for ref, oid in refs.items() if oid in got}
 
@@ -156,7 +169,7 @@ class Remote:
         ref = f"refs/heads/{branch}"
         oid = self.refs(ref).get(ref)
         if oid is not None and self.git.resolve(oid) is None:
-            self._fetch([ref])
+            self._fetch({ref: oid})
         return oid
 
     def _read(self, oids: set[str]) -> dict[str, str]:
@@ -220,11 +233,16 @@ def _note(task_id: str, agent: str, text: str, kind: str) -> dict[str, Any]:
     return {"on": tasks.check_id(task_id), "note": {"agent": agent, "kind": kind, "text": text}}
 
 
-@dataclass
+STATUSES = ("pending", "active", "done", "failed")
+
+
+def task_ref(status: str, task_id: str) -> str:
+    return f"{NS}tasks/{status}/{task_id}"
+
 
 @dataclass
 class State:
-    """What ``tasks/<id>`` says: the task, its status, its last claim generation and the claim."""
+    """What ``tasks/<status>/<id>`` says: the task, its status, its last claim generation and the claim."""
 
     status: str
     task: Task
@@ -235,7 +253,7 @@ class State:
     def data(self) -> dict[str, Any]:
         # The nonce: two pushers of the same next state (two reapers) must not both "win" because
         # git calls a ref already at the value pushed up to date.
-        return {"status": self.status, "task": self.task.to_dict(), "generation": self.generation, "claim": self.claim,
+        return {"task": self.task.to_dict(), "generation": self.generation, "claim": self.claim,
                 "nonce": secrets.token_hex(8)}
 
 
@@ -253,6 +271,7 @@ class Nest:
         self.config = Config.parse(json.loads(next(iter(found.values())))["config"], f"{redact(url)} {NS}config")
         self._writer = re.sub(r"[^a-z0-9_-]", "-", f"{self.host.lower()}-{os.getpid()}-{secrets.token_hex(3)}")
         self._tip: str | None = None  # the head of our own log chain
+        self._read: dict[str, State] = {}  # records parsed, by oid: a record never changes
 
     @classmethod
     def init(cls, url: str, config: str = DEFAULT_CONFIG, home: Path | None = None) -> Nest:
@@ -266,41 +285,57 @@ class Nest:
         return cls(url, home)
 
     # -- records ---------------------------------------------------------------------------------
-    def _states(self, refs: dict[str, str]) -> dict[str, State]:
-        """The task states of ``refs`` (task refs only); a record that does not parse is quarantined."""
-        wanted = {ref: oid for ref, oid in refs.items() if ref.startswith(NS + "tasks/")}
-        out: dict[str, State] = {}
-        for ref, text in self.remote.messages(wanted).items():
-            tid = ref[len(NS + "tasks/"):]
-            try:
-                data = json.loads(text)
-                task = tasks.from_dict(data["task"], f"{NS}tasks/{tid}")
-                if task.id != tid or data["status"] not in ("pending", "active", "done", "failed"):
-                    raise InvalidTask(f"{NS}tasks/{tid}: its record names task {task.id!r}, status {data['status']!r}")
-                out[tid] = State(data["status"], task, int(data.get("generation", 0)), data.get("claim"), wanted[ref])
-            except (ValueError, KeyError, TypeError, InvalidTask) as exc:
-                self._quarantine(tid, wanted[ref], str(exc))
+    @staticmethod
+    def _listed(refs: dict[str, str], statuses: tuple[str, ...] = STATUSES) -> dict[str, tuple[str, str]]:
+        """The tasks ``refs`` name in ``statuses``: id -> (status, oid). The names say it all."""
+        out = {}
+        for ref, oid in refs.items():
+            status, _, tid = ref[len(NS + "tasks/"):].partition("/")
+            if ref.startswith(NS + "tasks/") and status in statuses and tid:
+                out[tid] = (status, oid)
         return out
 
-    def _quarantine(self, tid: str, oid: str, reason: str) -> None:
-        self._push([(NS + f"tasks/{tid}", oid, None), (NS + f"quarantine/{tid}", None, oid)],
+    def _states(self, listed: dict[str, tuple[str, str]]) -> dict[str, State]:
+        """The states of ``listed`` tasks, reading only records not read before; a record that does
+        not parse is quarantined, never returned."""
+        todo = {task_ref(st, tid): oid for tid, (st, oid) in listed.items() if oid not in self._read}
+        for ref, text in self.remote.messages(todo).items():
+            status, _, tid = ref[len(NS + "tasks/"):].partition("/")
+            try:
+                data = json.loads(text)
+                task = tasks.from_dict(data["task"], ref)
+                if task.id != tid:
+                    raise InvalidTask(f"{ref}: its record names task {task.id!r}")
+                self._read[todo[ref]] = State(status, task, int(data.get("generation", 0)), data.get("claim"), todo[ref])
+            except (ValueError, KeyError, TypeError, InvalidTask) as exc:
+                self._quarantine(ref, tid, todo[ref], str(exc))
+        return {tid: self._read[oid] for tid, (_, oid) in listed.items() if oid in self._read}
+
+    def _quarantine(self, ref: str, tid: str, oid: str, reason: str) -> None:
+        self._push([(ref, oid, None), (NS + f"quarantine/{tid}", None, oid)],
                    [_event("quarantine", tid, reason=reason[:500])])
 
     def _state(self, task_id: str) -> State | None:
-        ref = NS + f"tasks/{tasks.check_id(task_id)}"
-        for _ in range(5):  # a ref that moves while it is read is read again
-            listed = {r: oid for r, oid in self.remote.refs(ref).items() if r == ref}
+        pattern = NS + f"tasks/*/{tasks.check_id(task_id)}"
+        for _ in range(5):  # a task that moves while it is read is read again
+            listed = {tid: v for tid, v in self._listed(self.remote.refs(pattern)).items() if tid == task_id}
             if not listed:
                 return None
             if (found := self._states(listed).get(task_id)) is not None:
                 return found
         raise NestUnreachable(f"the nest {redact(self.url)}: task {task_id!r} kept moving while it was read; try again")
 
+    def _moves(self, old: State, new: State) -> list[tuple[str, str | None, str | None]]:
+        """The ref updates that take the task from ``old`` (expected) to ``new``."""
+        record = self.remote.record(new.data())
+        if old.status == new.status:
+            return [(task_ref(old.status, old.task.id), old.oid, record)]
+        return [(task_ref(old.status, old.task.id), old.oid, None), (task_ref(new.status, new.task.id), MISSING, record)]
+
     def _move(self, old: State, new: State, *records: dict[str, Any]) -> bool:
-        """``tasks/<id>`` from ``old`` (expected) to ``new``, and ``records`` onto our log, in one
-        push: an event is on the log exactly when what it tells happened."""
-        ref = NS + f"tasks/{old.task.id}"
-        return self._push([(ref, old.oid, self.remote.record(new.data()))], list(records))
+        """The task from ``old`` (expected) to ``new``, and ``records`` onto our log, in one push:
+        an event is on the log exactly when what it tells happened."""
+        return self._push(self._moves(old, new), list(records))
 
     # -- tasks -----------------------------------------------------------------------------------
     def add(self, task: Task) -> Task:
@@ -311,11 +346,11 @@ class Nest:
         ids = [tasks.check_id(t.id) for t in new]
         if len(set(ids)) != len(ids):
             raise InvalidTask(f"task ids repeat in one batch: {sorted({i for i in ids if ids.count(i) > 1})}")
-        taken = set(self.remote.refs(NS + "tasks/*")) | set(self.remote.refs(NS + "quarantine/*"))
+        taken = self.ids() | {ref.rsplit("/", 1)[1] for ref in self.remote.refs(NS + "quarantine/*")}
         for tid in ids:
-            if NS + f"tasks/{tid}" in taken or NS + f"quarantine/{tid}" in taken:
+            if tid in taken:
                 raise InvalidTask(f"task {tid!r} already exists; choose another --id or leave it out")
-        updates = [(NS + f"tasks/{t.id}", MISSING, self.remote.record(State("pending", t).data())) for t in new]
+        updates = [(task_ref("pending", t.id), MISSING, self.remote.record(State("pending", t).data())) for t in new]
         told = [_event("add", t.id, meta=meta_of(t), created_by=t.created_by) for t in new]
         if not self._push(updates, told):  # all or nothing: another filer took one of the ids meanwhile
             raise InvalidTask(f"a task among {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''} already exists "
@@ -328,18 +363,15 @@ class Nest:
         return found.status, found.task
 
     def listing(self, status: str = "pending") -> list[tuple[str, Task]]:
-        states = self._states(self.remote.refs(NS + "tasks/*"))
-        return [(s.status, s.task) for _, s in sorted(states.items()) if status in ("all", s.status)]
+        which = STATUSES if status == "all" else (status,)
+        states = self._states(self._listed(self.remote.refs(NS + "tasks/*"), which))
+        return [(s.status, s.task) for _, s in sorted(states.items())]
 
     def ids(self, status: str = "all") -> set[str]:
-        if status == "all":  # the ref names say it all
-            return {ref[len(NS + "tasks/"):] for ref in self.remote.refs(NS + "tasks/*")}
-        return {t.id for _, t in self.listing(status)}
+        return set(self._listed(self.remote.refs(NS + "tasks/*"), STATUSES if status == "all" else (status,)))
 
     def ready(self, task: Task) -> bool:
-        done = {tid for tid, s in self._states({NS + f"tasks/{d}": oid for d in task.depends_on
-                                                for oid in self.remote.refs(NS + f"tasks/{d}").values()}).items()
-                if s.status == "done"}
+        done = self.ids("done")
         missing, left = tasks.readiness(task, done.__contains__, time.time())
         return not missing and not left
 
@@ -350,12 +382,11 @@ class Nest:
         reaped = False
         for _ in range(50):  # a look per round; a round whose candidates were all taken: look again
             refs = self.remote.refs()
-            states = self._states(refs)
-            picks = self._candidates(states, suits)
+            picks = self._candidates(self._listed(refs), suits)
             if not picks:
                 if reaped:
                     return None
-                self._reap_stale(states, refs, agent)  # before giving up: stale claims back to pending
+                self._reap_stale(refs, agent)  # before giving up: stale claims back to pending
                 reaped = True  # whoever won each break, look once more
                 continue
             for state in picks:
@@ -367,27 +398,29 @@ class Nest:
                     return claim, state.task
         return None
 
-    def _candidates(self, states: dict[str, State], role: roles.Role | None, top: int = 16) -> list[State]:
+    def _candidates(self, listed: dict[str, tuple[str, str]], role: roles.Role | None, top: int = 16) -> list[State]:
         """The most urgent ready tasks, best first; within one point of each other in random order,
-        so that many claimers at once spread over them (pool.py's order, without the index)."""
+        so that many claimers at once spread over them (pool.py's order, without the index). Only
+        pending records are read; an active task's outputs are those it had while pending here."""
         now = time.time()
-        done = {tid for tid, s in states.items() if s.status == "done"}
+        done = {tid for tid, (st, _) in listed.items() if st == "done"}
+        states = self._states({tid: v for tid, v in listed.items() if v[0] == "pending"})
+        known = {s.task.id: s.task for s in self._read.values()}
         busy = Busy()
-        for tid, s in states.items():
-            if s.status == "active" and s.task.outputs:
-                busy.add(tid, s.task.outputs)
+        for tid, (st, _) in listed.items():
+            if st == "active" and tid in known and known[tid].outputs:
+                busy.add(tid, known[tid].outputs)
         def score(s: State) -> tuple[int, float]:
             hit = bool(s.task.outputs) and busy.touches(s.task.outputs)
             rank = effective_priority(self.config, Entry.of(s.task, role), now)
             return int(rank - (self.config.overlap_penalty if hit else 0)), random.random()
-        ready = [s for s in states.values() if s.status == "pending"
-                 and not any(tasks.readiness(s.task, done.__contains__, now))]
+        ready = [s for s in states.values() if not any(tasks.readiness(s.task, done.__contains__, now))]
         return sorted(ready, key=score, reverse=True)[:top]
 
-    def _reap_stale(self, states: dict[str, State], refs: dict[str, str], reaper: str) -> list[str]:
-        """Reap every active task of ``states`` whose owner is gone (its heartbeat read from ``refs``)."""
+    def _reap_stale(self, refs: dict[str, str], reaper: str) -> list[str]:
+        """Reap every active task of ``refs`` whose owner is gone (its heartbeat read from ``refs``)."""
         now = time.time()
-        active = {tid: s for tid, s in sorted(states.items()) if s.status == "active"}
+        active = dict(sorted(self._states(self._listed(refs, ("active",))).items()))
         owners = {str((s.claim or {}).get("agent")) for s in active.values()}
         beats = {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(
             {NS + f"beats/{a}": refs[NS + f"beats/{a}"] for a in owners if NS + f"beats/{a}" in refs}).items()}
@@ -408,8 +441,7 @@ class Nest:
         return self._move(state, State("pending", task, state.generation + 1), note, told)
 
     def reap(self, reaper: str) -> list[str]:
-        refs = self.remote.refs()
-        return self._reap_stale(self._states(refs), refs, reaper)
+        return self._reap_stale(self.remote.refs(), reaper)
 
     def current_claim(self, task_id: str) -> Claim | None:
         state = self._state(task_id)
@@ -480,8 +512,8 @@ class Nest:
                            f"{claim.generation}) is over, so its work does not land")
         work = Remote(self.url, Git(repo).common_dir())  # the commit's objects are there, not in our cache
         done = work.record(State("done", state.task, state.generation).data())
-        if not work.push([(f"refs/heads/{branch}", expected or MISSING, commit), (NS + f"tasks/{claim.task_id}",
-                                                                                state.oid, done)]):
+        moves = [(task_ref("active", claim.task_id), state.oid, None), (task_ref("done", claim.task_id), MISSING, done)]
+        if not work.push([(f"refs/heads/{branch}", expected or MISSING, commit), *moves]):
             if not self.holds(claim):
                 raise NotOwner(f"task {claim.task_id!r}: {claim.agent}'s claim was broken while it landed; "
                                "its work does not land")

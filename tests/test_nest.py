@@ -113,10 +113,10 @@ def test_a_record_nobody_can_read_is_quarantined_not_fatal(tmp_path: Path) -> No
     nest = Nest.init(str(tmp_path / "n.git"), home=tmp_path / "cache")
     nest.add(Task(id="good", title="good"))
     remote = Remote(nest.url, tmp_path / "cache" / "objects.git")
-    junk = remote.record({"status": "pending", "task": {"id": "junk", "title": "x", "priority": "urgent!"}})
-    assert remote.push([(NS + "tasks/junk", "", junk)])
+    junk = remote.record({"task": {"id": "junk", "title": "x", "priority": "urgent!"}})
+    assert remote.push([(NS + "tasks/pending/junk", "", junk)])
     assert [t.id for _, t in nest.listing("all")] == ["good"]
-    assert NS + "quarantine/junk" in remote.refs() and NS + "tasks/junk" not in remote.refs()
+    assert NS + "quarantine/junk" in remote.refs() and NS + "tasks/pending/junk" not in remote.refs()
     said = [e for e in nest.events() if e["event"] == "quarantine"]
     assert [e["task"] for e in said] == ["junk"] and "priority" in said[0]["reason"]
     got = nest.claim("a1")
