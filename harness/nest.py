@@ -49,7 +49,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import roles, tasks
 from harness.config import DEFAULT_CONFIG, Config
@@ -567,3 +567,8 @@ class Nest:
 
     def stop_requested(self) -> bool:
         return bool(self.remote.refs(NS + "STOP"))
+
+
+if TYPE_CHECKING:  # mypy checks here that the nest keeps the contract
+    from harness.environment import Environment
+    _KEEPS_THE_CONTRACT: type[Environment] = Nest
