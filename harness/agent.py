@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import briefing, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
+from harness import briefing, conflicts, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
 from harness.checkout import Blocked
 from harness.colony import Colony
 from harness.leases import Claim
@@ -431,7 +431,7 @@ class Agent:
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> bool:
         """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""
         if task.resolves:  # the original's work is on main too: it counts as done first
-            self.colony.settle(task.resolves, by=self.id, via=task.id)
+            conflicts.settle(self.colony, task.resolves, by=self.id, via=task.id)
         self.colony.done(task.id, self.id, claim.token, commit=result.commit)
         if isinstance(result, Landed):  # its exact tree passed verify: main's new verdict, for free
             self.gate.record(result.tree, True, self.id)
@@ -459,8 +459,8 @@ class Agent:
                      created_by=self.id, discovered_from=task.id, resolves=task.id,
                      meta={"ref": c.ref, "base": c.base, "ours": c.ours, "theirs": c.theirs, "paths": c.paths})
         self.colony.add(ctask)
-        self.colony.defer(task.id, self.id, waits_on=ctask.id, token=claim.token,
-                          note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
+        conflicts.defer(self.colony, task.id, self.id, waits_on=ctask.id, token=claim.token,
+                        note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
         self.say(f"conflict on {task.id}: filed {ctask.id}")
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The shared environment on disk: the colony, which composes its store and its leases.
 
 The store (store.py) holds the task files, events and notes; the leases (leases.py) hold claims
-and heartbeats. The colony joins them into the contract agents use (environment.py): a claim is
+and heartbeats; what becomes of a task whose work conflicted is conflicts.py's. The colony joins them into the contract agents use (environment.py): a claim is
 won in the leases, then the task file moves to active/; a release, done or fail moves the file,
 then ends the claim; a stale claim is broken and its task moved back to pending by whichever
 process wins the break. Every step is recoverable when a process dies between two of them: a
@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import faults, fsutil, leases, target, tasks
+from harness import conflicts, faults, fsutil, leases, target, tasks
 from harness.config import DEFAULT_CONFIG, Config, with_branch
 from harness.errors import FilingCapped, FilingRefused, NotARepository, NotOwner
 from harness.leases import Claim, Leases
-from harness.pool import Pool, meta_of
+from harness.pool import Pool
 from harness.store import Store
 from harness.tasks import Task
 
@@ -240,7 +240,7 @@ class Colony:
         self._pools[role] = pool
         return pool
 
-    def _index(self) -> Pool:
+    def index(self) -> Pool:
         """Any role's index will do where only facts matter (owners, resolvers), not order."""
         return next(iter(self._pools.values()), None) or self.pool(None)
 
@@ -320,14 +320,15 @@ class Colony:
         return None
 
     # -- ending a claim -----------------------------------------------------------------------------
-    def _owned(self, task_id: str, agent: str, token: str | None) -> Claim:
+    def owned(self, task_id: str, agent: str, token: str | None) -> Claim:
+        """The current claim of ``task_id``, which ``agent`` (with ``token``) must hold: NotOwner otherwise."""
         claim = self.current_claim(tasks.check_id(task_id))
         if claim is None or claim.agent != agent or (token is not None and claim.token != token):
             holder = f"held by {claim.agent}" if claim else "not claimed"
             raise NotOwner(f"task {task_id!r} is {holder}; only its current owner may release, finish or fail it")
         return claim
 
-    def _move(self, claim: Claim, dest: str, change: Callable[[Task], object] | None = None) -> Task | None:
+    def move(self, claim: Claim, dest: str, change: Callable[[Task], object] | None = None) -> Task | None:
         """Move the claimed task from active/ to `dest` (after `change`, if any, is applied to its
         file) and end the claim; the task as moved, or None when it was not in active/."""
         task = self.store.move(claim.task_id, "active", dest, change)
@@ -339,70 +340,33 @@ class Colony:
         """Back to pending with skip_count + 1 (so it grows more urgent, once its back-off is over);
         returns the new skip_count.
         skip=False is for an agent that stops (STOP, budget, SIGTERM): the task did not fail it."""
-        claim = self._owned(task_id, agent, token)
+        claim = self.owned(task_id, agent, token)
         if note:
             self.add_note(task_id, agent, note, kind="release")
         def count(task: Task) -> None:
             if skip:
                 task.skip_count += 1
                 self.backoff(task)
-        task = self._move(claim, "pending", count)
+        task = self.move(claim, "pending", count)
         skips = task.skip_count if task else 0
         self.event("release", task_id, agent=agent, skip_count=skips, not_before=task.not_before if task else None,
                    note=note)
         return skips
 
     def done(self, task_id: str, agent: str, token: str | None = None, **fields: Any) -> None:
-        claim = self._owned(task_id, agent, token)
-        self._move(claim, "done")
+        claim = self.owned(task_id, agent, token)
+        self.move(claim, "done")
         self.event("done", task_id, agent=agent, **fields)
 
     def fail(self, task_id: str, agent: str, note: str, token: str | None = None) -> None:
-        claim = self._owned(task_id, agent, token)
+        claim = self.owned(task_id, agent, token)
         self.add_note(task_id, agent, note, kind="fail")
-        self._move(claim, "failed")
+        self.move(claim, "failed")
         self.event("fail", task_id, agent=agent, note=note)
         task = self.store.read_task(self.store.task_dir("failed") / f"{task_id}.yaml")
         if task is not None and task.resolves:
-            self._undefer(task.resolves, task_id, agent)
+            conflicts.undefer(self, task.resolves, task_id, agent)
 
-
-    # -- merge-conflict bookkeeping ------------------------------------------------------------------
-    def _undefer(self, task_id: str, gave_up: str, agent: str) -> None:
-        """A conflict resolution failed: its original must not wait for it forever. It goes back to
-        work from the current main (its first attempt stays under refs/stigmergy/conflicts/)."""
-        path = self.store.task_dir("pending") / f"{task_id}.yaml"
-        task = self.store.read_task(path)
-        if task is None or gave_up not in task.depends_on:
-            return
-        task.depends_on = [d for d in task.depends_on if d != gave_up]
-        fsutil.atomic_write(path, task.to_yaml())
-        self.add_note(task_id, agent, f"{gave_up} failed to resolve this task's merge conflict: redo the task "
-                      f"on the current main (the first attempt is kept at refs/stigmergy/conflicts/{task_id})",
-                      kind="undefer")
-        self.event("undefer", task_id, agent=agent, meta=meta_of(task))
-
-    def defer(self, task_id: str, agent: str, waits_on: str, note: str, token: str | None = None) -> None:
-        """Back to pending, waiting on another task (a conflict's resolution) instead of a retry."""
-        claim = self._owned(task_id, agent, token)
-        self.add_note(task_id, agent, note, kind="defer")
-        task = self._move(claim, "pending", lambda t: t.depends_on.append(waits_on))
-        if task is not None:
-            self.event("defer", task_id, agent=agent, waits_on=waits_on, meta=meta_of(task))
-
-    def settle(self, task_id: str, by: str, via: str) -> None:
-        """Mark a deferred task done because `via` landed its work; recursively for chains."""
-        found = self.store.locate(task_id)
-        if found is None or found[0] in ("done", "failed"):
-            return
-        task = self.store.read_task(found[1])
-        try:
-            os.rename(found[1], self.store.task_dir("done") / f"{task_id}.yaml")
-        except FileNotFoundError:
-            return
-        self.event("done", task_id, agent=by, via=via)
-        if task is not None and task.resolves:
-            self.settle(task.resolves, by, via)
 
     def idle(self) -> bool:
         """Nothing to do for anyone: no task active, none ready and none backing off."""
@@ -424,14 +388,9 @@ class Colony:
         self.add_note(task_id, reaper, note, kind="reap")
         def requeue(task: Task) -> None:
             task.skip_count += 1  # no back-off: an owner's death (kill, OOM, reboot) is no sign the task is at fault
-            # An owner that died between filing a merge_conflict task for this one and deferring it
-            # left the resolution in the pool: wait for it, or the work would land twice.
-            index = self._index()
-            index.refresh()
-            task.depends_on += [r for r in sorted(index.resolved_by.get(task_id, ()))
-                                if r not in task.depends_on and (found := self.store.locate(r)) and found[0] != "failed"]
+            task.depends_on += conflicts.resolutions(self, task)
         # Not in active/: the owner died before moving it out of pending, or after finishing.
-        task = self._move(mine, "pending", requeue)
+        task = self.move(mine, "pending", requeue)
         skips = {"skip_count": task.skip_count} if task else {}
         self.event("reap", task_id, agent=reaper, abandoned_by=abandoned, generation=gen, **skips)
         return True
@@ -446,7 +405,7 @@ class Colony:
         now = time.time()
         reaped: list[str] = []
         beats: dict[str, Any] = {}
-        pool = self._index()
+        pool = self.index()
         pool.refresh()
         for name in os.listdir(self.store.task_dir("active")):
             tid = name[:-5]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, set_config, wait_for
-from harness import tasks
+from harness import conflicts, tasks
 from harness.colony import Colony
 from harness.errors import InvalidId, InvalidTask, NotOwner
 from harness.tasks import Task
@@ -264,7 +264,7 @@ def test_a_failed_conflict_resolution_sends_its_original_back_to_work(colony: Co
     colony.add(Task(id="orig", title="original"))
     claim, _ = colony.claim("a")  # type: ignore[misc]
     colony.add(Task(id="conflict-orig", title="resolve", kind="merge_conflict", priority=95, resolves="orig"))
-    colony.defer("orig", "a", waits_on="conflict-orig", note="conflicted", token=claim.token)
+    conflicts.defer(colony, "orig", "a", waits_on="conflict-orig", note="conflicted", token=claim.token)
     assert colony.claim("m")[1].id == "conflict-orig"  # type: ignore[index]
     assert colony.claim("b") is None  # the original waits for its resolution
     colony.fail("conflict-orig", "m", note="could not merge")

@@ -6,10 +6,13 @@ The contract itself (claims, races, leases, events) runs on the nest in tests/te
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,20 +163,18 @@ def test_a_url_that_is_no_nest_says_what_to_do_and_keeps_credentials_out(tmp_pat
 
 # -- landing through the nest -----------------------------------------------------------------------
 
-COMMIT_ON = """
-import os, subprocess, sys, tempfile
-def commit_on(repo, parent, name, text):
-    '''A commit adding file `name` on top of `parent`, made in `repo` without touching any checkout.'''
+def commit_on(repo: Path, parent: str, name: str, text: str) -> str:
+    """A commit adding file ``name`` on top of ``parent``, made in ``repo`` without touching any checkout."""
     env = dict(os.environ, GIT_INDEX_FILE=tempfile.mktemp(), GIT_AUTHOR_NAME="a", GIT_AUTHOR_EMAIL="a@x",
                GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@x")
-    run = lambda *a, **k: subprocess.run(["git", *a], cwd=repo, env=env, check=True, capture_output=True,
-                                         text=True, **k).stdout.strip()
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True,
+                              input=stdin).stdout.strip()
     run("read-tree", parent)
-    blob = run("hash-object", "-w", "--stdin", input=text)
+    blob = run("hash-object", "-w", "--stdin", stdin=text)
     run("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}")
     return run("commit-tree", run("write-tree"), "-p", parent, "-m", f"add {name}")
-"""
-exec(COMMIT_ON)  # the same helper here and in the landing processes below
 
 
 def _nest_with_code(tmp_path: Path, ttl: float = 3600) -> tuple[Nest, str]:
@@ -197,7 +198,7 @@ def test_landing_moves_the_branch_and_ends_the_claim_in_one_push(tmp_path: Path)
     nest.add(Task(id="t1", title="one"))
     host = _clone(nest, tmp_path / "host")
     claim, _ = nest.claim("a1") or pytest.fail("nothing claimed")
-    work = commit_on(host, base, "one.txt", "one\n")  # type: ignore[name-defined] # noqa: F821
+    work = commit_on(host, base, "one.txt", "one\n")
     assert nest.land(claim, host, work, "main", base, attempt="1")
     assert nest.remote.tip("main") == work
     assert nest.get("t1")[0] == "done" and nest.current_claim("t1") is None
@@ -214,11 +215,11 @@ def test_a_stale_owner_can_never_land(tmp_path: Path) -> None:
     stale, _ = nest.claim("sleeper", pid=gone.pid) or pytest.fail("nothing claimed")
     taker, _ = nest.claim("a2") or pytest.fail("the stale claim was not broken")
     assert taker.generation == stale.generation + 2
-    late = commit_on(host, base, "late.txt", "late\n")  # type: ignore[name-defined] # noqa: F821
+    late = commit_on(host, base, "late.txt", "late\n")
     with pytest.raises(NotOwner, match="sleeper's claim"):
         nest.land(stale, host, late, "main", base)
     assert nest.remote.tip("main") == base  # nothing of the stale owner's reached the branch
-    mine = commit_on(host, base, "mine.txt", "mine\n")  # type: ignore[name-defined] # noqa: F821
+    mine = commit_on(host, base, "mine.txt", "mine\n")
     assert nest.land(taker, host, mine, "main", base) and nest.remote.tip("main") == mine
 
 
@@ -228,20 +229,20 @@ def test_a_branch_that_moved_is_a_lost_race_and_the_owner_keeps_its_claim(tmp_pa
     host = _clone(nest, tmp_path / "host")
     first, _ = nest.claim("a1") or pytest.fail("nothing claimed")
     second, _ = nest.claim("a2") or pytest.fail("nothing claimed")
-    ahead = commit_on(host, base, "a.txt", "a\n")  # type: ignore[name-defined] # noqa: F821
+    ahead = commit_on(host, base, "a.txt", "a\n")
     assert nest.land(first, host, ahead, "main", base)
-    behind = commit_on(host, base, "b.txt", "b\n")  # type: ignore[name-defined] # noqa: F821
+    behind = commit_on(host, base, "b.txt", "b\n")
     assert not nest.land(second, host, behind, "main", base)  # built on the old tip: refused, nothing changed
     assert nest.holds(second) and nest.remote.tip("main") == ahead
     tip = Remote(nest.url, Git(host).common_dir()).tip("main")
     assert tip == ahead
-    again = commit_on(host, tip, "b.txt", "b\n")  # type: ignore[name-defined] # noqa: F821
+    again = commit_on(host, tip, "b.txt", "b\n")
     assert nest.land(second, host, again, "main", tip)
     assert Git(host).run("fetch", "-q", nest.url, "main") == "" and Git(host).run(
         "rev-list", "--first-parent", "FETCH_HEAD").split() == [again, ahead, base]
 
 
-LAND_ALL = COMMIT_ON + """
+LAND_ALL = "import os, subprocess, sys, tempfile\nfrom pathlib import Path\n" + inspect.getsource(commit_on) + """
 import json
 from pathlib import Path
 from harness.git import Git
