@@ -269,8 +269,7 @@ class Nest:
         if not found:
             raise NestUnreachable(redact(f"{url} is no nest yet (it has no {NS}config): run `stigmergy nest init {url}`"))
         self.config = Config.parse(json.loads(next(iter(found.values())))["config"], f"{redact(url)} {NS}config")
-        self._writer = re.sub(r"[^a-z0-9_-]", "-", f"{self.host.lower()}-{os.getpid()}-{secrets.token_hex(3)}")
-        self._tip: str | None = None  # the head of our own log chain
+        self._pid, self._writer, self._tip = 0, "", ""  # our log chain: its process, name and head (_push)
         self._read: dict[str, State] = {}  # records parsed, by oid: a record never changes
 
     @classmethod
@@ -280,7 +279,7 @@ class Nest:
         url = absolute(url)
         if is_path(url) and not Path(url).exists():
             Git(Path.cwd()).run("init", "--bare", "-q", url)
-        remote = Remote(url, home or cache_for(url))
+        remote = Remote(url, (home or cache_for(url)) / "objects.git")
         remote.push([(NS + "config", MISSING, remote.record({"config": config}))])  # False: it was one already
         return cls(url, home)
 
@@ -526,11 +525,16 @@ class Nest:
     def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]]) -> bool:
         """``updates`` and ``records`` appended to this process's own log chain, in one atomic push.
         Nobody else writes the chain, so only ``updates`` can lose a race."""
+        if self._pid != os.getpid():  # a new chain for each process, a forked child's too
+            self._pid, self._tip = os.getpid(), ""
+            self._writer = re.sub(r"[^a-z0-9_-]", "-", f"{self.host.lower()}-{self._pid}-{secrets.token_hex(3)}")
         tip = self._tip
         for rec in records:
-            tip = self.remote.record({"ts": round(time.time(), 3), **rec}, tip)
+            tip = self.remote.record({"ts": round(time.time(), 3), **rec}, tip or None)
         log = [(NS + f"log/{self._writer}", self._tip or MISSING, tip)] if records else []
         if not self.remote.push([*updates, *log]):
+            if not updates:
+                raise NestUnreachable(f"the nest {redact(self.url)} refused this process's own log ({self._writer})")
             return False
         self._tip = tip
         return True

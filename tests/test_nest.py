@@ -127,8 +127,9 @@ def test_a_record_nobody_can_read_is_quarantined_not_fatal(tmp_path: Path) -> No
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cwd / "xdg-cache"))  # the nest's cache: not the user's
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
 
 
 def test_the_cli_speaks_to_a_nest(tmp_path: Path) -> None:
@@ -150,6 +151,7 @@ def test_the_cli_speaks_to_a_nest(tmp_path: Path) -> None:
     assert _cli("task", "claim", "--agent", "a1", "--nest", "n.git", cwd=tmp_path).stdout.strip() == "then"
     assert _cli("task", "claim", "--agent", "a1", "--nest", "n.git", cwd=tmp_path).returncode == 3  # none ready
     assert Nest(str(tmp_path / "n.git"), tmp_path / "cache").config.branch == "trunk"
+    assert list((tmp_path / "xdg-cache" / "stigmergy" / "nest").iterdir())  # where the cache went
 
 
 def test_a_url_that_is_no_nest_says_what_to_do_and_keeps_credentials_out(tmp_path: Path) -> None:
