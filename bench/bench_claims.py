@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from harness.colony import Colony
+from harness.environment import Environment
 from harness.tasks import Task
 
 
@@ -91,14 +92,19 @@ def latency(root: Path, n: int, claimers: int = 16, per: int = 60) -> dict[str, 
             "p99_ms": 1000 * lat[int(len(lat) * 0.99)], "cli_p50_ms": 1000 * statistics.median(cli)}
 
 
-def _claim_all(repo: str, agent: str, go: object, out: object) -> None:
-    colony = Colony.open(Path(repo))
-    colony.pool(None)
+def claim_until_empty(env: Environment, agent: str, go: object, out: object) -> None:
+    """At the start signal, claim until nothing is left; put how many were won."""
     go.wait()  # type: ignore[attr-defined]
     n = 0
-    while colony.claim(agent) is not None:
+    while env.claim(agent) is not None:
         n += 1
     out.put(n)  # type: ignore[attr-defined]
+
+
+def _claim_all(repo: str, agent: str, go: object, out: object) -> None:
+    colony = Colony.open(Path(repo))
+    colony.pool(None)  # an agent loads its index once, at start-up
+    claim_until_empty(colony, agent, go, out)
 
 
 def _mkdir_all(folder: str, names: int, go: object, out: object) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_claims import _race  # noqa: E402
+from bench_claims import _claim_all, _race, claim_until_empty  # noqa: E402
 
 from harness.colony import Colony  # noqa: E402
 from harness.git import Git  # noqa: E402
@@ -31,23 +31,8 @@ def _tasks(n: int) -> list[Task]:
     return [Task(id=f"t{i:04d}", title=f"task {i}", priority=i % 7) for i in range(n)]
 
 
-def _claim_local(repo: str, agent: str, go: object, out: object) -> None:
-    env = Colony.open(Path(repo))
-    env.pool(None)
-    go.wait()  # type: ignore[attr-defined]
-    n = 0
-    while env.claim(agent) is not None:
-        n += 1
-    out.put(n)  # type: ignore[attr-defined]
-
-
 def _claim_nest(url: str, cache: str, agent: str, go: object, out: object) -> None:
-    env = Nest(url, Path(cache))
-    go.wait()  # type: ignore[attr-defined]
-    n = 0
-    while env.claim(agent) is not None:
-        n += 1
-    out.put(n)  # type: ignore[attr-defined]
+    claim_until_empty(Nest(url, Path(cache)), agent, go, out)
 
 
 def claims(root: Path, n: int = 400, procs: int = 16) -> dict[str, float]:
@@ -56,7 +41,7 @@ def claims(root: Path, n: int = 400, procs: int = 16) -> dict[str, float]:
     Git(repo).run("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "--allow-empty", "-m", "init")
     local = Colony.init(repo)
     local.add_many(_tasks(n))
-    secs, won = _race(_claim_local, [(str(repo), f"a{i:02d}") for i in range(procs)])
+    secs, won = _race(_claim_all, [(str(repo), f"a{i:02d}") for i in range(procs)])
     assert sum(won) == n
     nest_dir = Path(tempfile.mkdtemp(prefix="nest-", dir=root))
     nest = Nest.init(str(nest_dir / "nest.git"), home=nest_dir / "cache")
