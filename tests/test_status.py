@@ -149,15 +149,17 @@ def test_status_tells_working_idle_dead_and_exited_agents_apart_at_once(colony: 
         assert {a["task"] for a in s["active"]} == {"t-work", "t-victim"}  # not reaped yet: nobody waited
         assert set(s["disk"]["by_agent"]) >= {"worker", "victim"} and s["disk"]["bytes"] > 0
 
-        procs["victim"].wait()  # reaped: its lock is free, the pid gone; still dead
-        assert by_agent(snap(colony))["victim"]["state"] == "dead"
-
+        # While the victim is a zombie its claim is not stale yet (the pid exists), so the idler cannot
+        # have reaped and taken its task: the CLI sees the same four agents the snapshot did.
         text = cli("status", "--repo", str(colony.repo), check=True).stdout
         assert "2 alive (1 working, 1 idle), 1 dead, 1 exited" in text
         rows = {line.split()[0]: line.split()[2] for line in text.splitlines()
                 if line.startswith("  ") and len(line.split()) > 2}
         assert (rows["worker"], rows["idler"], rows["victim"]) == ("working", "idle", "dead")
         assert "leaver" not in rows  # exited agents are counted, not listed
+
+        procs["victim"].wait()  # reaped: its lock is free, the pid gone; still dead
+        assert by_agent(snap(colony))["victim"]["state"] == "dead"
     finally:
         for p in procs.values():
             if p.poll() is None:
