@@ -476,6 +476,14 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from harness import status
 
+    if args.nest:
+        if args.watch is not None:
+            raise UsageError("--watch does not go with --nest yet: run `status --nest URL` in a loop (each is a "
+                             "listing of the nest)")
+        from harness.nest import Nest
+        survey = Nest(args.nest).survey()
+        print(json.dumps(survey, indent=2, sort_keys=True) if args.json else status.render_nest(survey))
+        return 0
     if args.watch is not None:
         if args.json:
             raise UsageError("--watch and --json do not go together: `status --json` is one snapshot "
@@ -715,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help=f"run more than {AGENTS_PER_CORE} agents a core")
     demo.set_defaults(func=cmd_demo)
 
-    st = sub.add_parser("status", parents=[common], help="tasks, claims, live agents, tokens and spend")
+    st = sub.add_parser("status", parents=[nest], help="tasks, claims, live agents, tokens and spend")
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=2.0,
                     help="redraw every SECONDS (default 2) until Ctrl-C; without a terminal, one line each")

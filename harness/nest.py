@@ -496,6 +496,30 @@ class Nest:
         self._end(task_id, agent, token, "failed", None, _note(task_id, agent, note, "fail"),
                   _event("fail", task_id, agent=agent, note=note))
 
+    # -- what is going on ------------------------------------------------------------------------
+    def survey(self) -> dict[str, Any]:
+        """The nest at a glance, from one listing: tasks by status, each claim (its owner, host,
+        generation and age) and each agent's last heartbeat. Only active records and heartbeats
+        are read."""
+        refs = self.remote.refs()
+        listed = self._listed(refs)
+        counts = {status: sum(1 for st, _ in listed.values() if st == status) for status in STATUSES}
+        counts["quarantine"] = sum(1 for ref in refs if ref.startswith(NS + "quarantine/"))
+        beats = {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(
+            {ref: oid for ref, oid in refs.items() if ref.startswith(NS + "beats/")}).items()}
+        now = time.time()
+        claims = [{"task": tid, "generation": s.generation, **{k: (s.claim or {}).get(k) for k in ("agent", "host", "pid")},
+                   "claimed_s": round(now - float((s.claim or {}).get("claimed_at", now)), 1),
+                   "stale": owner_gone(s.claim or {}, beats.get(str((s.claim or {}).get("agent"))), now,
+                                       self.config.lease_ttl, self.host)}
+                  for tid, s in sorted(self._states(self._listed(refs, ("active",))).items())]
+        agents = [{"agent": name, "host": b.get("host"), "pid": b.get("pid"), "task": b.get("task"),
+                   "beat_age_s": round(now - float(b.get("ts", 0)), 1),
+                   "state": "exited" if b.get("state") == "exited" else "silent" if now - float(b.get("ts", 0)) >
+                   self.config.lease_ttl else "working" if b.get("task") else "idle"} for name, b in sorted(beats.items())]
+        return {"nest": redact(self.url), "branch": self.config.branch, "tasks": counts, "claims": claims,
+                "agents": agents, "stop_requested": NS + "STOP" in refs, "lease_ttl": self.config.lease_ttl}
+
     # -- landing ---------------------------------------------------------------------------------
     def land(self, claim: Claim, repo: Path, commit: str, branch: str, expected: str | None, **fields: Any) -> bool:
         """Land ``commit`` (in the git repository ``repo``) on the nest's ``branch`` and end ``claim``

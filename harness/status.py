@@ -268,3 +268,25 @@ def _agent_lines(s: dict[str, Any]) -> list[str]:
             lines.append(clip(f"  claim {c['task']} held by {c['agent']} (generation {c['generation']}, "
                               f"{duration(c['for_s'])})", WIDTH))
     return lines
+
+
+def render_nest(s: dict[str, Any]) -> str:
+    """A nest's survey (nest.Nest.survey) in 80 columns: what every machine's agents share."""
+    counts = s["tasks"]
+    lines = [f"nest     {clip(s['nest'], WIDTH - 9)}", f"branch   {s['branch']}" + ("   STOP requested" if s["stop_requested"] else ""),
+             "tasks    " + ", ".join(f"{counts[k]} {k}" for k in (*STATUSES, "quarantine") if counts.get(k) or k in STATUSES)]
+    states = [a["state"] for a in s["agents"]]
+    lines.append(f"agents   {sum(st in ('working', 'idle') for st in states)} beating ({states.count('working')} working, "
+                 f"{states.count('idle')} idle), {states.count('silent')} silent past the lease "
+                 f"({duration(s['lease_ttl'])}), {states.count('exited')} exited")
+    for a in s["agents"]:
+        if a["state"] != "exited":
+            lines.append(clip(f"  {a['agent']:<16} {str(a['host']):<14} {a['state']:<8} {a['task'] or '-':<24} "
+                              f"beat {duration(a['beat_age_s'])} ago", WIDTH))
+    if s["claims"]:
+        lines.append("claims")
+        for c in s["claims"]:
+            stale = "  stale: the next claim reaps it" if c["stale"] else ""
+            lines.append(clip(f"  {c['task']:<20} {c['agent']:<14} {c['host']} gen {c['generation']} "
+                              f"{duration(c['claimed_s'])}{stale}", WIDTH))
+    return "\n".join(lines)

@@ -154,6 +154,28 @@ def test_the_cli_speaks_to_a_nest(tmp_path: Path) -> None:
     assert list((tmp_path / "xdg-cache" / "stigmergy" / "nest").iterdir())  # where the cache went
 
 
+def test_status_of_a_nest_shows_its_tasks_claims_and_agents(tmp_path: Path) -> None:
+    nest = Nest.init(str(tmp_path / "n.git"), home=tmp_path / "cache")
+    nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(3)])
+    nest.heartbeat("box1-a1", state="working", task="t0")
+    held = nest.claim("box1-a1")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    ghost = nest.claim("ghost", pid=gone.pid)  # its pid is gone on this host: stale at once
+    assert held is not None and ghost is not None
+    text = _cli("status", "--nest", "n.git", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "1 pending, 2 active, 0 done, 0 failed" in text.stdout
+    assert "1 beating (1 working, 0 idle)" in text.stdout
+    lines = {line.split()[0]: line for line in text.stdout.splitlines() if line.startswith("  ")}
+    assert "stale" in lines[ghost[1].id] and "stale" not in lines[held[1].id]
+    survey = json.loads(_cli("status", "--nest", "n.git", "--json", cwd=tmp_path).stdout)
+    assert {(c["task"], c["agent"], c["stale"]) for c in survey["claims"]} == {
+        (held[1].id, "box1-a1", False), (ghost[1].id, "ghost", True)}
+    watch = _cli("status", "--nest", "n.git", "--watch", cwd=tmp_path)
+    assert watch.returncode == 2 and "--watch" in watch.stderr
+
+
 def test_a_url_that_is_no_nest_says_what_to_do_and_keeps_credentials_out(tmp_path: Path) -> None:
     Git(tmp_path).run("init", "--bare", "-q", "plain.git")
     plain = _cli("task", "list", "--nest", "plain.git", cwd=tmp_path)
