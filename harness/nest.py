@@ -513,7 +513,7 @@ class Nest:
                    "stale": owner_gone(s.claim or {}, beats.get(str((s.claim or {}).get("agent"))), now,
                                        self.config.lease_ttl, self.host)}
                   for tid, s in sorted(self._states(self._listed(refs, ("active",))).items())]
-        agents = [{"agent": name, "host": b.get("host"), "pid": b.get("pid"), "task": b.get("task"),
+        agents = [{**{k: v for k, v in b.items() if k != "ts"}, "agent": name, "host": b.get("host"), "task": b.get("task"),
                    "beat_age_s": round(now - float(b.get("ts", 0)), 1),
                    "state": "exited" if b.get("state") == "exited" else "silent" if now - float(b.get("ts", 0)) >
                    self.config.lease_ttl else "working" if b.get("task") else "idle"} for name, b in sorted(beats.items())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -271,20 +272,75 @@ import json
 from pathlib import Path
 from harness.git import Git
 from harness.nest import Nest, Remote
+import time
+from harness.errors import NotOwner
 url, clone, agent = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 nest = Nest(url, clone.parent / "cache")
+if len(sys.argv) > 4:  # another machine: its pid means nothing to the others, only its heartbeat does
+    nest.host = sys.argv[4]
 work = Remote(url, Git(clone).common_dir())
 landed, lost = [], 0
-while (got := nest.claim(agent)) is not None:
+while (got := nest.claim(agent, pid=os.getpid())) is not None:
     claim, task = got
-    while True:  # a lost race: build on the new tip and land again
-        tip = work.tip("main")
-        if nest.land(claim, clone, commit_on(clone, tip, f"out-{task.id}.txt", task.id + "\\n"), "main", tip):
-            break
-        lost += 1
-    landed.append(task.id)
+    nest.heartbeat(agent, pid=os.getpid(), task=task.id, doing="work")
+    time.sleep(float(sys.argv[5]) if len(sys.argv) > 5 else 0)  # the work
+    try:
+        while True:  # a lost race: build on the new tip and land again
+            nest.heartbeat(agent, pid=os.getpid(), task=task.id, doing="land")
+            tip = work.tip("main")
+            if nest.land(claim, clone, commit_on(clone, tip, f"out-{task.id}.txt", task.id + "\\n"), "main", tip):
+                landed.append(task.id)
+                break
+            lost += 1
+    except NotOwner:  # reaped while it worked: whoever holds it now lands it
+        pass
 print(json.dumps({"landed": landed, "lost": lost}))
 """
+
+
+def _first_parent_files(check: Path, url: str) -> list[list[str]]:
+    """The files each first-parent commit of the nest's main added, oldest first (the base's: none)."""
+    Git(check).run("fetch", "-q", url, "main")
+    line = Git(check).run("rev-list", "--first-parent", "--reverse", "FETCH_HEAD").split()
+    return [Git(check).run("diff-tree", "--no-commit-id", "--name-only", "-r", c).split() for c in line[1:]]
+
+
+def test_a_host_killed_mid_run_loses_no_task_its_claims_are_reaped_and_land_once(
+        daemon: tuple[str, Path], tmp_path: Path) -> None:
+    base_url, served = daemon
+    nest, _ = _nest_with_code(tmp_path, ttl=3)
+    Git(tmp_path).run("clone", "-q", "--mirror", nest.url, str(served / "colony.git"))
+    url, n = f"{base_url}/colony.git", 40
+    setup = Nest(url, tmp_path / "setup")
+    setup.add_many([Task(id=f"t{i:02d}", title=f"task {i}") for i in range(n)])
+    clones = [_clone(setup, tmp_path / f"box{h}" / "clone") for h in range(3)]
+    procs = {(h, i): subprocess.Popen([sys.executable, "-c", LAND_ALL, url, str(clones[h]), f"box{h}-a{i}", f"box{h}",
+                                       "1.0"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+             for h in range(3) for i in range(2)}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # box2 dies holding claims, at work on them, after some work landed
+        survey = setup.survey()
+        held = {c["task"] for c in survey["claims"] if c["host"] == "box2"}
+        working = [a for a in survey["agents"] if a["host"] == "box2" and a["task"] in held]
+        if survey["tasks"]["done"] >= 6 and len(held) == 2 and all(a.get("doing") == "work" for a in working):
+            break
+        time.sleep(0.05)
+    for i in range(2):
+        os.killpg(procs[(2, i)].pid, signal.SIGKILL)  # the machine goes, its git processes with it
+    said = [json.loads(p.communicate(timeout=300)[0]) for (h, _), p in procs.items() if h != 2]
+    for i in range(2):
+        procs[(2, i)].wait()
+    added = _first_parent_files(clones[0], url)
+    assert sorted(f for names in added for f in names) == sorted(f"out-t{i:02d}.txt" for i in range(n))
+    assert all(len(names) == 1 for names in added)  # every task on main exactly once, none lost
+    assert {status for status, _ in setup.listing("all")} == {"done"}
+    by_survivors = {t for s in said for t in s["landed"]}
+    reaps = [e for e in setup.events() if e["event"] == "reap"]
+    reaped = {e["task"] for e in reaps}
+    assert reaped and reaped <= held and len(reaps) == len(reaped)  # each broken once, by one survivor
+    assert {e["abandoned_by"] for e in reaps} <= {"box2-a0", "box2-a1"}
+    # What box2 held was reaped and landed by the others (unless its own landing was already through).
+    assert all((t in by_survivors) == (t in reaped) for t in held)
 
 
 def test_processes_on_three_hosts_land_every_task_once_through_a_git_server(
