@@ -4,9 +4,10 @@ The store (store.py) holds the task files, events and notes; the leases (leases.
 and heartbeats; what becomes of a task whose work conflicted is conflicts.py's. The colony joins
 them into the contract agents use (environment.py): a claim is won in the leases, then the task
 file moves to active/; a release, done or fail moves the file, then ends the claim; a stale
-claim is broken and its task moved back to pending by whichever process wins the break. Every step is recoverable when a process dies between two of them: a
-claim whose owner's heartbeat went quiet, or whose pid is gone, is stale and gets reaped, and the
-task file is moved back to pending wherever it was left.
+claim is broken and its task moved back to pending by whichever process wins the break. Every
+step is recoverable when a process dies between two of them: a claim whose owner's heartbeat went
+quiet, or whose pid is gone, is stale and gets reaped, and the task file is moved back to pending
+wherever it was left.
 """
 
 from __future__ import annotations
