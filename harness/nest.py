@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import roles, tasks
 from harness.config import DEFAULT_CONFIG, Config
-from harness.errors import GitError, InvalidTask, NestUnreachable, NotOwner, UnknownTask
+from harness.errors import InvalidTask, NestUnreachable, NotOwner, UnknownTask
 from harness.git import Completed, Git
 from harness.leases import Claim, owner_gone
 from harness.pool import Busy, Entry, effective_priority, meta_of
@@ -116,8 +116,8 @@ class Remote:
                 shutil.rmtree(aside)
         self._write(b"tree", b"")  # the empty tree every record commit has
 
-    def _say(self, what: str, exc: GitError) -> NestUnreachable:
-        return NestUnreachable(redact(f"the nest {self.url} could not {what}: {_first_words(exc.stderr)}; "
+    def _say(self, what: str, stderr: str) -> NestUnreachable:
+        return NestUnreachable(redact(f"the nest {self.url} could not {what}: {_first_words(stderr)}; "
                                       "check the URL (`stigmergy nest init URL` makes one), the network and your "
                                       "access to it"))
 
@@ -145,13 +145,13 @@ class Remote:
             same = sorted({oid for ref, oid in refs.items() if now.get(ref) == oid})
             done = self._talk(*fetch, *same) if same else Completed(0, "", "")
         if done.returncode != 0:
-            raise self._say("be fetched from", GitError(["fetch"], done.returncode, redact(done.stderr)))
+            raise self._say("be fetched from", done.stderr)
 
     def refs(self, pattern: str = NS + "*") -> dict[str, str]:
         """Every ref of the remote matching ``pattern`` and the record it points at, now."""
         done = self._talk("ls-remote", "--", self.url, pattern)
         if done.returncode != 0:
-            raise self._say("be listed", GitError(["ls-remote"], done.returncode, redact(done.stderr)))
+            raise self._say("be listed", done.stderr)
         return {ref: oid for oid, ref in (line.split("\t", 1) for line in done.stdout.splitlines())}
 
     def messages(self, refs: dict[str, str]) -> dict[str, str]:
@@ -223,6 +223,10 @@ class Remote:
         said = "; ".join(r for r in reasons if not _LOST_RACE.search(r)) or _first_words(done.stderr)
         raise NestUnreachable(redact(f"the nest {self.url} refused a push ({said}): check the URL, your access to "
                                      "it, and that nothing (branch protection, a hook) guards refs/stigmergy/"))
+
+
+def _owner(state: State) -> str:
+    return str((state.claim or {}).get("agent"))
 
 
 def _event(event: str, task: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -420,12 +424,17 @@ class Nest:
         """Reap every active task of ``refs`` whose owner is gone (its heartbeat read from ``refs``)."""
         now = time.time()
         active = dict(sorted(self._states(self._listed(refs, ("active",))).items()))
-        owners = {str((s.claim or {}).get("agent")) for s in active.values()}
-        beats = {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(
-            {NS + f"beats/{a}": refs[NS + f"beats/{a}"] for a in owners if NS + f"beats/{a}" in refs}).items()}
-        return [tid for tid, s in active.items()
-                if owner_gone(s.claim or {}, beats.get(str((s.claim or {}).get("agent"))), now, self.config.lease_ttl,
-                              self.host) and self._reap(s, reaper)]
+        beats = self._beats(refs, {_owner(s) for s in active.values()})
+        return [tid for tid, s in active.items() if self._stale(s, beats, now) and self._reap(s, reaper)]
+
+    def _beats(self, refs: dict[str, str], agents: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The last heartbeat of each agent (of ``agents``, or all) that ``refs`` list."""
+        wanted = {ref: oid for ref, oid in refs.items() if ref.startswith(NS + "beats/")
+                  and (agents is None or ref[len(NS + "beats/"):] in agents)}
+        return {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(wanted).items()}
+
+    def _stale(self, state: State, beats: dict[str, dict[str, Any]], now: float) -> bool:
+        return owner_gone(state.claim or {}, beats.get(_owner(state)), now, self.config.lease_ttl, self.host)
 
     def _reap(self, state: State, reaper: str) -> bool:
         """Break a stale claim: back to pending under a generation of the reaper's own (so the
@@ -458,17 +467,23 @@ class Nest:
         found = self.remote.messages(self.remote.refs(NS + f"beats/{tasks.check_id(agent, 'agent')}"))
         return json.loads(next(iter(found.values()))) if found else None
 
+    def _owned(self, task_id: str, agent: str, token: str | None, what: str) -> State:
+        """The task's active state, whose claim ``agent`` (with ``token``, if given) must hold:
+        NotOwner otherwise."""
+        state = self._state(task_id)
+        claim = state.claim if state and state.status == "active" else None
+        if state is None or claim is None or claim["agent"] != agent or (token is not None and claim["token"] != token):
+            holder = f"held by {claim['agent']}" if claim else "not claimed"
+            raise NotOwner(f"task {task_id!r} is {holder}: {agent}'s claim is over or was never made; only its "
+                           f"current owner may {what}")
+        return state
+
     def _end(self, task_id: str, agent: str, token: str | None, status: str,
              change: Callable[[Task], object] | None = None, *records: Any) -> State:
         """Move the owner's task from active to ``status`` (``change`` applied to the task first)
         with ``records`` (or functions of the moved task making them) onto the log."""
         for _ in range(20):
-            state = self._state(task_id)
-            claim = state.claim if state and state.status == "active" else None
-            if claim is None or claim["agent"] != agent or (token is not None and claim["token"] != token):
-                holder = f"held by {claim['agent']}" if claim else "not claimed"
-                raise NotOwner(f"task {task_id!r} is {holder}; only its current owner may release, finish or fail it")
-            assert state is not None
+            state = self._owned(task_id, agent, token, "release, finish or fail it")
             task = Task(**asdict(state.task))
             if change is not None:
                 change(task)
@@ -505,18 +520,18 @@ class Nest:
         listed = self._listed(refs)
         counts = {status: sum(1 for st, _ in listed.values() if st == status) for status in STATUSES}
         counts["quarantine"] = sum(1 for ref in refs if ref.startswith(NS + "quarantine/"))
-        beats = {ref[len(NS + "beats/"):]: json.loads(text) for ref, text in self.remote.messages(
-            {ref: oid for ref, oid in refs.items() if ref.startswith(NS + "beats/")}).items()}
-        now = time.time()
+        beats, now = self._beats(refs), time.time()
         claims = [{"task": tid, "generation": s.generation, **{k: (s.claim or {}).get(k) for k in ("agent", "host", "pid")},
                    "claimed_s": round(now - float((s.claim or {}).get("claimed_at", now)), 1),
-                   "stale": owner_gone(s.claim or {}, beats.get(str((s.claim or {}).get("agent"))), now,
-                                       self.config.lease_ttl, self.host)}
+                   "stale": self._stale(s, beats, now)}
                   for tid, s in sorted(self._states(self._listed(refs, ("active",))).items())]
-        agents = [{**{k: v for k, v in b.items() if k != "ts"}, "agent": name, "host": b.get("host"), "task": b.get("task"),
-                   "beat_age_s": round(now - float(b.get("ts", 0)), 1),
-                   "state": "exited" if b.get("state") == "exited" else "silent" if now - float(b.get("ts", 0)) >
-                   self.config.lease_ttl else "working" if b.get("task") else "idle"} for name, b in sorted(beats.items())]
+        agents = []
+        for name, beat in sorted(beats.items()):
+            age = now - float(beat.get("ts", 0))
+            state = ("exited" if beat.get("state") == "exited" else "silent" if age > self.config.lease_ttl
+                     else "working" if beat.get("task") else "idle")
+            agents.append({**{k: v for k, v in beat.items() if k != "ts"}, "agent": name, "host": beat.get("host"),
+                           "task": beat.get("task"), "beat_age_s": round(age, 1), "state": state})
         return {"nest": redact(self.url), "branch": self.config.branch, "tasks": counts, "claims": claims,
                 "agents": agents, "stop_requested": NS + "STOP" in refs, "lease_ttl": self.config.lease_ttl}
 
@@ -528,11 +543,7 @@ class Nest:
         replaced when it was reaped: NotOwner), and a branch that moved meanwhile is a lost race
         (False: nothing changed; fetch ``tip``, merge and verify again, land again). True: landed,
         and a ``done`` event (``commit`` and ``fields``) is on the log."""
-        state = self._state(claim.task_id)
-        if state is None or state.status != "active" or state.claim != asdict(claim):
-            holder = f"held by {state.claim['agent']}" if state and state.status == "active" and state.claim else "not held"
-            raise NotOwner(f"task {claim.task_id!r} is {holder}: {claim.agent}'s claim (generation "
-                           f"{claim.generation}) is over, so its work does not land")
+        state = self._owned(claim.task_id, claim.agent, claim.token, "land its work")
         work = Remote(self.url, Git(repo).common_dir())  # the commit's objects are there, not in our cache
         done = work.record(State("done", state.task, state.generation).data())
         moves = [(task_ref("active", claim.task_id), state.oid, None), (task_ref("done", claim.task_id), MISSING, done)]
