@@ -459,8 +459,12 @@ class Agent:
                      created_by=self.id, discovered_from=task.id, resolves=task.id,
                      meta={"ref": c.ref, "base": c.base, "ours": c.ours, "theirs": c.theirs, "paths": c.paths})
         self.colony.add(ctask)
-        conflicts.defer(self.colony, task.id, self.id, waits_on=ctask.id, token=claim.token,
-                        note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
+        try:
+            conflicts.defer(self.colony, task.id, self.id, waits_on=ctask.id, token=claim.token,
+                            note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
+        except NotOwner:  # reaped meanwhile, or its resolution already landed it (conflicts.settle)
+            self.say(f"{task.id} is no longer mine; {ctask.id} resolves it")
+            return
         self.say(f"conflict on {task.id}: filed {ctask.id}")
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ def settle(colony: Colony, task_id: str, by: str, via: str) -> None:
         os.rename(found[1], colony.store.task_dir("done") / f"{task_id}.yaml")
     except FileNotFoundError:
         return
+    if found[0] == "active" and (claim := colony.current_claim(task_id)) is not None:
+        # Still active: its owner died between filing the resolution and deferring it, and no
+        # reaper came first. A reaper lists active/ only, so nobody else would ever end it.
+        colony.leases.end(claim, "done")
     colony.event("done", task_id, agent=by, via=via)
     if task is not None and task.resolves:
         settle(colony, task.resolves, by, via)

@@ -380,3 +380,17 @@ def test_one_id_check_for_tasks_agents_and_refs() -> None:
     assert tasks.check_id("coder-01.x_y", "agent", "agent name") == "coder-01.x_y"
     with pytest.raises(InvalidId, match="not a valid agent name"):
         tasks.check_id("Ant", "agent", "agent name")
+
+
+def test_a_resolution_landing_before_its_dead_original_was_reaped_ends_the_original_s_claim(colony: Colony) -> None:
+    colony.add(Task(id="orig", title="original"))
+    ghost = subprocess.Popen(["true"])
+    ghost.wait()
+    colony.claim("a", pid=ghost.pid)  # its owner dies after filing the conflict task, before deferring
+    colony.add(Task(id="conflict-orig", title="resolve", kind="merge_conflict", priority=95, resolves="orig"))
+    resolution, _ = colony.claim("m")  # type: ignore[misc]
+    conflicts.settle(colony, "orig", by="m", via="conflict-orig")  # the resolution landed first
+    colony.done("conflict-orig", "m", token=resolution.token)
+    assert colony.get("orig")[0] == "done"
+    assert colony.current_claim("orig") is None  # no claim left held on a done task
+    assert colony.reap("b") == []
