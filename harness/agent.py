@@ -33,6 +33,7 @@ from typing import Any, Callable
 from harness import briefing, conflicts, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
 from harness.checkout import Blocked
 from harness.colony import Colony
+from harness.environment import Environment
 from harness.leases import Claim
 from harness.command import CommandBackend
 from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
@@ -128,9 +129,9 @@ class Sink:
     ``worktree`` is the agent's (a path with spaces must exist there to be filed); ``stopping``
     says a stop has begun (STOP, a signal, the deadline, FAULT), after which nothing is filed."""
 
-    def __init__(self, colony: Colony, agent: str, task: Task, worktree: Path | None = None,
+    def __init__(self, env: Environment, agent: str, task: Task, worktree: Path | None = None,
                  stopping: Callable[[], bool] = lambda: False) -> None:
-        self.colony, self.agent, self.task = colony, agent, task
+        self.env, self.agent, self.task = env, agent, task
         self.worktree, self.stopping = worktree, stopping
 
     def create_task(self, fields: dict[str, Any]) -> str:
@@ -139,25 +140,30 @@ class Sink:
         try:
             if self.stopping():
                 raise FilingRefused("stopping", filing.STOPPING)
-            filing.check(fields, roles.known(self.colony.home), self.worktree)
+            filing.check(fields, roles.known(self.env.home), self.worktree)
         except FilingRefused as e:
-            raise self.colony.refuse_filing(self.agent, self.task.id, e) from None
-        self.colony.check_filing(self.agent, self.task.id)
+            raise filing.refusal(self.env, self.agent, self.task.id, e) from None
+        filing.check_caps(self.env, self.agent, self.task.id)
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_from": self.task.id}
-        return self.colony.add(tasks.from_dict(data, "create_task")).id
+        return self.env.add(tasks.from_dict(data, "create_task")).id
 
     def add_note(self, text: str) -> None:
-        self.colony.add_note(self.task.id, self.agent, text)
+        self.env.add_note(self.task.id, self.agent, text)
 
 
 class Agent:
-    def __init__(self, colony: Colony, opts: AgentOptions, model: Model | None = None) -> None:
+    def __init__(self, colony: Colony, opts: AgentOptions, model: Model | None = None,
+                 env: Environment | None = None, main: str | None = None) -> None:
+        """``colony``: this host's (ledgers, runs, verdicts, worktrees); ``env``: where tasks, claims,
+        beats, notes, events and STOP are (default the colony; a nest: nestagent.py); ``main``: the
+        local branch attempts start from (default the landing branch)."""
         self.colony, self.opts, self.cfg = colony, opts, colony.config
+        self.env: Environment = env or colony
         self.id = tasks.check_id(opts.agent, "agent id")
         self.role = roles.agent_role(opts.role, colony.home)  # `any`: each task's role (roles.for_task)
         self.templates = Templates(colony.home)
-        self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=colony.landing_branch(opts.branch))
+        self.ws = Workspace(colony.repo, opts.workspaces, self.id, main=main or colony.landing_branch(opts.branch))
         self.command = CommandBackend(opts.agent_cmd, opts.limits.max_seconds or 3600,
                                       stall_seconds=self.cfg.cli_stall_seconds) if opts.agent_cmd else None
         spec = opts.model or self.cfg.model
@@ -277,8 +283,8 @@ class Agent:
             beating.set()
             beat.join(timeout=5)
             # A last beat that says so: status stops counting us, and any claim we still hold is free.
-            self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
-            self.colony.event("agent_exit", agent=self.id)
+            self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
+            self.env.event("agent_exit", agent=self.id)
             lock.release()  # after the goodbye beat: whoever sees the id free also sees "exited"
         return ColonyFault.exit_code if self.colony.fault_path.exists() else 0
 
@@ -288,13 +294,13 @@ class Agent:
         fence: Fence | AlreadyLanded | Fenced | None = None
         landed = False
         try:
-            fence = take_fence(self.colony, self.ws.git, claim)
+            fence = self.take_fence(claim)
             if isinstance(fence, AlreadyLanded):  # an earlier owner landed it, then died
                 landed = self.landed(claim, task, fence)
             elif isinstance(fence, Fenced):
                 self.say(f"lost {task.id} before starting: {fence.reason}")
             else:
-                run, env = self.colony.store.run_dir(task.id, f"{claim.generation:03d}"), self.env(task)
+                run, env = self.colony.store.run_dir(task.id, f"{claim.generation:03d}"), self.command_env(task)
                 check = self.verify(task, env, run)
                 landed = self.finish(claim, task, fence, self.work(task, run, env, check), check)
         except GiveUp as e:
@@ -316,6 +322,10 @@ class Agent:
             self.current = self.waiting = None
             self.last_outcome = None
 
+    def take_fence(self, claim: Claim) -> Fence | AlreadyLanded | Fenced | None:
+        """The right to land, joined to the claim (fence.take); None: the claim itself is the fence."""
+        return take_fence(self.colony, self.ws.git, claim)
+
     def work(self, task: Task, run: Path, env: dict[str, str], check: Check) -> str | None:
         """Run the model until its work passes verify; the verified commit, or None if no change."""
         conflict = task.kind == "merge_conflict" and "ref" in task.meta
@@ -325,7 +335,7 @@ class Agent:
             self.ws.prepare()
         start = self.ws.wt.resolve("HEAD")
         role = roles.for_task(self.role, task, self.colony.home)
-        system, prompt = briefing.opening(self.templates, self.colony, task, agent=self.id, role=role,
+        system, prompt = briefing.opening(self.templates, self.env, task, agent=self.id, role=role,
                                           verify=self.verify_commands(task), context=self.repo_context(task),
                                           cli=self.command is not None)
         outcome, again = self.session(task, run, env, system, prompt, role)
@@ -369,7 +379,7 @@ class Agent:
         metered = self.metered(task.id, role)
         outcome = run_attempt(
             metered, system, prompt,
-            Toolbox(self.ws.path, env, Sink(self.colony, self.id, task, self.ws.path, self.stopping),
+            Toolbox(self.ws.path, env, Sink(self.env, self.id, task, self.ws.path, self.stopping),
                     sandbox=self.sandbox, allowed=role.tools, why=f"the {role.name} role's `tools:`"),
             self.limits_for(role),
             Transcript(run / "transcript.jsonl"), task_id=task.id, task_title=task.title,
@@ -388,15 +398,14 @@ class Agent:
         """Nothing was claimed: a role with `when_idle` may look for work instead (sweep.py). True if it did."""
         return sweep.maybe(self)
 
-    def finish(self, claim: Claim, task: Task, fence: Fence, commit: str | None, check: Check) -> bool:
+    def finish(self, claim: Claim, task: Task, fence: Fence | None, commit: str | None, check: Check) -> bool:
         """Land the work (or say why not); True when it is on main."""
         if commit is None:  # the model finished without changing anything: nothing to land
             self.unchanged(claim, task, "its work leaves the worktree as main is")
             return False
         trailers = [("Resolves", task.resolves)] if task.resolves else []
         for _ in range(LAND_ROUNDS):  # main moving under every try of a round is a busy colony, not the work
-            result = integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
-                                    wait=self.wait_to_land, keep_waiting=lambda: not self.stopping())
+            result = self.land_once(claim, task, fence, commit, trailers, check)
             if not isinstance(result, Contended) or self.stopping():
                 break
             self.say(f"main moved under each of {result.attempts} landing tries of {task.id}: landing again")
@@ -418,6 +427,13 @@ class Agent:
             raise GiveUp(f"could not land: {type(result).__name__}: {getattr(result, 'log', result)}")
         return False
 
+    def land_once(self, claim: Claim, task: Task, fence: Fence | None, commit: str,
+                  trailers: list[tuple[str, str]], check: Check) -> integrate.LandResult:
+        """One landing round (integrate.land): main in this repository, fenced by the claim ref."""
+        assert fence is not None
+        return integrate.land(self.ws, commit, title=task.title, fence=fence, trailers=trailers, verify=check,
+                              wait=self.wait_to_land, keep_waiting=lambda: not self.stopping())
+
     def unchanged(self, claim: Claim, task: Task, why: str) -> None:
         """Done, but nothing lands. Said in the log, a note and the event (``change: false``), so
         neither a person nor `report` takes it for landed work; a CLI that failed and still exited
@@ -425,14 +441,14 @@ class Agent:
         said = (self.last_outcome.summary if self.last_outcome else "") or "(none)"
         note = f"done without a change: {why}; nothing landed. Last output:\n{said}"
         self.say(note)
-        self.colony.add_note(task.id, self.id, notes.brief(note), kind="unchanged")
-        self.colony.done(task.id, self.id, claim.token, landed=False, change=False)
+        self.env.add_note(task.id, self.id, notes.brief(note), kind="unchanged")
+        self.env.done(task.id, self.id, claim.token, landed=False, change=False)
 
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> bool:
         """The task's work is on main (by us now, or by an earlier owner that died before saying so)."""
         if task.resolves:  # the original's work is on main too: it counts as done first
             conflicts.settle(self.colony, task.resolves, by=self.id, via=task.id)
-        self.colony.done(task.id, self.id, claim.token, commit=result.commit)
+        self.env.done(task.id, self.id, claim.token, commit=result.commit)
         if isinstance(result, Landed):  # its exact tree passed verify: main's new verdict, for free
             self.gate.record(result.tree, True, self.id)
         self.say(f"landed {task.id} as {result.commit[:10]}")
@@ -443,8 +459,8 @@ class Agent:
         if reason != self.waiting:
             self.waiting = reason
             self.say(reason)
-            self.colony.event("landing_blocked", self.current, agent=self.id, reason=reason)
-            self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current, waiting=reason)
+            self.env.event("landing_blocked", self.current, agent=self.id, reason=reason)
+            self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current, waiting=reason)
         self.nap(LAND_RETRY_S)
         return not self.stopping()  # a stop gives up: the task goes back to pending, uncounted
 
@@ -458,7 +474,7 @@ class Agent:
                      priority=tasks.PRIORITIES["critical"], role="merger", outputs=list(c.paths), body=body,
                      created_by=self.id, discovered_from=task.id, resolves=task.id,
                      meta={"ref": c.ref, "base": c.base, "ours": c.ours, "theirs": c.theirs, "paths": c.paths})
-        self.colony.add(ctask)
+        self.env.add(ctask)
         try:
             conflicts.defer(self.colony, task.id, self.id, waits_on=ctask.id, token=claim.token,
                             note=f"landing conflicted with main on {', '.join(c.paths)}; {ctask.id} resolves it")
@@ -503,7 +519,7 @@ class Agent:
                               base=f"refs/heads/{self.ws.main}", sandbox=self.sandbox)
         return check
 
-    def env(self, task: Task) -> dict[str, str]:
+    def command_env(self, task: Task) -> dict[str, str]:
         """The environment of the model's commands and of verify: ours, minus secrets and the
         harness's own settings, plus who we are. No STIGMERGY_HOME: a target whose tests use this
         package (ours do) would write into the live colony."""
@@ -525,11 +541,11 @@ class Agent:
         try:
             if task is not None and task.skip_count + 1 >= self.cfg.max_attempts:
                 # An impossible task must not burn the budget all night: after max_attempts it fails.
-                self.colony.fail(claim.task_id, self.id, f"gave up after {task.skip_count + 1} attempts: {note}",
+                self.env.fail(claim.task_id, self.id, f"gave up after {task.skip_count + 1} attempts: {note}",
                                  token=claim.token)
                 self.say(f"failed {claim.task_id} after {task.skip_count + 1} attempts")
                 return
-            self.colony.release(claim.task_id, self.id, note=note, token=claim.token, skip=skip)
+            self.env.release(claim.task_id, self.id, note=note, token=claim.token, skip=skip)
             self.say(f"released {claim.task_id}: {note.splitlines()[0] if note else ''}")
         except NotOwner:
             self.say(f"{claim.task_id} is no longer mine (reaped or taken over); nothing to release")
@@ -552,7 +568,7 @@ class Agent:
         if isinstance(decision, Fix):
             got = self.colony.try_claim(decision.task, self.id, pid=os.getpid())
             return got if isinstance(got, tuple) else None
-        return self.colony.claim(self.id, self.pool_role(), pid=os.getpid())
+        return self.env.claim(self.id, self.pool_role(), pid=os.getpid())
 
     def pool_role(self) -> str | None:
         """The role picking favours: ours; none for an `any` agent, which takes each task's role."""
@@ -572,7 +588,7 @@ class Agent:
                 self.ws.prepare()  # no claim held, no model call: verify on main as it is
                 tree = self.ws.wt.run("rev-parse", "HEAD^{tree}").strip()  # main may have moved meanwhile
                 log = self.gate.dir / f"{self.gate.key(tree)}.log"
-                result, code = run_checked([self.gate.command], self.ws.path, self.env(Task(
+                result, code = run_checked([self.gate.command], self.ws.path, self.command_env(Task(
                     id="main-check", title="verify main")), self.cfg.verify_timeout, log,
                     self.sandbox)
                 self.say(f"main ({tree[:12]}) is {'green' if result.ok else 'red'} under `{self.gate.command}`")
@@ -602,22 +618,25 @@ class Agent:
 
     def nothing_left(self) -> bool:
         """For --until-empty: no task is ready or active, or main is red and its fix attempts are spent."""
-        if self.hold is not None and self.hold.red and not any(self.colony.store.task_dir("active").glob("*.yaml")):
+        if self.hold is not None and self.hold.red and not self.env.ids("active"):
             return True
-        return self.colony.idle() and not sweep.running(self.colony)  # a sweep may yet file work
+        return self.env.idle() and not sweep.running(self.colony)  # a sweep may yet file work
 
     def sense(self) -> None:
         if time.monotonic() - self._reaped_at > self.cfg.lease_ttl / 4:
             self._reaped_at = time.monotonic()
-            for tid in self.colony.reap(self.id):
+            for tid in self.env.reap(self.id):
                 self.say(f"reaped stale claim on {tid}")
 
     def stopping(self) -> bool:
         if not self.signalled and self.deadline.passed() and deadline.lay_stop(self.colony.stop_path):
             # Ours to enforce, launcher or not: the plain STOP lets every agent finish its task.
             self.say(f"the colony's deadline (--max-hours) has passed: laid {self.colony.stop_path}")
-            self.colony.event("deadline_passed", agent=self.id)
-        return self.signalled or self.colony.stop_requested()
+            self.env.event("deadline_passed", agent=self.id)
+        return self.signalled or self.stop_asked()
+
+    def stop_asked(self) -> bool:
+        return self.env.stop_requested()
 
     def _hold_id(self) -> PidLock:
         """One live process per agent id: two in one worktree would commit each other's files."""
@@ -670,7 +689,7 @@ class Agent:
     def _beat(self, stop: threading.Event) -> None:
         while True:
             try:
-                self.colony.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current,
+                self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current,
                                       **({"waiting": self.waiting} if self.waiting else {}))
             except OSError as e:  # a full disk must not kill the thread that keeps our lease
                 self.say(f"heartbeat failed: {e}")

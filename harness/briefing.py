@@ -13,6 +13,7 @@ import jinja2
 
 from harness import notes, repocontext, roles, tasks
 from harness.colony import Colony
+from harness.environment import Environment
 from harness.config import Config
 from harness.errors import UsageError
 from harness.git import Git
@@ -31,7 +32,7 @@ def repo_context(git: Git, branch: str, task: Task, cfg: Config) -> Context:
                               map_chars=int(cfg.prompt_map_chars))
 
 
-def opening(templates: Templates, colony: Colony, task: Task, *, agent: str, role: Role, verify: list[str],
+def opening(templates: Templates, colony: Environment, task: Task, *, agent: str, role: Role, verify: list[str],
             context: Context, cli: bool, task_notes: list[dict[str, Any]] | None = None) -> tuple[str, str]:
     """The system prompt and the first user message of an attempt at ``task``.
 

@@ -36,6 +36,19 @@ def _colony(args: argparse.Namespace) -> Colony:
     return Colony.open(_repo(args))
 
 
+def _host(args: argparse.Namespace) -> Colony:
+    """The colony in --repo: with --nest, this host's part of the nest's colony (nestagent.py),
+    made on first use."""
+    if not args.nest:
+        return _colony(args)
+    if args.branch:
+        raise UsageError("--branch does not go with --nest: work lands on the nest's branch (`nest init URL "
+                         "--branch NAME` chose it)")
+    from harness.nest import Nest
+    from harness.nestagent import host_colony
+    return host_colony(_repo(args), Nest(args.nest))
+
+
 def _environment(args: argparse.Namespace) -> Environment:
     """The colony the command speaks to: the nest at --nest (a git remote, nest.py), else the
     one on local disk in --repo."""
@@ -63,9 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.git import Git
     from harness.models.registry import check_spec
 
-    colony = _colony(args)
+    colony = _host(args)
     check_prompts(colony)
-    plan = swarm.plan(args.agents, args.roles)
+    prefix = ""
+    if args.nest:
+        from harness.nest import host_name, id_prefix
+        prefix = id_prefix(host_name())
+    plan = swarm.plan(args.agents, args.roles, prefix)
     guard_agents(len(plan), args.force)
     model = args.model or colony.config.model
     if model:
@@ -76,8 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     budget_usd, budget_tokens = guard_spend(colony, args, model, swarm.role_models(plan, colony.home))
     # Probed once here too: `bwrap` that cannot work stops the launch (exit 2), `auto` warns once.
     sandbox.resolve(args.sandbox or colony.config.sandbox, lambda text: print(f"stigmergy: {text}", file=sys.stderr))
-    checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch))
-    dirty = checkout.describe()
+    # On a host of a nest the user's checkout is never moved: landings go to the nest.
+    checkout = UserCheckout(Git(colony.repo), colony.landing_branch(args.branch)) if not args.nest else None
+    dirty = checkout.describe() if checkout else None
     if dirty:
         print(f"stigmergy: {dirty}", file=sys.stderr, flush=True)
     try:
@@ -85,13 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
             until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
             verify=args.verify, branch=args.branch, agent_args=_agent_args(args), budget_usd=budget_usd,
-            budget_tokens=budget_tokens))
+            budget_tokens=budget_tokens, nest=bool(args.nest), id_prefix=prefix))
     finally:
-        checkout.recover()  # a lander killed while it held the user's index.lock must not leave it behind
+        if checkout:
+            checkout.recover()  # a lander killed while it held the user's index.lock must not leave it behind
 
 
 # Flags the launcher passes through to every `agent run` unchanged.
-AGENT_FLAGS = ("api_base", "backend", "agent_cmd", "budget_usd", "budget_tokens", "max_steps", "max_tokens",
+AGENT_FLAGS = ("nest", "api_base", "backend", "agent_cmd", "budget_usd", "budget_tokens", "max_steps", "max_tokens",
                "max_seconds", "max_cost_usd", "sandbox")
 
 PRICE_FIX = ("set its price in .stigmergy/config.yaml, e.g. `model_options: {price: {input: 3.0, output: 15.0}}` "
@@ -239,21 +258,17 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     # STIGMERGY_TASK while at work), the task is checked as the tool loop's create_task is, then
     # attributed to the agent and counted against its filing caps.
     agent, working_on = os.environ.get("STIGMERGY_AGENT"), os.environ.get("STIGMERGY_TASK")
-    if agent and not isinstance(colony, Colony):
-        raise UsageError("an agent files tasks into the colony on local disk only: filing caps and the stop "
-                         "are not kept in a nest yet; file it without --nest, or as a person (unset STIGMERGY_AGENT)")
     if agent:
-        assert isinstance(colony, Colony)
         try:
             if colony.stop_requested() or deadline.Watch(colony.home).passed():
                 raise FilingRefused("stopping", "the colony is stopping, so no task is filed now: finish the "
                                     "task at hand and say what is left in your final summary")
             filing.check(data, known, _worktree(Path.cwd()))
         except FilingRefused as e:
-            raise colony.refuse_filing(agent, working_on, e) from None
+            raise filing.refusal(colony, agent, working_on, e) from None
     filing.check_role(args.role, known)  # people too: a misspelt role would match no agent, unnoticed
-    if agent and working_on and args.created_by == "human" and isinstance(colony, Colony):
-        colony.check_filing(agent, working_on)
+    if agent and working_on and args.created_by == "human":
+        filing.check_caps(colony, agent, working_on)
         data["created_by"] = agent
     task = tasks.from_dict(data, "task add")
     check_depends(colony, [task], "task add")
@@ -463,12 +478,17 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         agent_cmd=_agent_cmd(args), branch=args.branch,
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd), sandbox=args.sandbox)
-    colony = _colony(args)
+    colony = _host(args)
     check_prompts(colony)
     model = args.model or colony.config.model
     if model or args.backend == "command":
         guard_spend(colony, args, model)
-    agent = Agent(colony, opts)
+    if args.nest:
+        from harness.nest import Nest
+        from harness.nestagent import NestAgent
+        agent: Agent = NestAgent(colony, Nest(args.nest), opts)
+    else:
+        agent = Agent(colony, opts)
     agent.forget_keys()  # the model client holds its key now: no child of ours inherits one
     return agent.run()
 
@@ -697,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--branch", metavar="NAME", help="the branch work lands on (default: the current branch)")
     init.set_defaults(func=cmd_init)
 
-    launch = sub.add_parser("run", parents=[common], help="launch and supervise agent processes (the default command)")
+    launch = sub.add_parser("run", parents=[nest], help="launch and supervise agent processes (the default command)")
     launch.add_argument("--agents", type=int, help="how many agents (default: the sum of --roles, else 4)")
     launch.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")
     launch.add_argument("--roles", metavar="ROLE=N,...", help="e.g. coder=12,merger=2 (the rest are coders); any=N: agents that take each task's "
@@ -809,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     ni.set_defaults(func=cmd_nest_init)
 
     agent = sub.add_parser("agent", help="agent processes").add_subparsers(dest="agent_command", required=True)
-    run = agent.add_parser("run", parents=[common], help="run one agent process (the launcher starts these)")
+    run = agent.add_parser("run", parents=[nest], help="run one agent process (the launcher starts these)")
     run.add_argument("--id", required=True, help="this agent's name, unique in the colony")
     run.add_argument("--role", default="coder")
     run.add_argument("--model", help="anthropic/<m>, openai/<m>, litellm/<provider>/<m> or scripted:<path>")

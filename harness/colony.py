@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import conflicts, faults, fsutil, leases, target, tasks
 from harness.config import DEFAULT_CONFIG, Config, with_branch
-from harness.errors import FilingCapped, FilingRefused, NotARepository, NotOwner
+from harness.errors import NotARepository, NotOwner
 from harness.leases import Claim, Leases
 from harness.pool import Pool
 from harness.store import Store
@@ -85,21 +85,27 @@ class Colony:
 
     # -- opening --------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, repo: Path, branch: str | None = None) -> Colony:
+    def init(cls, repo: Path, branch: str | None = None, config_text: str | None = None) -> Colony:
         """Create the colony (idempotent). A new config.yaml records the landing branch: `branch`,
-        or the one checked out now; an existing one keeps its own unless `branch` is given."""
+        or the one checked out now; an existing one keeps its own unless `branch` is given.
+        ``config_text`` is written as it is, its branch not looked for here: a host's colony
+        mirrors its nest's, whose branch is in the nest (nestagent.py)."""
         repo = git_toplevel(repo)
         home = find_home(repo)
         config = home / "config.yaml"
         target.require_commits(repo)  # before anything is created: the fix is a commit, then init again
-        if branch is not None:
+        if config_text is None and branch is not None:
             target.require_branch(repo, branch, "--branch")
-        elif not config.exists():
+        elif config_text is None and not config.exists():
             branch = target.require_branch(repo, target.current_branch(repo), "the current branch")
         Store(home).create()
         leases.upgrade(home)
         if not (home / ".gitignore").exists():
             fsutil.atomic_write(home / ".gitignore", GITIGNORE)
+        if config_text is not None:
+            if not config.exists() or config.read_text() != config_text:
+                fsutil.atomic_write(config, config_text)
+            return cls(repo, home)
         if branch is not None:
             fsutil.atomic_write(config, with_branch(config.read_text() if config.exists() else DEFAULT_CONFIG, branch))
         colony = cls(repo, home)
@@ -173,58 +179,6 @@ class Colony:
 
     def holds(self, claim: Claim) -> bool:
         return self.leases.holds(claim)
-
-    # -- filing caps --------------------------------------------------------------------------------
-    def check_filing(self, agent: str, task_id: str | None) -> None:
-        """Raise FilingCapped when ``agent`` may file no more tasks now: it filed
-        max_new_tasks_per_attempt since it claimed ``task_id``, or max_new_tasks_per_hour in the
-        last hour. The first refusal of an attempt leaves a note on the task, so the next claimant
-        (and the morning report) sees that the model kept filing."""
-        now, claimed, capped = time.time(), 0.0, False
-        adds: list[float] = []
-        for e in self.events():
-            if e.get("agent") == agent and e.get("task") == task_id and e.get("event") == "claim":
-                claimed, capped = float(e["ts"]), False
-            elif e.get("event") == "add" and e.get("created_by") == agent:
-                adds.append(float(e["ts"]))
-            elif e.get("event") == "filing_capped" and e.get("agent") == agent and e.get("task") == task_id:
-                capped = True
-        in_attempt = sum(1 for ts in adds if ts >= claimed) if task_id else 0
-        in_hour = sum(1 for ts in adds if ts >= now - 3600)
-        cfg = self.config
-        if task_id and in_attempt >= cfg.max_new_tasks_per_attempt:
-            why = (f"{in_attempt} tasks filed in this attempt "
-                   f"(max_new_tasks_per_attempt: {cfg.max_new_tasks_per_attempt})")
-        elif in_hour >= cfg.max_new_tasks_per_hour:
-            why = f"{in_hour} tasks filed in the last hour (max_new_tasks_per_hour: {cfg.max_new_tasks_per_hour})"
-        else:
-            return
-        message = (f"task not filed: agent {agent} has {why}. Finish the task at hand and put what is left "
-                   "in a note, or raise the limit in .stigmergy/config.yaml")
-        if task_id and not capped:
-            self.add_note(task_id, agent, message, kind="filing_capped")
-            self.event("filing_capped", task_id, agent=agent, reason=why)
-        raise FilingCapped(message)
-
-    def refuse_filing(self, agent: str, task_id: str | None, refused: FilingRefused) -> FilingRefused:
-        """Record that ``agent``, at work on ``task_id``, tried to file a task that was refused: a note
-        on that task for the next claimant (and the report), once per attempt and reason, however
-        often the model retries. Refusals file nothing, so they never count against the caps of
-        check_filing. Returns ``refused``, for the caller to raise."""
-        if task_id is None:
-            return refused
-        noted = False
-        for e in self.events():
-            if e.get("agent") == agent and e.get("task") == task_id:
-                if e.get("event") == "claim":
-                    noted = False  # a new attempt: its first refusal is news again
-                elif e.get("event") == "filing_refused" and e.get("reason") == refused.reason:
-                    noted = True
-        if not noted:
-            self.add_note(task_id, agent, f"task not filed: {refused}", kind="filing_refused")
-            self.event("filing_refused", task_id, agent=agent, reason=refused.reason)
-        return refused
-
 
     # -- picking and claiming ----------------------------------------------------------------------
     def pool(self, role: str | None, partial: bool = False) -> Pool:

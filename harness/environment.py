@@ -87,6 +87,10 @@ class Environment(Protocol):
     def fail(self, task_id: str, agent: str, note: str, token: str | None = None) -> None:
         """End the claim; the task has failed, ``note`` says why. NotOwner as above."""
 
+    def idle(self) -> bool:
+        """Nothing to do for anyone: no task active, none ready and none backing off (what is
+        left pending waits on a task that will never be done)."""
+
     def reap(self, reaper: str) -> list[str]:
         """Put every active task whose claim is stale back to pending (skip_count + 1, a note
         naming the owner that abandoned it); the ids this call reaped. Of many processes reaping

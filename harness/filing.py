@@ -10,13 +10,17 @@ call; tasks.from_dict still checks the schema after these.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import tasks
-from harness.errors import FilingRefused
+from harness.errors import FilingCapped, FilingRefused
 from harness.tasks import Task
+
+if TYPE_CHECKING:
+    from harness.environment import Environment
 
 MAX_TITLE = 200
 MAX_PATH = 200
@@ -115,3 +119,55 @@ def check_duplicate(fields: Mapping[str, Any], existing: Iterable[tuple[str, Tas
                    else f"it has the same outputs ({', '.join(sorted(outputs))})")
             raise FilingRefused("duplicate", f"not filed: it repeats task {task.id} ({status}: {task.title!r}); "
                                 f"{why}. File only what no open or recently done task covers, or finish")
+
+
+def check_caps(env: Environment, agent: str, task_id: str | None) -> None:
+    """Raise FilingCapped when ``agent`` may file no more tasks now: it filed
+    max_new_tasks_per_attempt since it claimed ``task_id``, or max_new_tasks_per_hour in the
+    last hour. The first refusal of an attempt leaves a note on the task, so the next claimant
+    (and the morning report) sees that the model kept filing."""
+    now, claimed, capped = time.time(), 0.0, False
+    adds: list[float] = []
+    for e in env.events():
+        if e.get("agent") == agent and e.get("task") == task_id and e.get("event") == "claim":
+            claimed, capped = float(e["ts"]), False
+        elif e.get("event") == "add" and e.get("created_by") == agent:
+            adds.append(float(e["ts"]))
+        elif e.get("event") == "filing_capped" and e.get("agent") == agent and e.get("task") == task_id:
+            capped = True
+    in_attempt = sum(1 for ts in adds if ts >= claimed) if task_id else 0
+    in_hour = sum(1 for ts in adds if ts >= now - 3600)
+    cfg = env.config
+    if task_id and in_attempt >= cfg.max_new_tasks_per_attempt:
+        why = (f"{in_attempt} tasks filed in this attempt "
+               f"(max_new_tasks_per_attempt: {cfg.max_new_tasks_per_attempt})")
+    elif in_hour >= cfg.max_new_tasks_per_hour:
+        why = f"{in_hour} tasks filed in the last hour (max_new_tasks_per_hour: {cfg.max_new_tasks_per_hour})"
+    else:
+        return
+    message = (f"task not filed: agent {agent} has {why}. Finish the task at hand and put what is left "
+               "in a note, or raise the limit in .stigmergy/config.yaml")
+    if task_id and not capped:
+        env.add_note(task_id, agent, message, kind="filing_capped")
+        env.event("filing_capped", task_id, agent=agent, reason=why)
+    raise FilingCapped(message)
+
+
+def refusal(env: Environment, agent: str, task_id: str | None, refused: FilingRefused) -> FilingRefused:
+    """Record that ``agent``, at work on ``task_id``, tried to file a task that was refused: a note
+    on that task for the next claimant (and the report), once per attempt and reason, however
+    often the model retries. Refusals file nothing, so they never count against the caps of
+    check_caps. Returns ``refused``, for the caller to raise."""
+    if task_id is None:
+        return refused
+    noted = False
+    for e in env.events():
+        if e.get("agent") == agent and e.get("task") == task_id:
+            if e.get("event") == "claim":
+                noted = False  # a new attempt: its first refusal is news again
+            elif e.get("event") == "filing_refused" and e.get("reason") == refused.reason:
+                noted = True
+    if not noted:
+        env.add_note(task_id, agent, f"task not filed: {refused}", kind="filing_refused")
+        env.event("filing_refused", task_id, agent=agent, reason=refused.reason)
+    return refused

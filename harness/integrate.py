@@ -215,6 +215,42 @@ def _land(ws: Workspace, commit: str, queue: MergeQueue, entry: list[Entry], *, 
             return Contended(tries)
 
 
+def land_remote(ws: Workspace, commit: str, *, task_id: str, title: str, verify: Verify,
+                push: Callable[[str, str], bool], fetch: Callable[[], str],
+                trailers: Sequence[tuple[str, str]] = (), max_attempts: int = 10) -> LandResult:
+    """Land ``commit`` on a landing branch kept elsewhere (a nest), whose compare-and-swap is
+    ``push(candidate, expected_tip)`` (False: the branch moved; it raises when the claim is
+    lost) and whose tip ``fetch()`` brings here. The same one squashed commit per task as
+    :func:`land`, and the same promise: the exact tree pushed passed ``verify``. There is no
+    merge queue across machines: a lander that lost the race fetches the new tip, merges and
+    verifies again (``max_attempts`` bounds the verify runs and lost races together).
+    ``ws.main`` is the local branch holding the tip the work started from (fetched there)."""
+    git = ws.git
+    old = git.resolve(f"refs/heads/{ws.main}")
+    if old is None:
+        raise GitError(["rev-parse", ws.main], 1, f"branch {ws.main!r} does not exist")
+    verified = {ws.tree_of(commit)}  # the agent loop verified its own commit
+    failed: dict[str, str] = {}
+    message = _message(title, task_id, ws.agent, trailers)
+    tries = 0
+    while tries < max_attempts:
+        tree, conflicted, messages = _merge_tree(git, old, commit)
+        if conflicted:
+            return _keep_conflict(git, task_id, old, commit, conflicted, messages)
+        if tree == ws.tree_of(old):
+            return Unchanged(old)
+        candidate = git.run("commit-tree", tree, "-p", old, "-F", "-", input=message, env=ws.identity.env()).strip()
+        if tree not in verified:
+            tries += 1
+            if not _check(ws, verify, candidate, tree, verified, failed):
+                return VerifyFailed(failed[tree], candidate)
+        if push(candidate, old):
+            return Landed(candidate, tree, max(tries, 1))
+        tries += 1
+        old = fetch()
+    return Contended(tries)
+
+
 class _Merges:
     """Merge results by (tree of the base, commit merged onto it), shared by every lander through
     ``folder``: each lander's prediction is the one ahead of it plus one merge, and after the head

@@ -73,6 +73,19 @@ _NO_CONNECTION = re.compile(r"unable to connect|Connection refused|Could not res
                             r"No route to host|Connection timed out|ssh: connect to host")
 
 
+def host_name() -> str:
+    """This machine's name in a nest: STIGMERGY_HOST (containers and test hosts sharing one
+    hostname must each have their own: a pid is judged alive or gone only on its own host),
+    else the hostname."""
+    return os.environ.get("STIGMERGY_HOST") or socket.gethostname()
+
+
+def id_prefix(host: str) -> str:
+    """The launcher's agent ids on ``host`` start with this, so that two hosts' coder-01 are two
+    agents in the nest (a heartbeat is the agent's, whichever host beat last)."""
+    return (re.sub(r"[^a-z0-9_-]+", "-", host.lower()).strip("-_")[:24] or "host") + "-"
+
+
 def cache_for(url: str) -> Path:
     """The machine's cache of a nest, shared by its processes: objects only, so safe to share."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -268,11 +281,12 @@ class Nest:
         self.url = url = absolute(url)
         self.home = home or cache_for(url)
         self.remote = Remote(url, self.home / "objects.git")
-        self.host = socket.gethostname()
+        self.host = host_name()
         found = self.remote.messages(self.remote.refs(NS + "config"))
         if not found:
             raise NestUnreachable(redact(f"{url} is no nest yet (it has no {NS}config): run `stigmergy nest init {url}`"))
-        self.config = Config.parse(json.loads(next(iter(found.values())))["config"], f"{redact(url)} {NS}config")
+        self.config_text = str(json.loads(next(iter(found.values())))["config"])  # a host's colony mirrors it
+        self.config = Config.parse(self.config_text, f"{redact(url)} {NS}config")
         self._pid, self._writer, self._tip = 0, "", ""  # our log chain: its process, name and head (_push)
         self._read: dict[str, State] = {}  # records parsed, by oid: a record never changes
 
@@ -281,8 +295,8 @@ class Nest:
         """Make ``url`` a nest (idempotent: an existing nest keeps its config). A local path that
         does not exist yet becomes a bare repository."""
         url = absolute(url)
-        if is_path(url) and not Path(url).exists():
-            Git(Path.cwd()).run("init", "--bare", "-q", url)
+        if is_path(url) and not Path(url).exists():  # its HEAD names the branch, for `git clone` of it
+            Git(Path.cwd()).run("init", "--bare", "-q", f"--initial-branch={Config.parse(config, 'nest init').branch}", url)
         remote = Remote(url, (home or cache_for(url)) / "objects.git")
         remote.push([(NS + "config", MISSING, remote.record({"config": config}))])  # False: it was one already
         return cls(url, home)
@@ -377,6 +391,15 @@ class Nest:
         done = self.ids("done")
         missing, left = tasks.readiness(task, done.__contains__, time.time())
         return not missing and not left
+
+    def idle(self) -> bool:
+        listed = self._listed(self.remote.refs(NS + "tasks/*"))
+        if any(st == "active" for st, _ in listed.values()):
+            return False
+        done = {tid for tid, (st, _) in listed.items() if st == "done"}
+        pending = self._states({tid: v for tid, v in listed.items() if v[0] == "pending"})
+        # A dependency missing from done is what keeps a task waiting; a back-off alone is not idle.
+        return all(tasks.readiness(s.task, done.__contains__, 0.0)[0] for s in pending.values())
 
     # -- claims ----------------------------------------------------------------------------------
     def claim(self, agent: str, role: str | None = None, pid: int | None = None) -> tuple[Claim, Task] | None:
@@ -555,6 +578,22 @@ class Nest:
         # On the log after the fact: the chain's objects are in our cache, not in ``repo``.
         self.event("done", claim.task_id, agent=claim.agent, commit=commit, **fields)
         return True
+
+    def pull(self, repo: Path, into: str) -> str:
+        """Fetch the landing branch into the git repository ``repo`` at ``into`` (a ref of the
+        caller's own: processes sharing ``repo`` must not lock one ref); its tip."""
+        work = Remote(self.url, Git(repo).common_dir())
+        branch = f"refs/heads/{self.config.branch}"
+        done = work._talk("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", self.url,
+                          f"+{branch}:{into}")
+        if done.returncode != 0:
+            raise work._say(f"give its {branch}", done.stderr)
+        return work.git.run("rev-parse", "--verify", f"{into}^{{commit}}").strip()
+
+    def keep(self, repo: Path, ref: str, commit: str) -> None:
+        """Put ``commit`` (in the git repository ``repo``) on the nest at ``ref``, so that work no
+        host landed is not lost with the host (a conflicted attempt, under refs/stigmergy/conflicts/)."""
+        Remote(self.url, Git(repo).common_dir()).push([(ref, None, commit)])
 
     # -- what agents leave for each other ----------------------------------------------------------
     def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]]) -> bool:

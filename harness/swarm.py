@@ -102,6 +102,8 @@ class Options:
     verify: str | None = None
     branch: str | None = None  # the landing branch, over config.yaml's `branch:`
     agent_args: Sequence[str] = ()  # more `agent run` flags, passed to every agent as they are
+    nest: bool = False  # the agents' environment is a nest (their --nest is in agent_args)
+    id_prefix: str = ""  # every agent id starts with it (a nest's host: its name)
     # The command before the agent's own flags; tests of the launcher's supervision may stand in
     # a smaller program. Default: this interpreter running `python -m harness agent run`.
     agent_cmd: Sequence[str] | None = None
@@ -147,8 +149,9 @@ def default_mix(total: int) -> dict[str, int]:
     return {DEFAULT_ROLE: total - sum(rest.values()), **{k: n for k, n in rest.items() if n}}
 
 
-def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
-    """The agents to run: the roles asked for, then coders up to ``agents``; without --roles, the default mix."""
+def plan(agents: int | None, roles: str | None, prefix: str = "") -> list[AgentSpec]:
+    """The agents to run: the roles asked for, then coders up to ``agents``; without --roles, the
+    default mix. Their ids start with ``prefix`` (a host of a nest: nest.id_prefix)."""
     counts = {name: n for name, n in parse_roles(roles).items() if n > 0}
     asked = sum(counts.values())
     total = agents if agents is not None else (asked or DEFAULT_AGENTS)
@@ -163,7 +166,7 @@ def plan(agents: int | None, roles: str | None) -> list[AgentSpec]:
     specs = []
     for role, n in counts.items():
         width = max(2, len(str(n)))
-        specs += [AgentSpec(f"{role}-{i:0{width}d}", role) for i in range(1, n + 1)]
+        specs += [AgentSpec(f"{prefix}{role}-{i:0{width}d}", role) for i in range(1, n + 1)]
     return specs
 
 
@@ -199,7 +202,7 @@ class Swarm:
         self.log = LauncherLog(colony.home / "launcher.log", out if out is not None else sys.stderr, colony.repo)
         self.progress = Progress(colony, self.log)
         self.began = time.monotonic()
-        self.agents = [self._agent(spec) for spec in plan(options.agents, options.roles)]
+        self.agents = [self._agent(spec) for spec in plan(options.agents, options.roles, options.id_prefix)]
         self.signals = 0
         self.hangups = 0
         self.stop_reason: str | None = None
@@ -572,5 +575,6 @@ def run(options: Options, out: TextIO | None = None) -> int:
     if options.max_hours is not None and options.max_hours <= 0:
         raise UsageError(f"--max-hours must be positive, got {options.max_hours}")
     colony = Colony.open(Path(options.repo))
-    colony.landing_branch(options.branch)  # once, here: not N agents failing every task on a missing branch
+    if not options.nest:  # a nest's branch is the nest's, fetched by each agent
+        colony.landing_branch(options.branch)  # once, here: not N agents failing every task on a missing branch
     return Swarm(colony, options, out).run()

@@ -110,7 +110,7 @@ class SweepSink:
         except FilingRefused as e:
             self.refused.append(f"{e.reason}: {fields.get('title')}")
             raise
-        self.colony.check_filing(self.agent, None)  # the hourly cap holds for sweeps too
+        filing.check_caps(self.colony, self.agent, None)  # the hourly cap holds for sweeps too
         data = {"id": tasks.new_id(str(fields.get("title", "task"))), **fields,
                 "created_by": self.agent, "discovered_by": self.agent}
         tid = self.colony.add(tasks.from_dict(data, "create_task")).id
@@ -228,7 +228,7 @@ def _converse(agent: Agent, sid: str, allowed: tuple[str, ...], sink: SweepSink)
     pseudo = pseudo_task(sid, role, agent.id)
     agent.ws.prepare()  # the tip of main, as a task's attempt starts
     system, prompt = opening(colony, agent.templates, role, agent.id, sid, agent.repo_context(pseudo))
-    box = Toolbox(agent.ws.path, agent.env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
+    box = Toolbox(agent.ws.path, agent.command_env(pseudo), sink, sandbox=agent.sandbox, allowed=allowed, why=WHY)
     metered = agent.metered(sid, role)
     return run_attempt(metered, system, prompt, box, agent.limits_for(role),
                        Transcript(colony.store.run_dir(sid, "001") / "transcript.jsonl"), task_id=sid,

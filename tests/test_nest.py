@@ -365,3 +365,82 @@ def test_processes_on_three_hosts_land_every_task_once_through_a_git_server(
     assert sorted(a for names in added for a in names) == sorted(f"out-t{i:02d}.txt" for i in range(n))
     assert all(len(names) == 1 for names in added)
     assert {status for status, _ in Nest(url, tmp_path / "setup").listing("all")} == {"done"}
+
+
+# -- agents on three hosts --------------------------------------------------------------------------
+
+WRITE_OWN_FILE = """
+- match: "^t"
+  actions:
+  - bash: 'echo "$STIGMERGY_TASK by $STIGMERGY_AGENT" > "out-$STIGMERGY_TASK.txt"'
+  - finish: ok
+"""
+
+
+def _processes_of(host: str) -> list[int]:
+    """Every process started for test host ``host`` (its launcher, agents and their children)."""
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"STIGMERGY_HOST={host}".encode() in env.read_bytes().split(b"\0"):
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_agents_on_three_hosts_land_200_tasks_once_and_a_killed_host_loses_none(
+        daemon: tuple[str, Path], tmp_path: Path) -> None:
+    """The issue's test: `stigmergy run --nest` on three host clones of a nest served by git daemon;
+    host box2 is SIGKILLed whole mid-run (launcher, agents, their git children). Its claims are
+    reaped by the other hosts' agents and land once; every task is on main exactly once."""
+    base_url, served = daemon
+    nest = Nest.init(str(tmp_path / "nest.git"), "lease_ttl: 4\nheartbeat_interval: 1\nmax_attempts: 50\n"
+                     "verify: test -f README\n", home=tmp_path / "cache")
+    target = tmp_path / "target"
+    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
+    (target / "README").write_text("target\n")
+    Git(target).run("add", "README")
+    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
+    Git(target).run("push", "-q", nest.url, "main")
+    Git(tmp_path).run("clone", "-q", "--mirror", nest.url, str(served / "colony.git"))
+    url, n = f"{base_url}/colony.git", 200
+    setup = Nest(url, tmp_path / "setup")
+    setup.add_many([Task(id=f"t{i:03d}", title=f"task {i}") for i in range(n)])
+    script = tmp_path / "script.yaml"
+    script.write_text(WRITE_OWN_FILE)
+    launchers = {}
+    for h in range(3):
+        clone = _clone(setup, tmp_path / f"box{h}" / "clone")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": f"box{h}"}
+        launchers[h] = subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", "--nest", url, "--repo", str(clone), "--agents", "2",
+             "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # box2 dies while its agents hold claims, after some work landed
+        assert launchers[2].poll() is None, launchers[2].communicate()[1][-3000:]
+        survey = setup.survey()
+        held = {c["task"] for c in survey["claims"] if c["host"] == "box2"}
+        if survey["tasks"]["done"] >= 30 and held:
+            break
+        time.sleep(0.1)
+    for pid in _processes_of("box2"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launchers[2].wait(timeout=30)
+    for h in (0, 1):
+        _, err = launchers[h].communicate(timeout=400)
+        assert launchers[h].returncode == 0, err[-3000:]
+    added = _first_parent_files(tmp_path / "box0" / "clone", url)
+    assert sorted(f for names in added for f in names) == sorted(f"out-t{i:03d}.txt" for i in range(n))
+    assert all(len(names) == 1 for names in added)  # every task on main exactly once, none lost
+    assert {status for status, _ in setup.listing("all")} == {"done"}
+    reaps = [e for e in setup.events() if e["event"] == "reap"]
+    assert {e["task"] for e in reaps} == held - {e["task"] for e in setup.events()
+                                                 if e["event"] == "done" and e["agent"].startswith("box2-")}
+    assert all(e["abandoned_by"].startswith("box2-") and not e["agent"].startswith("box2-") for e in reaps)
+    landers = {e["agent"].split("-")[0] for e in setup.events() if e["event"] == "done"}
+    assert landers == {"box0", "box1", "box2"}

@@ -1,0 +1,110 @@
+"""An agent of a colony spread over machines: the loop of agent.py, with a nest (nest.py) as its
+environment.
+
+Tasks, claims, heartbeats, notes, events and STOP are in the nest, so every host's agents see
+the same colony. What is one host's own stays in that host's colony, in its clone of the target
+(``.stigmergy/``): ledgers, runs and transcripts, main's verdicts, the cool-down, FAULT, the
+agent locks and the worktrees. Its config.yaml is the nest's, written anew at every start.
+
+What differs from an agent on one machine, and why:
+
+- **Main** is the nest's landing branch, fetched before every pick into a local branch of the
+  agent's own (``stigmergy-nest/<agent>``): never the branch the host's user has checked out,
+  which the colony does not move on a host (``git pull`` brings the landed work).
+- **Landing** is ``integrate.land_remote``: merge onto the fetched tip, verify that exact tree,
+  then ``Nest.land``, one atomic push that moves the branch and ends the claim as done, each
+  from its expected value. The claim is the fence: a stale owner's push fails on its record,
+  so there is no claim ref. A lost race fetches the new tip, merges and verifies again.
+- **A merge conflict** keeps the attempt on the nest (``refs/stigmergy/conflicts/<task>``) and
+  puts the task back uncounted, with a note naming the paths, to be redone on the new main:
+  merge_conflict tasks, whose bookkeeping moves tasks without a claim, are one colony's only.
+- **A red main** holds this host's agents, uncounted, until main is green again: the red task
+  is this host's, not filed into the nest.
+- **No idle sweeps** (their token and record are on one host's disk).
+- **STOP** is the nest's or this host's (``stigmergy stop`` with or without --nest), looked at
+  no more often than every ``STOP_LOOK_S`` (each look is a listing of the nest).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness import integrate, tasks
+from harness.agent import Agent, AgentOptions, Blameless, Check
+from harness.colony import Colony
+from harness.errors import NotOwner
+from harness.fence import AlreadyLanded, Fence, Fenced
+from harness.gate import Decision, Fix, Hold
+from harness.integrate import Conflict, Landed
+from harness.leases import Claim
+from harness.models.base import Model
+from harness.nest import Nest
+from harness.tasks import Task
+
+LOCAL_MAIN = "stigmergy-nest/"  # + agent id: the local branch holding the nest's tip as last fetched
+STOP_LOOK_S = 2.0
+
+
+def host_colony(repo: Path, nest: Nest) -> Colony:
+    """This host's colony, in ``repo`` (a clone of the target): made on first use, its config
+    the nest's."""
+    return Colony.init(repo, config_text=nest.config_text)
+
+
+class NestAgent(Agent):
+    def __init__(self, colony: Colony, nest: Nest, opts: AgentOptions, model: Model | None = None) -> None:
+        self.nest = nest
+        self._stop_look = (0.0, False)  # when the nest's STOP was last looked at, and what was seen
+        super().__init__(colony, opts, model, env=nest, main=LOCAL_MAIN + tasks.check_id(opts.agent, "agent id"))
+
+    def sync(self) -> str:
+        """The nest's landing branch, fetched into this agent's local main; its tip."""
+        return self.nest.pull(self.ws.repo, f"refs/heads/{self.ws.main}")
+
+    def claim_next(self) -> tuple[Claim, Task] | None:
+        self.sync()  # main's verdict and the attempt both start from the nest's tip as it is now
+        return super().claim_next()
+
+    def gatekeep(self) -> Decision:
+        decision = super().gatekeep()
+        if isinstance(decision, Fix):
+            return Hold(f"main is red (this host's {decision.task} says how): fix it on the nest's "
+                        f"{self.nest.config.branch!r}; nothing is claimed meanwhile", red=True)
+        return decision
+
+    def take_fence(self, claim: Claim) -> Fence | AlreadyLanded | Fenced | None:
+        return None  # Nest.land expects the claim's own record: the claim is the fence
+
+    def land_once(self, claim: Claim, task: Task, fence: Fence | None, commit: str,
+                  trailers: list[tuple[str, str]], check: Check) -> integrate.LandResult:
+        def push(candidate: str, tip: str) -> bool:
+            return self.nest.land(claim, self.ws.repo, candidate, self.nest.config.branch, tip)
+        try:
+            return integrate.land_remote(self.ws, commit, task_id=task.id, title=task.title, verify=check,
+                                         push=push, fetch=self.sync, trailers=trailers)
+        except NotOwner as e:
+            return Fenced(str(e))
+
+    def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> bool:
+        # Nest.land ended the claim as done in the push that moved the branch: nothing to end here.
+        if isinstance(result, Landed):
+            self.gate.record(result.tree, True, self.id)
+        self.say(f"landed {task.id} as {result.commit[:10]} on the nest")
+        return True
+
+    def file_conflict(self, claim: Claim, task: Task, c: Conflict) -> None:
+        self.nest.keep(self.ws.repo, c.ref, c.theirs)
+        raise Blameless(f"its work conflicted with the nest's {self.nest.config.branch!r} on {', '.join(c.paths)} "
+                        f"(kept on the nest at {c.ref}): redo it on the current main")
+
+    def sweep(self) -> bool:
+        return False
+
+    def stop_asked(self) -> bool:
+        if self.colony.stop_requested():  # this host's STOP or FAULT
+            return True
+        looked, seen = self._stop_look
+        if time.monotonic() - looked >= STOP_LOOK_S:
+            self._stop_look = (time.monotonic(), seen := self.nest.stop_requested())
+        return seen
