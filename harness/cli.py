@@ -49,6 +49,11 @@ def _host(args: argparse.Namespace) -> Colony:
     return host_colony(_repo(args), Nest(args.nest))
 
 
+def _workspaces(args: argparse.Namespace, colony: Colony) -> Path | None:
+    """--workspaces; on a host of a nest, by default inside its colony (which is all the host's own)."""
+    return Path(args.workspaces) if args.workspaces else colony.home / "workspaces" if args.nest else None
+
+
 def _environment(args: argparse.Namespace) -> Environment:
     """The colony the command speaks to: the nest at --nest (a git remote, nest.py), else the
     one on local disk in --repo."""
@@ -101,9 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return swarm.run(swarm.Options(
             repo=_repo(args), agents=args.agents, model=args.model, roles=args.roles, max_hours=args.max_hours,
-            until_empty=args.until_empty, workspaces=Path(args.workspaces) if args.workspaces else None,
+            until_empty=args.until_empty, workspaces=_workspaces(args, colony),
             verify=args.verify, branch=args.branch, agent_args=_agent_args(args), budget_usd=budget_usd,
-            budget_tokens=budget_tokens, nest=bool(args.nest), id_prefix=prefix))
+            budget_tokens=budget_tokens, nest=args.nest, id_prefix=prefix))
     finally:
         if checkout:
             checkout.recover()  # a lander killed while it held the user's index.lock must not leave it behind
@@ -224,6 +229,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from harness import demo
 
     guard_agents(args.agents, args.force)
+    if args.nest:
+        from harness import nestdemo
+        return nestdemo.run(Path(args.dir), agents=args.agents, timeout=args.timeout)
     return demo.run(Path(args.dir), agents=args.agents, timeout=args.timeout)
 
 
@@ -471,14 +479,15 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     from harness.agent import Agent, AgentOptions
     from harness.toolloop import Limits
 
+    colony = _host(args)
+    workspaces = os.environ.get("STIGMERGY_WORKSPACES") if not args.workspaces else None
     opts = AgentOptions(
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
-        workspaces=Path(args.workspaces or os.environ.get("STIGMERGY_WORKSPACES") or "workspaces").resolve(),
+        workspaces=Path(workspaces or _workspaces(args, colony) or "workspaces").resolve(),
         budget_usd=args.budget_usd, budget_tokens=args.budget_tokens, api_base=args.api_base,
         agent_cmd=_agent_cmd(args), branch=args.branch,
         limits=Limits(max_steps=args.max_steps or 100, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                       max_cost_usd=args.max_cost_usd), sandbox=args.sandbox)
-    colony = _host(args)
     check_prompts(colony)
     model = args.model or colony.config.model
     if model or args.backend == "command":
@@ -741,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="stigmergy-demo", help="where to create the target (must not exist)")
     demo.add_argument("--timeout", type=float, default=600, help="seconds before the demo stops its colony")
     demo.add_argument("--force", action="store_true", help=f"run more than {AGENTS_PER_CORE} agents a core")
+    demo.add_argument("--nest", action="store_true", help="across machines: the colony in a nest served by git "
+                      "daemon on loopback, three host clones sharing the agents (--agents in all)")
     demo.set_defaults(func=cmd_demo)
 
     st = sub.add_parser("status", parents=[nest], help="tasks, claims, live agents, tokens and spend")

@@ -36,11 +36,13 @@ from harness.colony import Colony
 from harness.errors import NotOwner
 from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.gate import Decision, Fix, Hold
+from harness.git import Git
 from harness.integrate import Conflict, Landed
 from harness.leases import Claim
 from harness.models.base import Model
 from harness.nest import Nest
 from harness.tasks import Task
+from harness.workspace import exclude
 
 LOCAL_MAIN = "stigmergy-nest/"  # + agent id: the local branch holding the nest's tip as last fetched
 STOP_LOOK_S = 2.0
@@ -48,8 +50,10 @@ STOP_LOOK_S = 2.0
 
 def host_colony(repo: Path, nest: Nest) -> Colony:
     """This host's colony, in ``repo`` (a clone of the target): made on first use, its config
-    the nest's."""
-    return Colony.init(repo, config_text=nest.config_text)
+    the nest's. All of it is this host's own, so none of it shows in the clone's `git status`."""
+    colony = Colony.init(repo, config_text=nest.config_text)
+    exclude(Git(colony.repo), f"/{colony.home.relative_to(colony.repo).as_posix()}/")
+    return colony
 
 
 class NestAgent(Agent):

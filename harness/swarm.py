@@ -67,7 +67,7 @@ from typing import TextIO
 
 from harness import agentlog, deadline, faults, gate, roles, summary
 from harness.colony import Colony
-from harness.errors import AlreadyRunning, GitError, UsageError
+from harness.errors import AlreadyRunning, HarnessError, UsageError
 from harness.launchlog import LauncherLog
 from harness.meter import budget_reached, ledger_totals
 from harness.pidlock import Holder, PidLock, agent_lock, agent_processes, holder, launcher_lock
@@ -102,7 +102,7 @@ class Options:
     verify: str | None = None
     branch: str | None = None  # the landing branch, over config.yaml's `branch:`
     agent_args: Sequence[str] = ()  # more `agent run` flags, passed to every agent as they are
-    nest: bool = False  # the agents' environment is a nest (their --nest is in agent_args)
+    nest: str | None = None  # the agents' environment is this nest (their --nest is in agent_args)
     id_prefix: str = ""  # every agent id starts with it (a nest's host: its name)
     # The command before the agent's own flags; tests of the launcher's supervision may stand in
     # a smaller program. Default: this interpreter running `python -m harness agent run`.
@@ -383,11 +383,13 @@ class Swarm:
                     self._restart_due()
                 if not any(a.proc or a.adopted or a.restart_at is not None for a in self.agents):
                     break
-                self.progress.tick()
+                if self.opts.nest is None:  # a host's own colony holds no tasks: `status --nest` tells
+                    self.progress.tick()
                 time.sleep(self.opts.poll)
         finally:
             restore()
-            self.progress.finish()
+            if self.opts.nest is None:
+                self.progress.finish()
             deadline.clear(self.colony.home, launcher=os.getpid())  # nobody is left to hold to it
             lock.release()
         self._summary()
@@ -427,16 +429,30 @@ class Swarm:
 
     def _summary(self) -> None:
         try:
-            for line in summary.lines(summary.collect(self.colony, time.monotonic() - self.began)):
-                self._say(line)
+            if self.opts.nest is not None:
+                self._say(self._nest_summary(self.opts.nest))
+            else:
+                for line in summary.lines(summary.collect(self.colony, time.monotonic() - self.began)):
+                    self._say(line)
             o, cfg = self.opts, self.colony.config
             reached = budget_reached(ledger_totals(self.colony.home / "ledger"),
                                      o.budget_usd if o.budget_usd is not None else cfg.budget_usd,
                                      o.budget_tokens if o.budget_tokens is not None else cfg.budget_tokens)
             if reached:  # why work is left: the colony did not fail, it was told where to stop
                 self._say(f"{reached}: agents claimed nothing more")
-        except (OSError, ValueError, GitError) as e:  # the account is a courtesy: it must not change the exit
+        except (OSError, ValueError, HarnessError) as e:  # the account is a courtesy: it must not change the exit
             self._say(f"no summary: {e}")
+
+    def _nest_summary(self, url: str) -> str:
+        """The account of a host of a nest: the nest's tasks, and this host's spend."""
+        from harness.nest import Nest
+        from harness.redact import redact
+        counts = Nest(url).survey()["tasks"]
+        spent = ledger_totals(self.colony.home / "ledger")
+        return (f"finished in {time.monotonic() - self.began:.1f}s; the nest {redact(url)} has "
+                + ", ".join(f"{n} {status}" for status, n in counts.items())
+                + f"; this host spent ${spent.cost_usd:.4f} ({spent.tokens} tokens). `stigmergy status --nest URL` "
+                "shows every host's agents")
 
     def _pid(self, agent: _Agent) -> int | None:
         return agent.proc.pid if agent.proc else agent.adopted.pid if agent.adopted else None
@@ -575,6 +591,6 @@ def run(options: Options, out: TextIO | None = None) -> int:
     if options.max_hours is not None and options.max_hours <= 0:
         raise UsageError(f"--max-hours must be positive, got {options.max_hours}")
     colony = Colony.open(Path(options.repo))
-    if not options.nest:  # a nest's branch is the nest's, fetched by each agent
+    if options.nest is None:  # a nest's branch is the nest's, fetched by each agent
         colony.landing_branch(options.branch)  # once, here: not N agents failing every task on a missing branch
     return Swarm(colony, options, out).run()

@@ -163,13 +163,15 @@ class Workspace:
             rel = self.root.relative_to(self.repo)
         except ValueError:
             return  # outside the checkout: nothing to hide
-        if not rel.parts:
-            return
-        exclude = Path(self.git.run("rev-parse", "--path-format=absolute",
-                                    "--git-path", "info/exclude").strip())
-        line = f"/{rel.as_posix()}/"
-        existing = exclude.read_text().splitlines() if exclude.exists() else []
-        if line not in existing:
-            exclude.parent.mkdir(parents=True, exist_ok=True)
-            with exclude.open("a") as fh:  # one append: concurrent starters at worst duplicate it
-                fh.write(("\n" if existing and existing[-1] else "") + line + "\n")
+        if rel.parts:
+            exclude(self.git, f"/{rel.as_posix()}/")
+
+
+def exclude(git: Git, line: str) -> None:
+    """Add ``line`` to the repository's info/exclude (not the user's .gitignore) unless it is there."""
+    path = Path(git.run("rev-parse", "--path-format=absolute", "--git-path", "info/exclude").strip())
+    existing = path.read_text().splitlines() if path.exists() else []
+    if line not in existing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:  # one append: concurrent starters at worst duplicate it
+            fh.write(("\n" if existing and existing[-1] else "") + line + "\n")

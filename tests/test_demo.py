@@ -63,3 +63,27 @@ def test_demo_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "another --dir" in proc.stderr and "remove it" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_demo_across_machines_lands_every_task_once_through_a_git_server(tmp_path: Path) -> None:
+    """`demo --nest`: git daemon on loopback serving the nest, three host clones with a launcher each."""
+    from harness.nest import Nest
+
+    where = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "harness", "demo", "--nest", "--dir", str(where), "--agents", "3",
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
+    assert "PROBLEM" not in proc.stdout
+    nest = Nest(str(where / "nest.git"), tmp_path / "cache")  # the served folder itself, read after the demo
+    everything = nest.listing("all")
+    assert {st for st, _ in everything} == {"done"} and len(everything) >= 27
+    assert [t.id for _, t in everything if t.discovered_from == "slugify"] != []  # an agent filed into the nest
+    landed = trailers(where / "nest.git", "Task-Id")
+    assert Counter(landed) == Counter(t.id for _, t in everything)  # each on the nest's main once
+    hosts = {e["agent"].rsplit("-coder-", 1)[0] for e in nest.events() if e["event"] == "done"}
+    assert hosts == {"host-0", "host-1", "host-2"}  # every machine landed work
+    for h in range(3):  # each host's clone untouched: its colony is hidden, its checkout not moved
+        assert git(where / f"host-{h}", "status", "--porcelain") == ""
+    git(tmp_path, "clone", "-q", str(where / "nest.git"), "check")
+    suite = subprocess.run([sys.executable, "-m", "pytest", "-q"], cwd=tmp_path / "check", capture_output=True, text=True)
+    assert suite.returncode == 0 and re.search(r"\b[23][0-9] passed", suite.stdout), suite.stdout  # main is green

@@ -444,3 +444,48 @@ def test_agents_on_three_hosts_land_200_tasks_once_and_a_killed_host_loses_none(
     assert all(e["abandoned_by"].startswith("box2-") and not e["agent"].startswith("box2-") for e in reaps)
     landers = {e["agent"].split("-")[0] for e in setup.events() if e["event"] == "done"}
     assert landers == {"box0", "box1", "box2"}
+
+
+APPEND_SHARED = """
+- match: "^t"
+  actions:
+  - bash: 'echo "line of $STIGMERGY_TASK" >> shared.txt'
+  - sleep: 2.0
+  - finish: ok
+"""
+
+
+def test_a_conflict_on_a_nest_keeps_the_attempt_there_and_the_task_is_redone_uncounted(tmp_path: Path) -> None:
+    """Two hosts' agents append to one file from the same tip: the second lander's merge conflicts.
+    Its attempt is kept on the nest, the task goes back uncounted and is redone on the new main."""
+    nest = Nest.init(str(tmp_path / "nest.git"), "max_attempts: 1\n", home=tmp_path / "cache")
+    target = tmp_path / "target"
+    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
+    (target / "shared.txt").write_text("top\n")
+    Git(target).run("add", "shared.txt")
+    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
+    Git(target).run("push", "-q", nest.url, "main")
+    nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(4)])
+    script = tmp_path / "script.yaml"
+    script.write_text(APPEND_SHARED)
+    procs = []
+    for h in range(2):
+        clone = _clone(nest, tmp_path / f"box{h}" / "clone")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": f"box{h}"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
+             "--id", f"box{h}-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none",
+             "--workspaces", str(tmp_path / f"box{h}" / "ws")], env=env, stderr=subprocess.PIPE, text=True))
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    check = tmp_path / "box0" / "clone"
+    Git(check).run("fetch", "-q", nest.url, "main")
+    lines = Git(check).run("show", "FETCH_HEAD:shared.txt").splitlines()
+    assert sorted(lines) == sorted(["top", *(f"line of t{i}" for i in range(4))])  # each once: both sides kept
+    assert {status for status, _ in nest.listing("all")} == {"done"}  # max_attempts 1: a counted retry would fail it
+    kept = nest.remote.refs(NS + "conflicts/*")
+    assert kept, logs  # the first round's loser conflicted: its attempt is on the nest
+    releases = [e for e in nest.events() if e["event"] == "release"]
+    assert releases and all(e["skip_count"] == 0 for e in releases)
+    assert any("conflicted with the nest's 'main' on shared.txt" in n["text"] for tid in {e["task"] for e in releases}
+               for n in nest.notes(tid))
