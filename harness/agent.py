@@ -283,7 +283,7 @@ class Agent:
             beating.set()
             beat.join(timeout=5)
             # A last beat that says so: status stops counting us, and any claim we still hold is free.
-            self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=None, state="exited")
+            self.beat(task=None, state="exited")
             self.env.event("agent_exit", agent=self.id)
             lock.release()  # after the goodbye beat: whoever sees the id free also sees "exited"
         return ColonyFault.exit_code if self.colony.fault_path.exists() else 0
@@ -460,7 +460,7 @@ class Agent:
             self.waiting = reason
             self.say(reason)
             self.env.event("landing_blocked", self.current, agent=self.id, reason=reason)
-            self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current, waiting=reason)
+            self.beat(task=self.current, waiting=reason)
         self.nap(LAND_RETRY_S)
         return not self.stopping()  # a stop gives up: the task goes back to pending, uncounted
 
@@ -689,12 +689,16 @@ class Agent:
     def _beat(self, stop: threading.Event) -> None:
         while True:
             try:
-                self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, task=self.current,
-                                      **({"waiting": self.waiting} if self.waiting else {}))
-            except OSError as e:  # a full disk must not kill the thread that keeps our lease
+                self.beat(task=self.current, **({"waiting": self.waiting} if self.waiting else {}))
+            except (OSError, HarnessError) as e:  # a full disk or a nest out of reach must not kill the
+                # thread that keeps our lease: the next beat tries again
                 self.say(f"heartbeat failed: {e}")
             if stop.wait(self.cfg.heartbeat_interval):
                 return
+
+    def beat(self, **info: Any) -> None:
+        """Renew our claims: we are alive (``info`` is shown by status)."""
+        self.env.heartbeat(self.id, pid=os.getpid(), role=self.role.name, **info)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signalled = True

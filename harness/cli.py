@@ -14,13 +14,16 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from harness import sandbox, tasks
 from harness.colony import Colony
 from harness.environment import Environment
+
+if TYPE_CHECKING:
+    from harness.nest import Nest
 from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task, readiness
@@ -36,17 +39,18 @@ def _colony(args: argparse.Namespace) -> Colony:
     return Colony.open(_repo(args))
 
 
-def _host(args: argparse.Namespace) -> Colony:
-    """The colony in --repo: with --nest, this host's part of the nest's colony (nestagent.py),
-    made on first use."""
+def _host(args: argparse.Namespace) -> tuple[Colony, Nest | None]:
+    """The colony in --repo, and the nest at --nest: then the colony is this host's part of the
+    nest's (nestagent.py), made on first use."""
     if not args.nest:
-        return _colony(args)
-    if args.branch:
+        return _colony(args), None
+    if getattr(args, "branch", None):
         raise UsageError("--branch does not go with --nest: work lands on the nest's branch (`nest init URL "
                          "--branch NAME` chose it)")
     from harness.nest import Nest
     from harness.nestagent import host_colony
-    return host_colony(_repo(args), Nest(args.nest))
+    nest = Nest(args.nest)
+    return host_colony(_repo(args), nest), nest
 
 
 def _workspaces(args: argparse.Namespace, colony: Colony) -> Path | None:
@@ -81,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.git import Git
     from harness.models.registry import check_spec
 
-    colony = _host(args)
+    colony, _ = _host(args)
     check_prompts(colony)
     prefix = ""
     if args.nest:
@@ -479,7 +483,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     from harness.agent import Agent, AgentOptions
     from harness.toolloop import Limits
 
-    colony = _host(args)
+    colony, nest = _host(args)
     workspaces = os.environ.get("STIGMERGY_WORKSPACES") if not args.workspaces else None
     opts = AgentOptions(
         agent=args.id, role=args.role, model=args.model, verify=args.verify, until_empty=args.until_empty,
@@ -492,10 +496,9 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     model = args.model or colony.config.model
     if model or args.backend == "command":
         guard_spend(colony, args, model)
-    if args.nest:
-        from harness.nest import Nest
+    if nest is not None:
         from harness.nestagent import NestAgent
-        agent: Agent = NestAgent(colony, Nest(args.nest), opts)
+        agent: Agent = NestAgent(colony, nest, opts)
     else:
         agent = Agent(colony, opts)
     agent.forget_keys()  # the model client holds its key now: no child of ours inherits one
@@ -505,18 +508,19 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from harness import status
 
+    if args.watch is not None and args.json:
+        raise UsageError("--watch and --json do not go together: `status --json` is one snapshot "
+                         "(run it in a loop for a series)")
     if args.nest:
-        if args.watch is not None:
-            raise UsageError("--watch does not go with --nest yet: run `status --nest URL` in a loop (each is a "
-                             "listing of the nest)")
         from harness.nest import Nest
-        survey = Nest(args.nest).survey()
+        nest = Nest(args.nest)
+        if args.watch is not None:
+            from harness import watch
+            return watch.watch_nest(nest, args.watch)
+        survey = nest.survey()
         print(json.dumps(survey, indent=2, sort_keys=True) if args.json else status.render_nest(survey))
         return 0
     if args.watch is not None:
-        if args.json:
-            raise UsageError("--watch and --json do not go together: `status --json` is one snapshot "
-                             "(run it in a loop for a series)")
         from harness import watch
         return watch.watch(_colony(args), args.watch)
     snap = status.snapshot(_colony(args))
@@ -530,9 +534,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
 
-    colony = _colony(args)
     html = _html_target(args.html) if args.html else None
-    built = report.account(colony, os.environ)
+    colony, nest = _host(args)  # with --nest, the nest's account; this host's files in the scan
+    built = report.account(colony, os.environ, nest)
     if html:
         _write_html(html, built, colony.repo)
     if args.json:
@@ -760,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="redraw every SECONDS (default 2) until Ctrl-C; without a terminal, one line each")
     st.set_defaults(func=cmd_status)
 
-    rep = sub.add_parser("report", parents=[common], help="per task: what landed, what failed and why, the cost; then a secrets scan")
+    rep = sub.add_parser("report", parents=[nest], help="per task: what landed, what failed and why, the cost; then a secrets scan")
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML page")
     rep.set_defaults(func=cmd_report)

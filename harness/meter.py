@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,27 +160,36 @@ def ledger_entries(ledger_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("*.jsonl")):
+        yield from file_entries(path)
+
+
+def file_entries(path: Path) -> Iterator[dict[str, Any]]:
+    """The calls on one ledger (``ledger_entries``)."""
+    try:
+        data = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    for line in data.splitlines():
         try:
-            data = path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+            entry = json.loads(line)
+            entry["cost_usd"] = float(entry.get("cost_usd", 0.0) or 0.0)
+            for key in TOKEN_KEYS:
+                entry[key] = int(entry.get(key, 0) or 0)
+        except (ValueError, AttributeError, TypeError):
+            # A torn last line (writer killed mid-write) or stray junk: skip, never fail the
+            # budget check over it.
             continue
-        for line in data.splitlines():
-            try:
-                entry = json.loads(line)
-                entry["cost_usd"] = float(entry.get("cost_usd", 0.0) or 0.0)
-                for key in TOKEN_KEYS:
-                    entry[key] = int(entry.get(key, 0) or 0)
-            except (ValueError, AttributeError, TypeError):
-                # A torn last line (writer killed mid-write) or stray junk: skip, never fail the
-                # budget check over it.
-                continue
-            yield entry
+        yield entry
 
 
 def ledger_totals(ledger_dir: str | os.PathLike[str]) -> Totals:
     """Cost, tokens and calls summed over ``ledger_entries`` (a budget, a status line)."""
+    return totals_of(ledger_entries(ledger_dir))
+
+
+def totals_of(entries: Iterable[dict[str, Any]]) -> Totals:
     totals = Totals()
-    for entry in ledger_entries(ledger_dir):
+    for entry in entries:
         totals.cost_usd += entry["cost_usd"]
         totals.input_tokens += entry["input_tokens"]
         totals.output_tokens += entry["output_tokens"]

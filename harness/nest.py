@@ -9,6 +9,7 @@ agents share, and it is the compare-and-swap. Layout on the remote, all under re
     quarantine/<id>          a task whose record did not parse, moved aside with the reason
     beats/<agent>            the agent's last heartbeat
     log/<writer>             one chain of commits per writing process: its events and notes
+    ledger/<agent>           the agent's model calls (tokens, cost), a batch per heartbeat
     STOP                     present: every agent stops
 
 Each ref points at a record: a commit with the empty tree whose message is one JSON object
@@ -289,6 +290,7 @@ class Nest:
         self.config = Config.parse(self.config_text, f"{redact(url)} {NS}config")
         self._pid, self._writer, self._tip = 0, "", ""  # our log chain: its process, name and head (_push)
         self._read: dict[str, State] = {}  # records parsed, by oid: a record never changes
+        self._tips: dict[str, tuple[str, int]] = {}  # ledger chains we write: agent -> (head, calls on it)
 
     @classmethod
     def init(cls, url: str, config: str = DEFAULT_CONFIG, home: Path | None = None) -> Nest:
@@ -481,10 +483,42 @@ class Nest:
     def holds(self, claim: Claim) -> bool:
         return self.current_claim(claim.task_id) == claim
 
-    def heartbeat(self, agent: str, pid: int | None = None, **info: Any) -> None:
+    def heartbeat(self, agent: str, pid: int | None = None, ledger: Sequence[dict[str, Any]] = (),
+                  **info: Any) -> None:
+        """The contract's heartbeat; ``ledger``: the agent's model calls since its last beat, put on
+        its ledger chain in the same push (a push per beat, not per call; ``published`` says how
+        many are there, for the agent's next process)."""
         tasks.check_id(agent, "agent")
         beat = {"agent": agent, "pid": pid, "host": self.host, "ts": time.time(), **info}
-        self.remote.push([(NS + f"beats/{agent}", None, self.remote.record(beat))])
+        updates: list[tuple[str, str | None, str | None]] = [(NS + f"beats/{agent}", None, self.remote.record(beat))]
+        if ledger:
+            tip, n = self._ledger_tip(agent)
+            new = self.remote.record({"host": self.host, "n": n + len(ledger), "calls": list(ledger)}, tip or None)
+            updates.append((NS + f"ledger/{agent}", tip, new))  # the agent's own: only a second process with its id loses
+        if not self.remote.push(updates):
+            raise NestUnreachable(f"agent {agent}'s ledger in the nest {redact(self.url)} was moved by another process: "
+                                  "is the same agent id running on two hosts? (each host's launcher prefixes its ids)")
+        if ledger:
+            self._tips[agent] = (updates[-1][2] or "", n + len(ledger))
+
+    def _ledger_tip(self, agent: str) -> tuple[str, int]:
+        """The head of the agent's ledger chain (MISSING: none yet) and how many calls it holds."""
+        if agent not in self._tips:
+            ref = NS + f"ledger/{agent}"
+            found = self.remote.refs(ref)
+            text = self.remote.messages(found).get(ref)
+            self._tips[agent] = (found[ref], int(json.loads(text)["n"])) if text else (MISSING, 0)
+        return self._tips[agent]
+
+    def published(self, agent: str) -> int:
+        """How many of the agent's model calls are on its ledger chain."""
+        return self._ledger_tip(tasks.check_id(agent, "agent"))[1]
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every model call every agent published (with the ``host`` it ran on), oldest first."""
+        calls = [{**c, "host": rec.get("host")} for chain in self._chains("ledger/*") for rec in chain
+                 for c in rec.get("calls", ())]
+        return sorted(calls, key=lambda c: float(c.get("ts", 0) or 0))
 
     def last_beat(self, agent: str) -> dict[str, Any] | None:
         found = self.remote.messages(self.remote.refs(NS + f"beats/{tasks.check_id(agent, 'agent')}"))
@@ -613,9 +647,9 @@ class Nest:
         self._tip = tip
         return True
 
-    def _chains(self) -> list[list[dict[str, Any]]]:
-        """Every writer's records, each chain oldest first (``git log``: one process a chain)."""
-        tips = self.remote.refs(NS + "log/*")
+    def _chains(self, pattern: str = "log/*") -> list[list[dict[str, Any]]]:
+        """Every writer's records, each chain oldest first (``git log``: one writer a chain)."""
+        tips = self.remote.refs(NS + pattern)
         self.remote.messages(tips)  # fetches every chain whole
         chains = []
         for tip in tips.values():

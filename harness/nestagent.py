@@ -27,8 +27,11 @@ What differs from an agent on one machine, and why:
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from harness import integrate, tasks
 from harness.agent import Agent, AgentOptions, Blameless, Check
@@ -39,6 +42,7 @@ from harness.gate import Decision, Fix, Hold
 from harness.git import Git
 from harness.integrate import Conflict, Landed
 from harness.leases import Claim
+from harness.meter import budget_reached, file_entries, ledger_entries, totals_of
 from harness.models.base import Model
 from harness.nest import Nest
 from harness.tasks import Task
@@ -46,6 +50,7 @@ from harness.workspace import exclude
 
 LOCAL_MAIN = "stigmergy-nest/"  # + agent id: the local branch holding the nest's tip as last fetched
 STOP_LOOK_S = 2.0
+SPEND_LOOK_S = 10.0  # other hosts' spend, for the budget: it reaches the nest with their beats anyway
 
 
 def host_colony(repo: Path, nest: Nest) -> Colony:
@@ -60,6 +65,9 @@ class NestAgent(Agent):
     def __init__(self, colony: Colony, nest: Nest, opts: AgentOptions, model: Model | None = None) -> None:
         self.nest = nest
         self._stop_look = (0.0, False)  # when the nest's STOP was last looked at, and what was seen
+        self._spend_look: tuple[float, list[dict[str, Any]]] = (float("-inf"), [])  # and other hosts' calls
+        self._published: int | None = None  # how many of our ledger's calls the nest has
+        self._beating = threading.Lock()
         super().__init__(colony, opts, model, env=nest, main=LOCAL_MAIN + tasks.check_id(opts.agent, "agent id"))
 
     def sync(self) -> str:
@@ -104,6 +112,28 @@ class NestAgent(Agent):
 
     def sweep(self) -> bool:
         return False
+
+    def beat(self, **info: Any) -> None:
+        # Our calls not yet in the nest go with the beat: the colony's spend is then every
+        # host's, for the budget (budget_reached) and the report.
+        with self._beating:  # the beat thread's and a landing's wait may beat at once
+            if self._published is None:
+                self._published = self.nest.published(self.id)
+            calls = list(file_entries(self.ledger.path))[self._published:]
+            self.nest.heartbeat(self.id, pid=os.getpid(), role=self.role.name, ledger=calls, **info)
+            self._published += len(calls)
+
+    def budget_reached(self) -> str | None:
+        """The colony budgets, held against every host's spend: the calls the nest has from other
+        hosts (looked at every SPEND_LOOK_S at most) and this host's own ledgers."""
+        if self.budget is None and self.budget_tokens is None:
+            return None
+        looked, elsewhere = self._spend_look
+        if time.monotonic() - looked >= SPEND_LOOK_S:
+            elsewhere = [c for c in self.nest.ledger() if c.get("host") != self.nest.host]
+            self._spend_look = (time.monotonic(), elsewhere)
+        here = ledger_entries(self.colony.home / "ledger")
+        return budget_reached(totals_of([*elsewhere, *here]), self.budget, self.budget_tokens)
 
     def stop_asked(self) -> bool:
         if self.colony.stop_requested():  # this host's STOP or FAULT

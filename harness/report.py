@@ -14,14 +14,19 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness import secrets_scan
 from harness.colony import Colony
+from harness.environment import Environment
 from harness.fsutil import read_json
 from harness.meter import TOKEN_KEYS, ledger_entries
 from harness.redact import redact_data, secret_env
 from harness.textfmt import clip, duration
+
+if TYPE_CHECKING:
+    from harness.nest import Nest
 
 WIDTH = 80
 # A task's outcome. Done tasks split by what their `done` event says: a commit on main, the
@@ -133,35 +138,39 @@ def _close(a: Attempt, ts: float, outcome: str, ev: Mapping[str, Any] | None = N
     a.end, a.outcome, a.ended = ts, outcome, ev
 
 
-def _roles(colony: Colony) -> dict[str, str]:
+def _roles(home: Path) -> dict[str, str]:
     """Agent -> role, as its heartbeat last said it (an agent keeps its role for its life)."""
-    roles = {}
-    for beat_file in sorted(colony.home.glob("agents/*/heartbeat.json")):
+    roles: dict[str, str] = {}
+    for beat_file in sorted(home.glob("agents/*/heartbeat.json")):
         beat = read_json(beat_file)
         if isinstance(beat, dict) and beat.get("agent") and beat.get("role"):
             roles[str(beat["agent"])] = str(beat["role"])
     return roles
 
 
-def _ledger(colony: Colony) -> list[dict[str, Any]]:
-    return sorted(ledger_entries(colony.home / "ledger"), key=lambda e: float(e.get("ts", 0) or 0))
+def _ledger(home: Path) -> list[dict[str, Any]]:
+    return sorted(ledger_entries(home / "ledger"), key=lambda e: float(e.get("ts", 0) or 0))
 
 
-def build(colony: Colony) -> dict[str, Any]:
+def build(colony: Environment, calls: list[dict[str, Any]] | None = None,
+          roles: dict[str, str] | None = None) -> dict[str, Any]:
+    """The account of ``colony``: its tasks, events and notes, the model ``calls`` (ledger
+    entries, oldest first) and the agents' ``roles`` (default: the ledgers and heartbeats in
+    the colony's home; a nest's: nest_sources)."""
     accounts: dict[str, TaskAccount] = {}
     for st, t in colony.listing("all"):
         accounts[t.id] = TaskAccount(t.id, t.title, st, kind=t.kind, role=t.role, resolves=t.resolves,
                                      skip_count=t.skip_count)
     events = colony.events()
     attempts = replay(events, accounts)
-    roles = _roles(colony)
+    roles = _roles(colony.home) if roles is None else roles
 
     by_agent: dict[str, float] = defaultdict(float)
     by_model: dict[str, dict[str, Any]] = {}
     tokens: dict[str, int] = {k: 0 for k in TOKEN_KEYS}
     spend: list[list[float]] = []  # [ts, cumulative USD, cumulative tokens]
     total_usd, total_tok = 0.0, 0
-    for entry in _ledger(colony):
+    for entry in _ledger(colony.home) if calls is None else calls:
         cost = entry["cost_usd"]
         counts = {k: entry[k] for k in TOKEN_KEYS}
         by_agent[str(entry.get("agent"))] += cost
@@ -251,14 +260,27 @@ def _by_role(attempts: list[Attempt], roles: dict[str, str], cost_by_agent: dict
     return out
 
 
-def account(colony: Colony, environ: Mapping[str, str]) -> dict[str, Any]:
+def account(colony: Colony, environ: Mapping[str, str], nest: Nest | None = None) -> dict[str, Any]:
     """``build`` plus the secrets scan for the secrets of ``environ`` (the report's environment).
     The account itself is redacted of every written form of them: a failed task's last note is
-    shown, and it may be where the key leaked."""
+    shown, and it may be where the key leaked. With ``nest``, the account is the nest's (every
+    host's tasks and spend) and ``colony`` this host's, whose files are scanned with the
+    commits landed on the nest."""
     secrets = secret_env(environ)
-    scan = secrets_scan.scan(colony, secrets)
-    built: dict[str, Any] = redact_data(build(colony), secrets_scan.literals(secrets))
-    return built | {"secrets_scan": scan.as_dict()}
+    if nest is None:
+        scan = secrets_scan.scan(colony, secrets)
+        built: dict[str, Any] = build(colony)
+    else:
+        branch = "stigmergy-nest/report"  # a local branch of the report's own, at the nest's tip
+        nest.pull(colony.repo, f"refs/heads/{branch}")
+        scan = secrets_scan.scan(colony, secrets, branch)
+        built = build(nest, *nest_sources(nest))
+    return redact_data(built, secrets_scan.literals(secrets)) | {"secrets_scan": scan.as_dict()}
+
+
+def nest_sources(nest: Nest) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A nest's model calls (every host's, on the agents' ledger chains) and roles (their beats)."""
+    return nest.ledger(), {str(a["agent"]): str(a["role"]) for a in nest.survey()["agents"] if a.get("role")}
 
 
 def summary_line(r: dict[str, Any]) -> str:

@@ -289,8 +289,10 @@ def scan_commits(git: Git, commits: list[tuple[str, str]], needles: list[Form]) 
     return size, hits
 
 
-def scan(colony: Colony, secrets: Mapping[str, str]) -> Scan:
-    """Look for ``secrets`` (name -> value) and key shapes in everything the colony wrote down."""
+def scan(colony: Colony, secrets: Mapping[str, str], branch: str | None = None) -> Scan:
+    """Look for ``secrets`` (name -> value) and key shapes in everything the colony wrote down:
+    its files and the commits landed on ``branch`` (default the landing branch; a host of a
+    nest: the nest's, fetched into a local branch)."""
     began = time.monotonic()
     needles = forms(secrets)
     result = Scan(variables=sorted(secrets))
@@ -304,7 +306,7 @@ def scan(colony: Colony, secrets: Mapping[str, str]) -> Scan:
         result.artefacts += 1
         result.bytes += size
         result.hits += hits
-    git, branch = Git(colony.repo), colony.config.branch
+    git, branch = Git(colony.repo), branch or colony.config.branch
     if git.resolve(f"refs/heads/{branch}") is None:
         result.branch_missing = branch
     else:

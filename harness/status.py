@@ -270,6 +270,13 @@ def _agent_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def nest_line(s: dict[str, Any]) -> str:
+    """A nest's survey in one line, for a log (`status --watch --nest URL >> night.log`)."""
+    states = [a["state"] for a in s["agents"]]
+    return (", ".join(f"{s['tasks'][k]} {k}" for k in STATUSES) + f" | {states.count('working')} working, "
+            f"{states.count('idle')} idle, {states.count('silent')} silent" + (" | STOP" if s["stop_requested"] else ""))
+
+
 def render_nest(s: dict[str, Any]) -> str:
     """A nest's survey (nest.Nest.survey) in 80 columns: what every machine's agents share."""
     counts = s["tasks"]
