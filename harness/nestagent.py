@@ -36,11 +36,11 @@ from typing import Any
 from harness import integrate, tasks
 from harness.agent import Agent, AgentOptions, Blameless, Check
 from harness.colony import Colony
-from harness.errors import NotOwner
+from harness.errors import NestUnreachable, NotOwner
 from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.gate import Decision, Fix, Hold
 from harness.git import Git
-from harness.integrate import Conflict, Landed
+from harness.integrate import Conflict, Contended, Landed
 from harness.leases import Claim
 from harness.meter import budget_reached, file_entries, ledger_entries, totals_of
 from harness.models.base import Model
@@ -50,6 +50,8 @@ from harness.workspace import exclude
 
 LOCAL_MAIN = "stigmergy-nest/"  # + agent id: the local branch holding the nest's tip as last fetched
 STOP_LOOK_S = 2.0
+RETRY_S = 5.0  # how long to wait before trying the nest again after it was out of reach
+RELEASE_PATIENCE_S = 600.0  # after that, the agent gives up (exits): its beats stop, the claim goes stale
 SPEND_LOOK_S = 10.0  # other hosts' spend, for the budget: it reaches the nest with their beats anyway
 
 
@@ -74,9 +76,27 @@ class NestAgent(Agent):
         """The nest's landing branch, fetched into this agent's local main; its tip."""
         return self.nest.pull(self.ws.repo, f"refs/heads/{self.ws.main}")
 
+    # A nest out of reach (the network, the server) is a normal event of a night, not a crash:
+    # what needs it waits for the next turn of the loop, and the heartbeat thread keeps trying.
     def claim_next(self) -> tuple[Claim, Task] | None:
-        self.sync()  # main's verdict and the attempt both start from the nest's tip as it is now
-        return super().claim_next()
+        try:
+            self.sync()  # main's verdict and the attempt both start from the nest's tip as it is now
+            return super().claim_next()
+        except NestUnreachable as e:
+            self.say(f"claiming nothing for now: {e}")
+            return None
+
+    def sense(self) -> None:
+        try:
+            super().sense()
+        except NestUnreachable as e:
+            self.say(f"could not reap stale claims: {e}")
+
+    def nothing_left(self) -> bool:
+        try:
+            return super().nothing_left()
+        except NestUnreachable:
+            return False
 
     def gatekeep(self) -> Decision:
         decision = super().gatekeep()
@@ -97,6 +117,22 @@ class NestAgent(Agent):
                                          push=push, fetch=self.sync, trailers=trailers)
         except NotOwner as e:
             return Fenced(str(e))
+        except NestUnreachable as e:  # the next round fetches: a push that did go through merges to nothing
+            self.say(f"landing {task.id} met a nest out of reach: {e}")
+            self.nap(RETRY_S)
+            return Contended(1)
+
+    def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
+        # Our beats would keep a claim we failed to end alive all night: end it once the nest answers.
+        give_up = time.monotonic() + RELEASE_PATIENCE_S
+        while True:
+            try:
+                return super().release(claim, note, task, skip)
+            except NestUnreachable as e:
+                if time.monotonic() > give_up or self.signalled:
+                    raise
+                self.say(f"could not release {claim.task_id} yet: {e}")
+                self.nap(RETRY_S)
 
     def landed(self, claim: Claim, task: Task, result: Landed | AlreadyLanded) -> bool:
         # Nest.land ended the claim as done in the push that moved the branch: nothing to end here.
@@ -130,7 +166,10 @@ class NestAgent(Agent):
             return None
         looked, elsewhere = self._spend_look
         if time.monotonic() - looked >= SPEND_LOOK_S:
-            elsewhere = [c for c in self.nest.ledger() if c.get("host") != self.nest.host]
+            try:
+                elsewhere = [c for c in self.nest.ledger() if c.get("host") != self.nest.host]
+            except NestUnreachable:
+                pass  # the spend last seen holds until the nest answers again
             self._spend_look = (time.monotonic(), elsewhere)
         here = ledger_entries(self.colony.home / "ledger")
         return budget_reached(totals_of([*elsewhere, *here]), self.budget, self.budget_tokens)
@@ -140,5 +179,9 @@ class NestAgent(Agent):
             return True
         looked, seen = self._stop_look
         if time.monotonic() - looked >= STOP_LOOK_S:
-            self._stop_look = (time.monotonic(), seen := self.nest.stop_requested())
+            try:
+                seen = self.nest.stop_requested()
+            except NestUnreachable:
+                pass  # what was seen last holds until the nest answers again
+            self._stop_look = (time.monotonic(), seen)
         return seen

@@ -215,11 +215,16 @@ def commit_on(repo: Path, parent: str, name: str, text: str) -> str:
     return run("commit-tree", run("write-tree"), "-p", parent, "-m", f"add {name}")
 
 
-def _nest_with_code(tmp_path: Path, ttl: float = 3600) -> tuple[Nest, str]:
-    """A nest holding a target's main (pushed as a user would) and its tip."""
-    nest = Nest.init(str(tmp_path / "nest.git"), f"lease_ttl: {ttl}\n", home=tmp_path / "cache")
+def _nest_with_code(tmp_path: Path, ttl: float = 3600, config: str = "",
+                    files: dict[str, str] | None = None) -> tuple[Nest, str]:
+    """A nest (``config`` after its lease_ttl) holding a target's main, its ``files`` committed and
+    pushed as a user would; and main's tip."""
+    nest = Nest.init(str(tmp_path / "nest.git"), f"lease_ttl: {ttl}\n{config}", home=tmp_path / "cache")
     target = tmp_path / "target"
     Git(tmp_path).run("init", "-q", "-b", "main", str(target))
+    for name, text in (files or {}).items():
+        (target / name).write_text(text)
+        Git(target).run("add", name)
     Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty", "-m", "base")
     Git(target).run("push", "-q", nest.url, "main")
     return nest, Git(target).run("rev-parse", "main").strip()
@@ -390,6 +395,11 @@ WRITE_OWN_FILE = """
 """
 
 
+def _host_env(host: str) -> dict[str, str]:
+    """The environment of a test "machine": none of ours, and a host name of its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": host}
+
+
 def _processes_of(host: str) -> list[int]:
     """Every process started for test host ``host`` (its launcher, agents and their children)."""
     pids = []
@@ -408,14 +418,8 @@ def test_agents_on_three_hosts_land_200_tasks_once_and_a_killed_host_loses_none(
     host box2 is SIGKILLed whole mid-run (launcher, agents, their git children). Its claims are
     reaped by the other hosts' agents and land once; every task is on main exactly once."""
     base_url, served = daemon
-    nest = Nest.init(str(tmp_path / "nest.git"), "lease_ttl: 4\nheartbeat_interval: 1\nmax_attempts: 50\n"
-                     "verify: test -f README\n", home=tmp_path / "cache")
-    target = tmp_path / "target"
-    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
-    (target / "README").write_text("target\n")
-    Git(target).run("add", "README")
-    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
-    Git(target).run("push", "-q", nest.url, "main")
+    nest, _ = _nest_with_code(tmp_path, 4, "heartbeat_interval: 1\nmax_attempts: 50\nverify: test -f README\n",
+                              {"README": "target\n"})
     Git(tmp_path).run("clone", "-q", "--mirror", nest.url, str(served / "colony.git"))
     url, n = f"{base_url}/colony.git", 200
     setup = Nest(url, tmp_path / "setup")
@@ -425,7 +429,7 @@ def test_agents_on_three_hosts_land_200_tasks_once_and_a_killed_host_loses_none(
     launchers = {}
     for h in range(3):
         clone = _clone(setup, tmp_path / f"box{h}" / "clone")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": f"box{h}"}
+        env = _host_env(f"box{h}")
         launchers[h] = subprocess.Popen(
             [sys.executable, "-m", "harness", "run", "--nest", url, "--repo", str(clone), "--agents", "2",
              "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
@@ -474,20 +478,14 @@ APPEND_SHARED = """
 def test_a_conflict_on_a_nest_keeps_the_attempt_there_and_the_task_is_redone_uncounted(tmp_path: Path) -> None:
     """Two hosts' agents append to one file from the same tip: the second lander's merge conflicts.
     Its attempt is kept on the nest, the task goes back uncounted and is redone on the new main."""
-    nest = Nest.init(str(tmp_path / "nest.git"), "max_attempts: 1\n", home=tmp_path / "cache")
-    target = tmp_path / "target"
-    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
-    (target / "shared.txt").write_text("top\n")
-    Git(target).run("add", "shared.txt")
-    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "base")
-    Git(target).run("push", "-q", nest.url, "main")
+    nest, _ = _nest_with_code(tmp_path, config="max_attempts: 1\n", files={"shared.txt": "top\n"})
     nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(4)])
     script = tmp_path / "script.yaml"
     script.write_text(APPEND_SHARED)
     procs = []
     for h in range(2):
         clone = _clone(nest, tmp_path / f"box{h}" / "clone")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": f"box{h}"}
+        env = _host_env(f"box{h}")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
              "--id", f"box{h}-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none",
@@ -524,11 +522,7 @@ def test_a_conflict_on_a_nest_keeps_the_attempt_there_and_the_task_is_redone_unc
 def test_the_colony_budget_counts_what_agents_on_other_hosts_spent(tmp_path: Path) -> None:
     """Another host's agent published 9,000 tokens of calls with its beats; the budget is 5,000:
     an agent here claims nothing, though its own host has spent nothing."""
-    nest = Nest.init(str(tmp_path / "nest.git"), "budget_tokens: 5000\n", home=tmp_path / "cache")
-    target = tmp_path / "target"
-    Git(tmp_path).run("init", "-q", "-b", "main", str(target))
-    Git(target).run("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty", "-m", "base")
-    Git(target).run("push", "-q", nest.url, "main")
+    nest, _ = _nest_with_code(tmp_path, config="budget_tokens: 5000\n")
     nest.add(Task(id="t1", title="one"))
     elsewhere = Nest(nest.url, tmp_path / "cache-far")
     elsewhere.host = "far"
@@ -540,10 +534,35 @@ def test_the_colony_budget_counts_what_agents_on_other_hosts_spent(tmp_path: Pat
     script = tmp_path / "script.yaml"
     script.write_text(WRITE_OWN_FILE)
     clone = _clone(nest, tmp_path / "box0" / "clone")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": "box0"}
+    env = _host_env("box0")
     done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
                            "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "colony token budget of 5000 reached (9000 tokens used): claiming nothing more" in done.stderr
     assert nest.get("t1")[0] == "pending"  # nothing was claimed past the colony's budget
+
+
+def test_a_nest_out_of_reach_for_a_while_is_waited_out_and_nothing_is_lost(tmp_path: Path) -> None:
+    """The nest vanishes for a few seconds mid-run (a network outage, a server restart): the agent
+    claims nothing meanwhile, keeps its claim and its process, and lands every task once after."""
+    nest, _ = _nest_with_code(tmp_path)
+    nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(8)])
+    script = tmp_path / "script.yaml"
+    script.write_text(WRITE_OWN_FILE.replace("  - finish: ok", "  - sleep: 0.5\n  - finish: ok"))
+    clone = _clone(nest, tmp_path / "box0" / "clone")
+    agent = subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
+                              "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
+                             env=_host_env("box0"), stderr=subprocess.PIPE, text=True)
+    served, away = Path(nest.url), tmp_path / "away.git"
+    while len(nest.ids("done")) < 2:
+        time.sleep(0.05)
+    served.rename(away)  # gone: every listing, fetch and push fails (not a connection to retry)
+    time.sleep(4)
+    away.rename(served)
+    _, log = agent.communicate(timeout=120)
+    assert agent.returncode == 0, log
+    assert "could not be listed" in log or "could not be fetched" in log or "refused" in log, log
+    assert {st for st, _ in nest.listing("all")} == {"done"}
+    added = _first_parent_files(clone, nest.url)
+    assert sorted(f for names in added for f in names) == sorted(f"out-t{i}.txt" for i in range(8))
