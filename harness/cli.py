@@ -24,7 +24,8 @@ from harness.environment import Environment
 
 if TYPE_CHECKING:
     from harness.nest import Nest
-from harness.errors import FilingRefused, HarnessError, InvalidTask, NothingToClaim, UnknownTask, UsageError
+from harness.errors import (FilingRefused, HarnessError, InvalidTask, NotARepository, NothingToClaim, UnknownTask,
+                            UsageError)
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task, readiness
 
@@ -49,8 +50,13 @@ def _host(args: argparse.Namespace) -> tuple[Colony, Nest | None]:
                          "--branch NAME` chose it)")
     from harness.nest import Nest
     from harness.nestagent import host_colony
+    from harness.redact import redact
     nest = Nest(args.nest)
-    return host_colony(_repo(args), nest), nest
+    try:
+        return host_colony(_repo(args), nest), nest
+    except NotARepository:
+        raise UsageError(f"with --nest, --repo (default: here) is this host's clone of the nest's repository, "
+                         f"and {_repo(args)} is none: `git clone {redact(args.nest)}` it and run this there") from None
 
 
 def _workspaces(args: argparse.Namespace, colony: Colony) -> Path | None:
