@@ -21,13 +21,13 @@ import yaml
 from harness import sandbox, tasks
 from harness.colony import Colony
 from harness.environment import Environment
-
-if TYPE_CHECKING:
-    from harness.nest import Nest
 from harness.errors import (FilingRefused, HarnessError, InvalidTask, NotARepository, NothingToClaim, UnknownTask,
                             UsageError)
 from harness.pool import Entry, effective_priority, find_cycle
 from harness.tasks import Task, readiness
+
+if TYPE_CHECKING:
+    from harness.nest import Nest
 
 Handler = Callable[[argparse.Namespace], int]
 

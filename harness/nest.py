@@ -495,9 +495,15 @@ class Nest:
             tip, n = self._ledger_tip(agent)
             new = self.remote.record({"host": self.host, "n": n + len(ledger), "calls": list(ledger)}, tip or None)
             updates.append((NS + f"ledger/{agent}", tip, new))  # the agent's own: only a second process with its id loses
-        if not self.remote.push(updates):
-            raise NestUnreachable(f"agent {agent}'s ledger in the nest {redact(self.url)} was moved by another process: "
-                                  "is the same agent id running on two hosts? (each host's launcher prefixes its ids)")
+        try:
+            pushed = self.remote.push(updates)
+        finally:
+            if ledger:  # until this push is known to have worked, the chain's head is the nest's to say
+                self._tips.pop(agent, None)
+        if not pushed:
+            raise NestUnreachable(f"agent {agent}'s ledger in the nest {redact(self.url)} is not where this process "
+                                  "left it: is the same agent id running on two hosts? (each host's launcher "
+                                  "prefixes its ids)")
         if ledger:
             self._tips[agent] = (updates[-1][2] or "", n + len(ledger))
 

@@ -156,7 +156,11 @@ class NestAgent(Agent):
             if self._published is None:
                 self._published = self.nest.published(self.id)
             calls = list(file_entries(self.ledger.path))[self._published:]
-            self.nest.heartbeat(self.id, pid=os.getpid(), role=self.role.name, ledger=calls, **info)
+            try:
+                self.nest.heartbeat(self.id, pid=os.getpid(), role=self.role.name, ledger=calls, **info)
+            except NestUnreachable:
+                self._published = None  # the push may have gone through: the next beat asks the nest
+                raise
             self._published += len(calls)
 
     def budget_reached(self) -> str | None:
