@@ -23,6 +23,11 @@ What differs from an agent on one machine, and why:
 - **No idle sweeps** (their token and record are on one host's disk).
 - **STOP** is the nest's or this host's (``stigmergy stop`` with or without --nest), looked at
   no more often than every ``STOP_LOOK_S`` (each look is a listing of the nest).
+- **Spend** goes to the nest with each heartbeat (``refs/stigmergy/ledger/<agent>``), so the
+  colony budgets and ``report --nest`` count every host's.
+- **A nest out of reach** is waited out: nothing is claimed or reaped meanwhile, a release is
+  tried again, a landing round fetches again; only a release that cannot reach it for
+  ``RELEASE_PATIENCE_S`` ends the agent (its beats stop, so the claim goes stale for others).
 """
 
 from __future__ import annotations
