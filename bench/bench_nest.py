@@ -7,14 +7,19 @@
 2. landings per second of 4 processes, each in its own clone, claiming a task, committing on the
    nest's tip and landing through it (``Nest.land``: branch and task record in one atomic push,
    again on a lost race), next to the same processes doing the bare git of it (fetch the tip,
-   commit, ``git push --force-with-lease`` of the branch alone, again when refused).
+   commit, ``git push --force-with-lease`` of the branch alone, again when refused);
+3. tasks landed per second by whole colonies of real agents (``stigmergy run``, scripted model,
+   no verify): six agents on one machine's colony, and two on each of three clones of a nest.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -132,6 +137,57 @@ def landings(root: Path, n: int = 40, procs: int = 4) -> dict[str, float]:
     return results
 
 
+SCRIPT = """
+- match: "^t"
+  actions:
+  - bash: 'echo "$STIGMERGY_TASK" > "out-$STIGMERGY_TASK.txt"'
+  - finish: ok
+"""
+
+
+def _launch(repo: Path, agents: int, script: Path, host: str | None, nest: str | None) -> subprocess.Popen[bytes]:
+    """`stigmergy run --until-empty` of ``agents`` scripted agents in ``repo`` (on ``nest``, as ``host``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | ({"STIGMERGY_HOST": host} if host else {})
+    where = ["--nest", nest] if nest else ["--workspaces", str(repo.parent / "ws")]
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", "--repo", str(repo), "--agents", str(agents),
+                             "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none", *where],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def colonies(root: Path, n: int = 60, hosts: int = 3, per_host: int = 2) -> dict[str, float]:
+    """Whole colonies of real agents (`stigmergy run`, the scripted model, no verify): the same
+    number of agents on one machine's colony and spread over ``hosts`` clones of a nest."""
+    here = Path(tempfile.mkdtemp(prefix="colonies-", dir=root))
+    script = here / "script.yaml"
+    script.write_text(SCRIPT)
+    local = here / "local" / "repo"
+    Git(here).run("init", "-q", "-b", "main", str(local))
+    Git(local).run("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "--allow-empty", "-m", "init")
+    Colony.init(local).add_many(_tasks(n))
+    began = time.monotonic()
+    assert _launch(local, hosts * per_host, script, None, None).wait() == 0
+    local_s = time.monotonic() - began
+    landed = int(Git(local).run("rev-list", "--count", "--first-parent", "main")) - 1
+    assert landed == n, f"local: {landed} landings of {n}"
+    url = str(here / "nest.git")
+    nest = Nest.init(url, home=here / "setup")
+    Git(local).run("push", "-q", url, f"{Git(local).run('rev-list', '--max-parents=0', 'main').strip()}:refs/heads/main")
+    nest.add_many(_tasks(n))
+    clones = [here / f"host{h}" / "clone" for h in range(hosts)]
+    for clone in clones:
+        clone.parent.mkdir()
+        Git(clone.parent).run("clone", "-q", url, str(clone))
+    began = time.monotonic()
+    runs = [_launch(clone, per_host, script, f"host{h}", url) for h, clone in enumerate(clones)]
+    assert [r.wait() for r in runs] == [0] * hosts
+    nest_s = time.monotonic() - began
+    Git(local).run("fetch", "-q", url, "main")
+    landed = int(Git(local).run("rev-list", "--count", "--first-parent", "FETCH_HEAD")) - 1
+    assert landed == n, f"nest: {landed} landings of {n}"
+    return {"tasks": n, "agents": hosts * per_host, "hosts": hosts, "local_per_s": n / local_s,
+            "nest_per_s": n / nest_s}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-nest-") as tmp:
         c = claims(Path(tmp))
@@ -141,6 +197,9 @@ def main() -> None:
         print(f"landings/s, {lr['procs']:.0f} clones, {lr['tasks']:.0f} tasks: nest {lr['nest_per_s']:.2f} "
               f"({lr['nest_retries']:.0f} lost races), bare git {lr['bare_per_s']:.2f} ({lr['bare_retries']:.0f} "
               f"refused); harness time per landing / bare: {lr['ratio']:.2f}x")
+        k = colonies(Path(tmp))
+        print(f"tasks landed/s, {k['agents']:.0f} agents, {k['tasks']:.0f} tasks: one machine's colony "
+              f"{k['local_per_s']:.2f}, {k['hosts']:.0f} hosts on a nest {k['nest_per_s']:.2f}")
 
 
 if __name__ == "__main__":
