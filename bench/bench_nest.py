@@ -147,7 +147,8 @@ SCRIPT = """
 
 def _launch(repo: Path, agents: int, script: Path, host: str | None, nest: str | None) -> subprocess.Popen[bytes]:
     """`stigmergy run --until-empty` of ``agents`` scripted agents in ``repo`` (on ``nest``, as ``host``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | ({"STIGMERGY_HOST": host} if host else {})
+    env = ({k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")}
+           | {"XDG_CACHE_HOME": str(repo.parent / "xdg-cache")} | ({"STIGMERGY_HOST": host} if host else {}))
     where = ["--nest", nest] if nest else ["--workspaces", str(repo.parent / "ws")]
     return subprocess.Popen([sys.executable, "-m", "harness", "run", "--repo", str(repo), "--agents", str(agents),
                              "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none", *where],

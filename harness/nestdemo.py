@@ -97,7 +97,8 @@ def run(directory: Path, agents: int = 4, timeout: float = 600, out: TextIO | No
                 [sys.executable, "-m", "harness", "run", "--nest", url, "--repo", str(clone),
                  "--agents", str(per_host), "--model", f"scripted:{script}", "--until-empty",
                  "--max-hours", str(timeout / 3600)],
-                env=env | {"STIGMERGY_HOST": f"host-{h}"}, stdin=subprocess.DEVNULL,
+                env=env | {"STIGMERGY_HOST": f"host-{h}", "XDG_CACHE_HOME": str(directory / "cache" / f"host-{h}")},
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=(directory / f"host-{h}.log").open("w")))
         codes = [p.wait() for p in launchers]
         found = problems(Nest(url, directory / "cache"), target, url, codes)

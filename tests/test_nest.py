@@ -395,9 +395,11 @@ WRITE_OWN_FILE = """
 """
 
 
-def _host_env(host: str) -> dict[str, str]:
-    """The environment of a test "machine": none of ours, and a host name of its own."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")} | {"STIGMERGY_HOST": host}
+def _host_env(host: str, where: Path) -> dict[str, str]:
+    """The environment of a test "machine": none of ours, a host name of its own, and its nest
+    cache under ``where`` (not the user's)."""
+    return ({k: v for k, v in os.environ.items() if not k.startswith("STIGMERGY_")}
+            | {"STIGMERGY_HOST": host, "XDG_CACHE_HOME": str(where / "xdg-cache")})
 
 
 def _processes_of(host: str) -> list[int]:
@@ -429,7 +431,7 @@ def test_agents_on_three_hosts_land_200_tasks_once_and_a_killed_host_loses_none(
     launchers = {}
     for h in range(3):
         clone = _clone(setup, tmp_path / f"box{h}" / "clone")
-        env = _host_env(f"box{h}")
+        env = _host_env(f"box{h}", tmp_path / f"box{h}")
         launchers[h] = subprocess.Popen(
             [sys.executable, "-m", "harness", "run", "--nest", url, "--repo", str(clone), "--agents", "2",
              "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
@@ -485,7 +487,7 @@ def test_a_conflict_on_a_nest_keeps_the_attempt_there_and_the_task_is_redone_unc
     procs = []
     for h in range(2):
         clone = _clone(nest, tmp_path / f"box{h}" / "clone")
-        env = _host_env(f"box{h}")
+        env = _host_env(f"box{h}", tmp_path / f"box{h}")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
              "--id", f"box{h}-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none",
@@ -511,7 +513,8 @@ def test_a_conflict_on_a_nest_keeps_the_attempt_there_and_the_task_is_redone_unc
     assert sorted((c["agent"], c["ts"]) for c in published) == sorted((c["agent"], c["ts"]) for c in local)
     assert {c["host"] for c in published} == {"box0", "box1"}
     report = subprocess.run([sys.executable, "-m", "harness", "report", "--nest", nest.url, "--repo",
-                             str(tmp_path / "box0" / "clone"), "--json"], capture_output=True, text=True)
+                             str(tmp_path / "box0" / "clone"), "--json"], capture_output=True, text=True,
+                            env=_host_env("box0", tmp_path / "box0"))
     built = json.loads(report.stdout)
     assert report.returncode == 0 and built["outcomes"] == {"landed": 4}
     assert sum(built["tokens"].values()) == sum(c["input_tokens"] + c["output_tokens"] for c in local)
@@ -534,7 +537,7 @@ def test_the_colony_budget_counts_what_agents_on_other_hosts_spent(tmp_path: Pat
     script = tmp_path / "script.yaml"
     script.write_text(WRITE_OWN_FILE)
     clone = _clone(nest, tmp_path / "box0" / "clone")
-    env = _host_env("box0")
+    env = _host_env("box0", tmp_path / "box0")
     done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
                            "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -553,7 +556,7 @@ def test_a_nest_out_of_reach_for_a_while_is_waited_out_and_nothing_is_lost(tmp_p
     clone = _clone(nest, tmp_path / "box0" / "clone")
     agent = subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
                               "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
-                             env=_host_env("box0"), stderr=subprocess.PIPE, text=True)
+                             env=_host_env("box0", tmp_path / "box0"), stderr=subprocess.PIPE, text=True)
     served, away = Path(nest.url), tmp_path / "away.git"
     while len(nest.ids("done")) < 2:
         time.sleep(0.05)
