@@ -4,8 +4,10 @@ instead of replaying the whole event log (2 s at 100k pending tasks).
     index/pool.snap            the index of agents with no role
     index/pool-<role>.snap     one per role: whether a task suits the role is part of each entry
 
-Line 1 is a JSON header, then one JSON array per pending task (pool.Entry.row), sorted exactly as
-the pool's heap orders them, best first, then the trailer {"end": <count>}. The header holds:
+Line 1 is a JSON header, line 2 the index's other fields, then one JSON array per pending task
+(pool.Entry.row), sorted exactly as the pool's heap orders them, best first, then the trailer
+{"end": <count>}. The header is small, because every rescan of every agent reads it to judge the
+snapshot's lag (with 10k active tasks in it, that parse cost 26 ms); it holds:
 
     format       FORMAT, bumped whenever rows or their meaning change
     key          what the order depends on besides the tasks (priority weights, role, prefers:)
@@ -13,6 +15,9 @@ the pool's heap orders them, best first, then the trailer {"end": <count>}. The 
                  log truncated or replaced since is noticed, as fsutil.Tail does) and a line that
                  was still being written there
     count        the number of rows
+
+and line 2, read only by a pool that starts from the snapshot:
+
     active       rows of the active tasks (their outputs, for the overlap penalty)
     owners       the claim event of each active task (reaping trusts it, as a full index does)
     resolved_by  original task -> its merge_conflict tasks
@@ -39,7 +44,7 @@ from typing import Any, BinaryIO
 from harness import fsutil
 from harness.fsutil import Tail
 
-FORMAT = 1
+FORMAT = 2  # 2: the index's fields moved out of the header, to line 2
 # A one-shot claim applies every event appended since the snapshot, 9-12 us each (an `add` for a
 # role with `prefers:` is the dearest): at most ~60 ms on top of the ~125 ms a claim from a fresh
 # snapshot takes, inside its 200 ms budget. Further behind, a full build (which writes a new one).
@@ -56,10 +61,10 @@ class Torn(ValueError):
 @dataclass
 class Snapshot:
     path: Path
-    header: dict[str, Any]
+    header: dict[str, Any]  # with line 2's fields, once load() read them
     tail: Tail  # resumed at the position the snapshot reflects: reading it applies what came since
     behind: int  # events appended since
-    file: BinaryIO  # open just past the header
+    file: BinaryIO  # open just past the header (load: past line 2)
     ino: int  # the file's inode: whether `path` still names it
 
     def rows(self) -> Iterator[list[Any]]:
@@ -98,6 +103,15 @@ def load(file: Path, key: dict[str, Any], log: Path, max_lag: int = MAX_LAG) -> 
     if snap is not None and snap.behind > max_lag:
         snap.close()
         return None
+    if snap is not None:
+        try:
+            fields = json.loads(snap.file.readline())
+            if not isinstance(fields, dict):
+                raise ValueError("line 2 is no object")
+        except ValueError:  # damaged after it was written; the lag check reads line 1 only, so
+            snap.discard()  # remove it, else no full index would ever write a new one
+            return None
+        snap.header.update(fields)
     return snap
 
 
@@ -140,10 +154,10 @@ def keep(file: Path, key: dict[str, Any], log: Path, build: Callable[[], tuple[T
 
 def save(file: Path, tail: Tail, key: dict[str, Any], fields: dict[str, Any], rows: list[Any]) -> None:
     """Write it whole (temp file + fsync + rename): a reader sees the old snapshot or the new one."""
-    header = {"format": FORMAT, "key": key, "count": len(rows), **fields,
+    header = {"format": FORMAT, "key": key, "count": len(rows),
               "tail": {"offset": tail.offset, "seen": tail.seen.hex(), "partial": tail.partial.hex()}}
     dumps = json.JSONEncoder(separators=(",", ":")).encode
-    lines = [dumps(header), *map(dumps, rows), dumps({"end": len(rows)}), ""]
+    lines = [dumps(header), dumps(fields), *map(dumps, rows), dumps({"end": len(rows)}), ""]
     fsutil.atomic_write(file, "\n".join(lines))
 
 

@@ -31,8 +31,9 @@ def snap_now(colony: Colony) -> dict[str, object]:
 
 
 def header(colony: Colony) -> dict[str, object]:
+    """Line 1 and the index's fields of line 2, as a pool starting from the snapshot reads them."""
     with open(snap_file(colony), "rb") as f:
-        return json.loads(f.readline())  # type: ignore[no-any-return]
+        return {**json.loads(f.readline()), **json.loads(f.readline())}
 
 
 def lag(colony: Colony) -> int | None:
@@ -135,14 +136,20 @@ def _other_format(colony: Colony) -> None:
 def _damage_row(n: int) -> Callable[[Colony], None]:
     def damage(colony: Colony) -> None:
         lines = snap_file(colony).read_bytes().split(b"\n")
-        lines[n] = b'["t39", 7' + b"\0" * 20  # the trailer is intact: only reading the row tells
+        lines[n + 1] = b'["t39", 7' + b"\0" * 20  # the trailer is intact: only reading the row tells
         snap_file(colony).write_bytes(b"\n".join(lines))
     return damage
 
 
+def _fields_damaged(colony: Colony) -> None:
+    lines = snap_file(colony).read_bytes().split(b"\n")
+    lines[1] = b'{"active": [' + b"\0" * 20  # line 2: the header and the trailer are intact
+    snap_file(colony).write_bytes(b"\n".join(lines))
+
+
 def _out_of_order(colony: Colony) -> None:
     lines = snap_file(colony).read_bytes().split(b"\n")
-    lines[1], lines[2] = lines[2], lines[1]
+    lines[2], lines[3] = lines[3], lines[2]  # the first two rows
     snap_file(colony).write_bytes(b"\n".join(lines))
 
 
@@ -161,9 +168,9 @@ def _log_emptied(colony: Colony) -> None:
 
 
 @pytest.mark.parametrize("damage", [_truncate, _other_format, _damage_row(1), _damage_row(3), _out_of_order,
-                                    _garbage, _log_replaced, _log_emptied],
+                                    _fields_damaged, _garbage, _log_replaced, _log_emptied],
                          ids=["truncated", "other-format", "first-row-damaged", "later-row-damaged", "out-of-order",
-                              "garbage", "log-replaced", "log-emptied"])
+                              "fields-damaged", "garbage", "log-replaced", "log-emptied"])
 def test_a_snapshot_that_cannot_be_trusted_is_ignored_and_rewritten(colony: Colony,
                                                                     damage: Callable[[Colony], None]) -> None:
     # 40 tasks: a claim reads only the first 16 or so rows, not as far as a cut in the middle.
