@@ -56,19 +56,19 @@ def _claimer(repo: str, agent: str, count: int, go: object, out: object) -> None
     out.put(lat)  # type: ignore[attr-defined]
 
 
-def _race(target: object, args_of: list[tuple[object, ...]], settle: float = 1.0,
-          timeout: float = 900) -> float:
-    """Start one process per argument tuple (each also gets a start event and a result queue),
-    give them ``settle`` seconds to get ready, fire, and time until every one has put its result."""
+def _race(target: object, args_of: list[tuple[object, ...]], timeout: float = 900) -> float:
+    """Start one process per argument tuple (each also gets a start barrier and a result queue),
+    wait until every one has finished its start-up and waits at the barrier, fire, and time until
+    every one has put its result. (A fixed settling time was too short for 64 processes that each
+    build an index of 10k tasks on 2 cores: the race's time included seconds of their start-up.)"""
     ctx = multiprocessing.get_context("fork")
-    go = ctx.Event()
+    go = ctx.Barrier(len(args_of) + 1)
     done = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*a, go, done)) for a in args_of]
     for p in procs:
         p.start()
-    time.sleep(settle)  # let every process finish its start-up before the gun
+    go.wait(timeout=timeout)  # returns once every process is ready: they all start now
     t0 = time.perf_counter()
-    go.set()
     results = [done.get(timeout=timeout) for _ in procs]
     elapsed = time.perf_counter() - t0
     for p in procs:

@@ -209,7 +209,7 @@ def clone_baseline(root: Path, agents: int, n_tasks: int) -> dict[str, float]:
     subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(upstream)], check=True)
     # Every clone made before the gun.
     secs, results = bench_claims._race(_clone_agent, [(str(upstream), str(root / f"baseline-{i}"), f"a{i}", n_tasks)
-                                                      for i in range(agents)], settle=2 + agents * 0.1, timeout=1800)
+                                                      for i in range(agents)], timeout=1800)
     landed = set(git(upstream, "ls-tree", "--name-only", "main").split())
     did = [t for r in results for t in r["did"]]
     assert {f"out-t{i:04d}.txt" for i in range(n_tasks)} <= landed, "the baseline left tasks undone"

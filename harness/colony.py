@@ -270,7 +270,8 @@ class Colony:
                         pool.forget(tid, "active")
                         # Learn what the others claimed before the next try: without this, many
                         # claimers at once each tried the whole batch, 47 lost races per claim.
-                        pool.refresh()
+                        if os.environ.get("XREFRESH", "1") == "1":
+                            pool.refresh()
                 pool.refresh()  # learn what the others claimed meanwhile before the next batch
         return None
 
@@ -353,21 +354,25 @@ class Colony:
     def reap(self, reaper: str) -> list[str]:
         """Return every stale claim of an active task to pending; the ids this process reaped.
 
-        The owners named by the event log are checked first, from memory and one heartbeat read
-        per agent: with thousands of live claims a pass reads no claim files at all. Only a claim
-        whose owner looks gone is read from disk, and only that reading decides.
+        The owners named by the event log are judged first, from memory and one heartbeat read per
+        agent, each owner once for all its claims (pool.Owners): with thousands of live claims a
+        pass reads no claim files at all. Only a claim whose owner looks gone is read from disk,
+        and only that reading decides.
         """
         now = time.time()
         reaped: list[str] = []
         beats: dict[str, Any] = {}
         pool = self.index()
         pool.refresh()
+        def alive(owner: dict[str, Any]) -> bool:
+            return not self.leases.is_stale("", owner, now, beats)
+        excused = pool.owners.excused(alive)
         for name in os.listdir(self.store.task_dir("active")):
             tid = name[:-5]
-            if not name.endswith(".yaml") or name.startswith("."):
+            if tid in excused or not name.endswith(".yaml") or name.startswith("."):
                 continue
             known = pool.owners.get(tid)
-            if known is not None and not self.leases.is_stale("", known, now, beats):
+            if known is not None and alive(known):
                 continue
             gen = self.leases.generation(tid)
             if not self.leases.held(tid, gen):

@@ -57,7 +57,7 @@ from harness.config import DEFAULT_CONFIG, Config
 from harness.errors import InvalidTask, NestUnreachable, NotOwner, UnknownTask
 from harness.git import Completed, Git
 from harness.leases import Claim, owner_gone
-from harness.pool import Busy, Entry, effective_priority, meta_of
+from harness.pool import Busy, Entry, busy_keys, effective_priority, meta_of
 from harness.redact import redact
 from harness.tasks import Task
 
@@ -437,9 +437,9 @@ class Nest:
         busy = Busy()
         for tid, (st, _) in listed.items():
             if st == "active" and tid in known and known[tid].outputs:
-                busy.add(tid, known[tid].outputs)
+                busy.add(tid, busy_keys(known[tid].outputs))
         def score(s: State) -> tuple[int, float]:
-            hit = bool(s.task.outputs) and busy.touches(s.task.outputs)
+            hit = bool(s.task.outputs) and busy.touches(busy_keys(s.task.outputs))
             rank = effective_priority(self.config, Entry.of(s.task, role), now)
             return int(rank - (self.config.overlap_penalty if hit else 0)), random.random()
         ready = [s for s in states.values() if not any(tasks.readiness(s.task, done.__contains__, now))]

@@ -27,11 +27,13 @@ becomes a full one at its first rescan (periodic, forced, or the log started ove
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import random
 import time
-from collections import Counter
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from bisect import insort
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,13 @@ class Entry:
     not_before: float | None = None
     suits: bool = False  # the pool's role gets its bonus for this task (roles.suits)
     version: int = 0
+    _keys: Keys | None = field(default=None, compare=False, repr=False)
+
+    def keys(self) -> Keys:
+        """Its outputs as Busy keys, made once: every agent adds them for every claim it learns."""
+        if self._keys is None:
+            self._keys = busy_keys(self.outputs)
+        return self._keys
 
     @classmethod
     def of(cls, task: Task, role: Role | None = None) -> Entry:
@@ -74,11 +83,13 @@ class Entry:
     @classmethod
     def from_meta(cls, task_id: str, meta: dict[str, Any], role: Role | None = None) -> Entry:
         kind, outputs = meta.get("kind", "task"), list(meta.get("outputs", []))
+        # Its Busy keys now, while the index is built: not in the claim race, where every agent
+        # learns every claim.
         return cls(task_id, int(meta.get("priority", 50)), float(meta.get("created_at", 0)),
                    int(meta.get("skip_count", 0)), meta.get("role"), kind, list(meta.get("depends_on", [])),
                    outputs, meta.get("resolves"), meta.get("not_before"),
                    roles.suits(role, meta.get("role"), kind, str(meta.get("title", "")),
-                               [*meta.get("inputs", []), *outputs]))
+                               [*meta.get("inputs", []), *outputs]), _keys=busy_keys(outputs))
 
     def row(self, deps_done: bool) -> list[Any]:
         """The entry as a snapshot line; `deps_done`: every dependency was done when it was saved."""
@@ -111,12 +122,18 @@ def standing(cfg: Config, e: Entry) -> float:
 
 
 def _parts(path: str) -> tuple[str, ...]:
-    """PurePosixPath(path).parts less the root, by a split: this runs for every output of every
-    claim event every agent reads (64 racing claimers spent a third of their time in pathlib)."""
+    """PurePosixPath(path).parts less the root, by a split (pathlib cost more than the rest of a claim)."""
     parts = path.strip("/").split("/")
     if "" in parts or "." in parts:  # a//b, a/./b, "" or "."
         parts = [p for p in parts if p and p != "."]
     return tuple(parts)
+
+
+Keys = tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...]  # per output: its parts, their proper prefixes
+
+
+def busy_keys(outputs: list[str]) -> Keys:
+    return tuple([(path, tuple([path[:i] for i in range(len(path))])) for path in map(_parts, outputs)])
 
 
 class Busy:
@@ -125,34 +142,83 @@ class Busy:
     their depth, not the number of active tasks: a scan of them made each claim O(active)."""
 
     def __init__(self) -> None:
-        self.of: dict[str, list[tuple[str, ...]]] = {}
-        self.paths: Counter[tuple[str, ...]] = Counter()
-        self.above: Counter[tuple[str, ...]] = Counter()  # proper prefixes of active paths
+        self.of: dict[str, Keys] = {}
+        self.paths: dict[tuple[str, ...], int] = {}
+        self.above: dict[tuple[str, ...], int] = {}  # proper prefixes of active paths
 
-    def add(self, tid: str, outputs: list[str]) -> None:
-        self.discard(tid)
+    def add(self, tid: str, keys: Keys) -> None:
+        if tid in self.of:
+            self.discard(tid)
+        if not keys:
+            return
+        self.of[tid] = keys
         paths, above = self.paths, self.above
-        self.of[tid] = parts = [_parts(o) for o in outputs]
-        for path in parts:  # plain dict arithmetic: every agent does this for every claim event
-            paths[path] += 1
-            for i in range(len(path)):
-                above[path[:i]] += 1
+        for path, prefixes in keys:  # plain dict arithmetic: every agent does this for every claim event
+            paths[path] = paths.get(path, 0) + 1
+            for p in prefixes:
+                above[p] = above.get(p, 0) + 1
 
     def discard(self, tid: str) -> None:
         paths, above = self.paths, self.above
-        for path in self.of.pop(tid, ()):
+        for path, prefixes in self.of.pop(tid, ()):
             paths[path] -= 1
-            for i in range(len(path)):
-                above[path[:i]] -= 1
+            for p in prefixes:
+                above[p] -= 1
 
-    def touches(self, outputs: list[str]) -> bool:
+    def touches(self, keys: Keys) -> bool:
         paths, above = self.paths.get, self.above.get
-        for path in map(_parts, outputs):
+        for path, prefixes in keys:
             if paths(path, 0) > 0 or above(path, 0) > 0:  # the same path, or one under it
                 return True
-            if any(paths(path[:i], 0) > 0 for i in range(len(path))):  # an active path above it
+            if any(paths(p, 0) > 0 for p in prefixes):  # an active path above it
                 return True
         return False
+
+
+OWNER_FIELDS = ("agent", "pid", "host", "claimed_at")
+
+
+class Owners:
+    """The claim event of each active task, grouped by owner (agent, pid, host), so that a reaping
+    pass judges each owner once, not each of its claims: with 10k active claims, judging each was
+    most of what 64 racing claimers spent once the last task was gone."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, tuple[Any, Any, Any, Any]] = {}  # OWNER_FIELDS
+        self.by: dict[tuple[Any, Any, Any], dict[str, float]] = {}
+
+    def add(self, tid: str, owner: dict[str, Any]) -> None:
+        if tid in self.of:
+            self.discard(tid)
+        # Its fields, not the whole event: a tuple of plain values, which the garbage collector
+        # stops tracking (10k kept events made every full collection walk them).
+        agent, pid, host, at = owner.get("agent"), owner.get("pid"), owner.get("host"), owner.get("claimed_at")
+        self.of[tid] = (agent, pid, host, at)
+        if (claims := self.by.get((agent, pid, host))) is None:
+            self.by[(agent, pid, host)] = claims = {}
+        claims[tid] = at if isinstance(at, (int, float)) else 0.0  # unreadable: as old as can be
+
+    def get(self, tid: str) -> dict[str, Any] | None:
+        """The owner record of an active task's claim, as its claim event gave it."""
+        fields = self.of.get(tid)
+        return dict(zip(OWNER_FIELDS, fields)) if fields is not None else None
+
+    def discard(self, tid: str) -> None:
+        fields = self.of.pop(tid, None)
+        if fields is not None:
+            claims = self.by[fields[:3]]
+            del claims[tid]
+            if not claims:
+                del self.by[fields[:3]]
+
+    def excused(self, alive: Callable[[dict[str, Any]], bool]) -> set[str]:
+        """The tasks of every owner that ``alive`` passes as of its oldest claim: staleness only
+        grows with a claim's age (leases.owner_gone), so none of its claims is stale either."""
+        out: set[str] = set()
+        for (agent, pid, host), claims in self.by.items():
+            if alive({"agent": agent, "pid": pid, "host": host, "claimed_at": min(claims.values())}):
+                out.update(claims)
+        return out
 
 
 class Pool:
@@ -173,11 +239,13 @@ class Pool:
         self.done: set[str] = set()
         self.waiters: dict[str, set[str]] = {}
         self.active = Busy()  # outputs of active tasks, for the overlap penalty
-        self.owners: dict[str, dict[str, Any]] = {}  # the last claim event of each task, for reaping
+        self.owners = Owners()  # the claim event of each active task, for reaping
         self.resolved_by: dict[str, set[str]] = {}  # original task -> the merge_conflict tasks for it
-        self.heap: list[tuple[float, float, str, int]] = []
+        self.heap: list[tuple[int, int, str, int]] = []  # (-point, place on our ring, id, version): Pool._rank
+        self.picked: list[tuple[int, int, str, int]] = []  # the best of the heap, taken out of it by the last pick
         self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
         self.scanned_at = 0.0
+        self.salt = random.getrandbits(32)
 
     def resume(self) -> bool:
         """Start this new index from the role's snapshot instead of the whole log: a partial index,
@@ -185,14 +253,15 @@ class Pool:
         snap = snapshot.load(self._snapshot_path(), self._order_key(), self.colony.store.events_path)
         if snap is None:
             return False
+        self.salt = 0
         try:
             for row in snap.header["active"]:
                 e, _ = Entry.from_row(row)
                 self.entries[e.id] = e
                 self.forget(e.id, "active")
-            self.owners = {str(tid): dict(owner) for tid, owner in snap.header["owners"].items()}
-            for tid in self.owners:
-                self.status.setdefault(tid, "active")
+            for tid, owner in snap.header["owners"].items():
+                self.owners.add(str(tid), dict(owner))
+                self.status.setdefault(str(tid), "active")
             self.resolved_by = {str(k): set(v) for k, v in snap.header["resolved_by"].items()}
             self.snap, self.rows, self.partial, self.tail = snap, snap.rows(), True, snap.tail
             self._advance()
@@ -226,18 +295,25 @@ class Pool:
         if restarted:  # truncated or replaced: start over from it, and rescan the folders at once
             self._forget_everything()
             self.scanned_at = -RESCAN_SECONDS
+        status, entries, active, owners = self.status, self.entries, self.active, self.owners
         for ev in events:
-            if isinstance(ev.get("task"), str):
+            tid = ev.get("task")
+            if type(tid) is not str:
+                continue
+            if ev.get("event") != "claim":
                 self.apply(ev)
+                continue
+            # A claim, inline: by far the commonest event, and every agent learns every one.
+            status[tid] = "active"
+            e = entries.get(tid)
+            active.add(tid, e.keys() if e is not None else self._claimed_keys(tid, ev))
+            owners.add(tid, ev)
 
     def apply(self, ev: dict[str, Any]) -> None:
+        """Any event but a claim (_tail_events learns those inline)."""
         tid, kind = ev["task"], ev.get("event")
         if kind in ("add", "defer", "undefer", "retry") and isinstance(ev.get("meta"), dict):
             self._set_pending(Entry.from_meta(tid, ev["meta"], self.role))
-        elif kind == "claim":
-            self.forget(tid, "active", self._claimed_outputs(tid, ev))
-            self.owners[tid] = {"agent": ev.get("agent"), "pid": ev.get("pid"), "host": ev.get("host"),
-                                "claimed_at": ev.get("claimed_at")}
         elif kind in ("release", "reap"):
             e = self.entries.get(tid)
             if e is None and self.partial:  # claimed since the snapshot: its entry is its file
@@ -260,11 +336,15 @@ class Pool:
         self.entries[e.id] = e
         self.status[e.id] = "pending"
         self.active.discard(e.id)
-        heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
+        self.owners.discard(e.id)
+        heapq.heappush(self.heap, (*self._rank(e), e.version))
 
     def _key(self, e: Entry) -> float:
         # effective_priority less the aging term every task shares (aging_per_hour * now / 3600).
         return standing(self.cfg, e) - self.cfg.aging_per_hour * e.created_at / 3600
+
+    def _rank(self, e: Entry, salt: int | None = None) -> tuple[int, int, str]:
+        return (-math.floor(self._key(e)), (zlib.crc32(e.id.encode()) + (self.salt if salt is None else salt)) & 0xFFFFFFFF, e.id)
 
     def _mark_done(self, tid: str) -> None:
         self.forget(tid, "done")
@@ -274,15 +354,15 @@ class Pool:
             if e is not None and self.status.get(waiter) == "pending":
                 self._set_pending(e)
 
-    def _claimed_outputs(self, tid: str, ev: dict[str, Any]) -> list[str]:
+    def _claimed_keys(self, tid: str, ev: dict[str, Any]) -> Keys:
         """The outputs of a task just claimed, when this index has no entry for it (a partial index
         never read its line): the claim event's, or its file's for an event from before they had them."""
         if tid in self.entries or not self.partial:
-            return []
+            return ()
         if isinstance(ev.get("outputs"), list):
-            return [str(o) for o in ev["outputs"]]
+            return busy_keys([str(o) for o in ev["outputs"]])
         task = self.colony.store.read_task(self.colony.store.task_dir("active") / f"{tid}.yaml")
-        return task.outputs if task is not None else []
+        return busy_keys(task.outputs) if task is not None else ()
 
     def _rescan(self) -> None:
         self.scanned_at = time.monotonic()
@@ -321,10 +401,10 @@ class Pool:
         """This full index as a snapshot: where it stands in the log, the active tasks, and every
         pending entry in heap order."""
         pending = [e for tid, e in self.entries.items() if self.status.get(tid) == "pending"]
-        pending.sort(key=lambda e: (-self._key(e), e.created_at, e.id))
+        pending.sort(key=lambda e: self._rank(e, 0))
         active = [tid for tid, st in self.status.items() if st == "active"]
         fields = {"active": [self.entries[tid].row(False) for tid in active if tid in self.entries],
-                  "owners": {tid: self.owners[tid] for tid in active if tid in self.owners},
+                  "owners": {tid: o for tid in active if (o := self.owners.get(tid)) is not None},
                   "resolved_by": {k: sorted(v) for k, v in self.resolved_by.items()}}
         return self.tail, fields, [e.row(all(d in self.done for d in e.depends_on)) for e in pending]
 
@@ -338,7 +418,7 @@ class Pool:
             e, deps_done = Entry.from_row(row)
         except (ValueError, TypeError) as err:  # a damaged line: snapshot.Torn, or a row of other fields
             raise snapshot.Torn(str(err)) from err
-        rank = (-self._key(e), e.created_at, e.id)
+        rank = self._rank(e, 0)
         if self.head is not None and rank < self.head[0]:
             raise snapshot.Torn(f"snapshot entry {e.id} out of order")
         self.head = (rank, e, deps_done)
@@ -401,27 +481,28 @@ class Pool:
         while self.backing_off and self.backing_off[0][0] <= now:  # due again: back into the heap
             _, tid, version = heapq.heappop(self.backing_off)
             if (e := self._current(tid, version)) is not None:
-                heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
-        picked: list[Entry] = []
-        while len(picked) < TOP_K:
+                heapq.heappush(self.heap, (*self._rank(e), e.version))
+        # The best TOP_K are kept aside between picks, so a pick pops only what replaces those
+        # gone since (claimed, done, changed) and what now ranks above them, not all TOP_K again.
+        best = [item for item in self.picked if self._current(item[2], item[3]) is not None]
+        while True:
             self._pull()
-            if not self.heap:
+            if not self.heap or (len(best) >= TOP_K and self.heap[0] >= best[TOP_K - 1]):
                 break
-            _, _, tid, version = self.heap[0]
-            e = self._current(tid, version)
-            if e is None or not self.ready(e, now):
-                heapq.heappop(self.heap)  # stale, claimed, blocked or backing off (each re-pushed when it can go)
-                continue
-            picked.append(e)
-            heapq.heappop(self.heap)
-        for e in picked:  # still pending as far as we know: keep them in the heap
-            heapq.heappush(self.heap, (-self._key(e), e.created_at, e.id, e.version))
-        def score(e: Entry) -> tuple[int, float]:
-            hit = bool(e.outputs) and self.active.touches(e.outputs)
+            item = heapq.heappop(self.heap)
+            e = self._current(item[2], item[3])
+            if e is not None and self.ready(e, now):  # else stale, blocked or backing off (each re-pushed when it can go)
+                insort(best, item)
+        for item in best[TOP_K:]:
+            heapq.heappush(self.heap, item)
+        self.picked = best[:TOP_K]
+        touches, penalty = self.active.touches, self.cfg.overlap_penalty
+        def score(item: tuple[int, int, str, int]) -> tuple[int, float]:
+            hit = touches(self.entries[item[2]].keys())
             # Within one point of priority the order is random, so many agents picking at once
             # spread over the top tasks instead of all fighting for the very first one.
-            return int(self._key(e) - (self.cfg.overlap_penalty if hit else 0)), random.random()
-        return [e.id for e in sorted(picked, key=score, reverse=True)]
+            return -item[0] - (penalty if hit else 0), random.random()
+        return [item[2] for item in sorted(self.picked, key=score, reverse=True)]
 
     def learn(self, task: Task) -> None:
         """The file on disk says otherwise than our index (e.g. new dependencies): believe it."""
@@ -430,16 +511,16 @@ class Pool:
         e.version = old.version if old else 0
         self._set_pending(e)
 
-    def forget(self, tid: str, status: str, outputs: list[str] | None = None) -> None:
+    def forget(self, tid: str, status: str, keys: Keys = ()) -> None:
         """Record a task leaving `pending` (claimed by us or another, done, failed, vanished);
-        `outputs` are an active task's when the index has no entry for it."""
+        `keys` are an active task's outputs when the index has no entry for it."""
         self.status[tid] = status
-        e = self.entries.get(tid)
-        outputs = e.outputs if e is not None else outputs
-        if status == "active" and outputs:
-            self.active.add(tid, outputs)
+        if status == "active":
+            e = self.entries.get(tid)
+            self.active.add(tid, e.keys() if e is not None else keys)
         else:
             self.active.discard(tid)
+            self.owners.discard(tid)
 
 
 def _names(folder: os.PathLike[str]) -> list[str]:
