@@ -270,8 +270,7 @@ class Colony:
                         pool.forget(tid, "active")
                         # Learn what the others claimed before the next try: without this, many
                         # claimers at once each tried the whole batch, 47 lost races per claim.
-                        if os.environ.get("XREFRESH", "1") == "1":
-                            pool.refresh()
+                        pool.refresh()
                 pool.refresh()  # learn what the others claimed meanwhile before the next batch
         return None
 

@@ -15,6 +15,14 @@ valid over time. The overlap penalty depends on which tasks are active,
 so it is applied only among the top few candidates at pick time. A task backing off after a failed
 attempt (not_before in the future) waits in a second heap, by when it is due, and rejoins the first.
 
+Within one point of effective priority the order is a ring: a hash of the id, turned by an offset
+each pool draws at random. Every pool walks the same ring from its own place, so agents picking at
+once start on different tasks and each mostly meets tasks it has not yet lost a race for; with
+every pool in the same order (by age, then at random among the first 16), 64 racing claimers
+tried each task two or three times. The best TOP_K are kept aside between picks, so a pick pops
+only what replaces the ones gone since. A pool started from a snapshot keeps the ring unturned,
+the snapshot's own order, until it becomes a full index.
+
 A process's first claim (a one-shot `task claim`, or an agent's) starts from a snapshot instead
 (snapshot.py): the pending entries saved in heap order by a process that held a full index. They
 are read from its head only as far as picking needs them, each moved into the heap while it ranks
@@ -245,7 +253,7 @@ class Pool:
         self.picked: list[tuple[int, int, str, int]] = []  # the best of the heap, taken out of it by the last pick
         self.backing_off: list[tuple[float, str, int]] = []  # (not_before, id, version): out of the heap until due
         self.scanned_at = 0.0
-        self.salt = random.getrandbits(32)
+        self.salt = random.getrandbits(32)  # where this pool stands on the ring (_rank)
 
     def resume(self) -> bool:
         """Start this new index from the role's snapshot instead of the whole log: a partial index,
@@ -344,7 +352,10 @@ class Pool:
         return standing(self.cfg, e) - self.cfg.aging_per_hour * e.created_at / 3600
 
     def _rank(self, e: Entry, salt: int | None = None) -> tuple[int, int, str]:
-        return (-math.floor(self._key(e)), (zlib.crc32(e.id.encode()) + (self.salt if salt is None else salt)) & 0xFFFFFFFF, e.id)
+        """Heap order: the point of priority, best first, then the place on the ring as turned by
+        `salt` (this pool's; 0 is the snapshot's order), then the id."""
+        turn = self.salt if salt is None else salt
+        return -math.floor(self._key(e)), (zlib.crc32(e.id.encode()) + turn) & 0xFFFFFFFF, e.id
 
     def _mark_done(self, tid: str) -> None:
         self.forget(tid, "done")
@@ -393,7 +404,7 @@ class Pool:
     def _order_key(self) -> dict[str, Any]:
         """What the order of entries and their `suits` depend on besides the tasks themselves."""
         c, p = self.cfg, self.role.prefers if self.role else None
-        return {"weights": [c.skip_step, c.skip_cap, c.role_bonus, c.aging_per_hour],
+        return {"order": "ring", "weights": [c.skip_step, c.skip_cap, c.role_bonus, c.aging_per_hour],
                 "role": self.role.name if self.role else None,
                 "prefers": [list(p.kinds), [t.pattern for t in p.titles], list(p.paths)] if p else None}
 

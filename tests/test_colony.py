@@ -212,6 +212,7 @@ def test_corrupt_task_files_are_quarantined_while_claims_go_on(colony: Colony, t
     (tmp_path / "outside.yaml").write_text("id: link\ntitle: x\n")
     os.symlink(tmp_path / "outside.yaml", pending / "link.yaml")
     (pending / "mismatch.yaml").write_text("id: other\ntitle: x\n")
+    os.mkfifo(pending / "fifo.yaml")  # refused, not waited on: no writer will ever come
     fresh = Colony.open(colony.repo)  # a new process: the hand-dropped files are found by its scan
     claimed = []
     while got := fresh.claim("a"):
@@ -219,7 +220,7 @@ def test_corrupt_task_files_are_quarantined_while_claims_go_on(colony: Colony, t
     assert sorted(claimed) == [f"good-{i}" for i in range(5)]
     quarantined = sorted(p.name.split(".yaml")[0] for p in colony.store.task_dir("quarantine").glob("*.yaml.*")
                          if not p.name.endswith(".reason"))
-    assert quarantined == ["badyaml", "binary", "huge", "link", "mismatch", "unknown", "wrongtype"]
+    assert quarantined == ["badyaml", "binary", "fifo", "huge", "link", "mismatch", "unknown", "wrongtype"]
     reasons = {e["file"]: e["reason"] for e in colony.events() if e["event"] == "quarantine"}
     assert "too large" in reasons["huge.yaml"] and "symlink" in reasons["link.yaml"]
     assert (tmp_path / "outside.yaml").exists()  # the symlink's target is untouched
@@ -286,6 +287,41 @@ def test_an_owner_dead_between_filing_a_conflict_and_deferring_leaves_no_double_
     assert (status, task.depends_on) == ("pending", ["conflict-orig"])
     assert colony.claim("b")[1].id == "conflict-orig"  # type: ignore[index]
     assert colony.claim("c") is None  # the original waits for its resolution, not redone beside it
+
+
+def test_agents_picking_at_once_start_on_different_tasks_of_the_top_point(colony: Colony) -> None:
+    """Within one point of priority each index walks the shared ring from its own place: the top
+    point still comes first for everyone, but eight agents do not all weigh the same 11 of the
+    next point's 200 tasks (in one shared order they would, and fight over them)."""
+    colony.add_many([Task(id=f"hi-{i}", title="urgent", priority=90) for i in range(5)]
+                    + [Task(id=f"lo-{i:03d}", title="routine", priority=50) for i in range(200)])
+    firsts: set[str] = set()
+    for _ in range(8):
+        ids = Colony.open(colony.repo).pool(None).candidates()
+        assert len(ids) == 16 and sorted(ids[:5]) == [f"hi-{i}" for i in range(5)]
+        assert all(t.startswith("lo-") for t in ids[5:])
+        firsts.update(ids[5:])
+    assert len(firsts) > 11 * 3
+
+
+def test_a_reaping_pass_excuses_an_owner_only_as_of_its_oldest_claim() -> None:
+    """Owners judges each owner once, by its oldest claim: one old claim among young ones keeps
+    that owner from being excused wholesale, so the old claim is still judged on its own."""
+    from harness.pool import Owners
+
+    now = time.time()
+    owners = Owners()
+    for tid, at in [("a1", now), ("a2", now - 5), ("a3", now - 1000)]:
+        owners.add(tid, {"agent": "a", "pid": 1, "host": "h", "claimed_at": at, "event": "claim"})
+    owners.add("b1", {"agent": "b", "pid": 2, "host": "h", "claimed_at": now})
+    def young(owner: dict[str, object]) -> bool:
+        return now - float(owner["claimed_at"]) < 100  # type: ignore[arg-type]
+    assert owners.excused(young) == {"b1"}
+    assert owners.get("a3") == {"agent": "a", "pid": 1, "host": "h", "claimed_at": now - 1000}
+    owners.discard("a3")
+    assert owners.excused(young) == {"a1", "a2", "b1"}
+    owners.add("a1", {"agent": "c", "pid": 3, "host": "h", "claimed_at": now - 1000})  # claimed anew
+    assert owners.excused(young) == {"a2", "b1"} and owners.get("a1")["agent"] == "c"  # type: ignore[index]
 
 
 def test_the_index_of_busy_outputs_agrees_with_comparing_every_pair() -> None:
