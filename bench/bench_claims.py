@@ -6,7 +6,8 @@
 1. pick+claim latency p50/p99 with 16 concurrent long-lived claimers (agents) at 1k, 10k and 100k
    pending tasks, plus the one-shot `stigmergy task claim` CLI latency (process start included).
 2. claims per second for 64 processes racing over 10k tasks, next to the raw rate of 64 processes
-   racing `mkdir` over 10k names on the same disk in the same run.
+   racing `mkdir` over 10k names on the same disk in the same run, and next to a bare claimer that
+   does a claim's disk work with no index (what the harness's claim could reach).
 3. an agent's index build and first pick with no role and as a tester (its `prefers:` matched
    once per task), side by side.
 """
@@ -17,15 +18,18 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from harness.colony import Colony
 from harness.environment import Environment
+from harness.fsutil import Tail, append_line
 from harness.tasks import Task
 
 
@@ -119,16 +123,45 @@ def _mkdir_all(folder: str, names: int, go: object, out: object) -> None:
     out.put(n)  # type: ignore[attr-defined]
 
 
+def _bare_all(home: str, agent: str, n: int, go: object, out: object) -> None:
+    """A claim's disk work with no index, over make_colony's tasks: the symlink compare-and-swap
+    in locks/, the rename from pending/ to active/, one claim line appended to the log; and, before
+    each try, the log's new lines parsed to learn the others' claims (as every agent must). The
+    same order as the harness's: priority first, then each process's place on one ring."""
+    turn = random.getrandbits(32)
+    ids = sorted((f"t{i:06d}" for i in range(n)),
+                 key=lambda t: (-(int(t[1:]) % 100), (zlib.crc32(t.encode()) + turn) & 0xFFFFFFFF))
+    log = Path(home, "events.jsonl")
+    tail, claimed, won = Tail(log), set(), 0
+    tail.read()  # the adds: not part of the race
+    go.wait()  # type: ignore[attr-defined]
+    for tid in ids:
+        claimed.update(ev["task"] for ev in tail.read()[0])
+        if tid in claimed:
+            continue
+        try:
+            os.symlink(json.dumps({"agent": agent, "pid": os.getpid()}), f"{home}/locks/{tid}.lock.000001")
+        except FileExistsError:
+            continue
+        os.rename(f"{home}/tasks/pending/{tid}.yaml", f"{home}/tasks/active/{tid}.yaml")
+        append_line(log, {"event": "claim", "task": tid, "agent": agent, "pid": os.getpid()})
+        won += 1
+    out.put(won)  # type: ignore[attr-defined]
+
+
 def race(root: Path, n: int = 10_000, procs: int = 64) -> dict[str, float]:
     colony = make_colony(root, n)
     secs, won = _race(_claim_all, [(str(colony.repo), f"r{i}") for i in range(procs)])
     assert sum(won) == n, f"{sum(won)} claims for {n} tasks"
+    bare = make_colony(root, n)
+    bsecs, bwon = _race(_bare_all, [(str(bare.home), f"r{i}", n) for i in range(procs)])
+    assert sum(bwon) == n, f"{sum(bwon)} bare claims for {n} tasks"
     folder = root / "mkdir-race"
     folder.mkdir()
     msecs, made = _race(_mkdir_all, [(str(folder), n) for _ in range(procs)])
     assert sum(made) == n
     return {"tasks": n, "procs": procs, "claims_per_s": n / secs, "mkdir_per_s": n / msecs,
-            "ratio": (n / secs) / (n / msecs)}
+            "bare_per_s": n / bsecs, "ratio": msecs / secs, "bare_ratio": msecs / bsecs}
 
 
 def role_index(root: Path, n: int) -> dict[str, float]:
@@ -161,7 +194,8 @@ def main() -> None:
         r = race(Path(tmp))
         print(f"\n{r['procs']} processes racing over {r['tasks']} tasks:")
         print(f"  claims/s {r['claims_per_s']:.0f}   raw mkdir/s {r['mkdir_per_s']:.0f}   "
-              f"claims/mkdir ratio {r['ratio']:.4f}")
+              f"claims/mkdir ratio {r['ratio']:.4f}   bare claimer/s {r['bare_per_s']:.0f} "
+              f"(ratio {r['bare_ratio']:.4f})")
         i = role_index(Path(tmp), sizes[-1])
         print(f"\nindex build + first pick at {i['pending']:.0f} pending: no role {i['none']:.2f} s, "
               f"tester {i['tester']:.2f} s, ratio {i['ratio']:.2f}")

@@ -40,8 +40,8 @@ import os
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator
 from bisect import insort
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +201,9 @@ class Owners:
         # Its fields, not the whole event: a tuple of plain values, which the garbage collector
         # stops tracking (10k kept events made every full collection walk them).
         agent, pid, host, at = owner.get("agent"), owner.get("pid"), owner.get("host"), owner.get("claimed_at")
+        if not (isinstance(agent, (str, type(None))) and isinstance(pid, (int, type(None)))
+                and isinstance(host, (str, type(None)))):  # a damaged line: judged as unreadable
+            agent = pid = host = None
         self.of[tid] = (agent, pid, host, at)
         if (claims := self.by.get((agent, pid, host))) is None:
             self.by[(agent, pid, host)] = claims = {}
@@ -522,13 +525,13 @@ class Pool:
         e.version = old.version if old else 0
         self._set_pending(e)
 
-    def forget(self, tid: str, status: str, keys: Keys = ()) -> None:
-        """Record a task leaving `pending` (claimed by us or another, done, failed, vanished);
-        `keys` are an active task's outputs when the index has no entry for it."""
+    def forget(self, tid: str, status: str) -> None:
+        """Record a task leaving `pending` (claimed by us or another, done, failed, vanished)."""
         self.status[tid] = status
         if status == "active":
             e = self.entries.get(tid)
-            self.active.add(tid, e.keys() if e is not None else keys)
+            if e is not None:
+                self.active.add(tid, e.keys())
         else:
             self.active.discard(tid)
             self.owners.discard(tid)

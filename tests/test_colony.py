@@ -322,6 +322,8 @@ def test_a_reaping_pass_excuses_an_owner_only_as_of_its_oldest_claim() -> None:
     assert owners.excused(young) == {"a1", "a2", "b1"}
     owners.add("a1", {"agent": "c", "pid": 3, "host": "h", "claimed_at": now - 1000})  # claimed anew
     assert owners.excused(young) == {"a2", "b1"} and owners.get("a1")["agent"] == "c"  # type: ignore[index]
+    owners.add("d1", {"agent": ["x"], "pid": [1], "host": "h", "claimed_at": now})  # a damaged line
+    assert owners.get("d1") == {"agent": None, "pid": None, "host": None, "claimed_at": now}
 
 
 def test_the_index_of_busy_outputs_agrees_with_comparing_every_pair() -> None:
