@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import os
 import random
 import time
@@ -184,52 +185,64 @@ class Busy:
 
 
 OWNER_FIELDS = ("agent", "pid", "host", "claimed_at")
+_owner_of = operator.itemgetter(*OWNER_FIELDS)
 
 
 class Owners:
-    """The claim event of each active task, grouped by owner (agent, pid, host), so that a reaping
-    pass judges each owner once, not each of its claims: with 10k active claims, judging each was
-    most of what 64 racing claimers spent once the last task was gone."""
+    """The owner of each active task, as its claim event named it, for reaping. Kept as a tuple
+    of the event's plain values, taken in one C call: every agent keeps one for every claim, and
+    whole events (a list inside) made each full garbage collection walk them all. Grouped by
+    owner only when a reaping pass asks, so that it judges each owner once, not each claim."""
 
     def __init__(self) -> None:
-        self.of: dict[str, tuple[Any, Any, Any, Any]] = {}  # OWNER_FIELDS
-        self.by: dict[tuple[Any, Any, Any], dict[str, float]] = {}
+        self.of: dict[str, tuple[Any, ...]] = {}  # OWNER_FIELDS
 
-    def add(self, tid: str, owner: dict[str, Any]) -> None:
-        if tid in self.of:
-            self.discard(tid)
-        # Its fields, not the whole event: a tuple of plain values, which the garbage collector
-        # stops tracking (10k kept events made every full collection walk them).
-        agent, pid, host, at = owner.get("agent"), owner.get("pid"), owner.get("host"), owner.get("claimed_at")
-        if not (isinstance(agent, (str, type(None))) and isinstance(pid, (int, type(None)))
-                and isinstance(host, (str, type(None)))):  # a damaged line: judged as unreadable
-            agent = pid = host = None
-        self.of[tid] = (agent, pid, host, at)
-        if (claims := self.by.get((agent, pid, host))) is None:
-            self.by[(agent, pid, host)] = claims = {}
-        claims[tid] = at if isinstance(at, (int, float)) else 0.0  # unreadable: as old as can be
-
-    def get(self, tid: str) -> dict[str, Any] | None:
-        """The owner record of an active task's claim, as its claim event gave it."""
-        fields = self.of.get(tid)
-        return dict(zip(OWNER_FIELDS, fields)) if fields is not None else None
+    def add(self, tid: str, event: dict[str, Any]) -> None:
+        try:
+            self.of[tid] = _owner_of(event)
+        except KeyError:  # an event from before claims named them all
+            self.of[tid] = tuple(event.get(k) for k in OWNER_FIELDS)
 
     def discard(self, tid: str) -> None:
-        fields = self.of.pop(tid, None)
-        if fields is not None:
-            claims = self.by[fields[:3]]
-            del claims[tid]
-            if not claims:
-                del self.by[fields[:3]]
+        self.of.pop(tid, None)
+
+    def get(self, tid: str) -> dict[str, Any] | None:
+        """The owner record of an active task's claim; a damaged one's fields as unknown (None),
+        so that it is judged as unreadable: by the claim on disk."""
+        fields = self.of.get(tid)
+        if fields is None:
+            return None
+        return dict(zip(OWNER_FIELDS, fields if _plain(fields) else (None, None, None, fields[3])))
 
     def excused(self, alive: Callable[[dict[str, Any]], bool]) -> set[str]:
         """The tasks of every owner that ``alive`` passes as of its oldest claim: staleness only
         grows with a claim's age (leases.owner_gone), so none of its claims is stale either."""
+        by: dict[tuple[Any, ...], list[str]] = {}
+        for tid, fields in self.of.items():
+            try:
+                by.setdefault(fields[:3], []).append(tid)
+            except TypeError:  # unhashable: a damaged line, judged alone
+                pass
         out: set[str] = set()
-        for (agent, pid, host), claims in self.by.items():
-            if alive({"agent": agent, "pid": pid, "host": host, "claimed_at": min(claims.values())}):
-                out.update(claims)
+        for key, tids in by.items():
+            if not _plain(key):
+                continue  # judged alone
+            try:
+                oldest = min(self.of[tid][3] for tid in tids)
+            except TypeError:
+                oldest = 0.0
+            if not isinstance(oldest, (int, float)):
+                oldest = 0.0  # unreadable: as old as can be
+            agent, pid, host = key
+            if alive({"agent": agent, "pid": pid, "host": host, "claimed_at": oldest}):
+                out.update(tids)
         return out
+
+
+def _plain(fields: tuple[Any, ...]) -> bool:
+    agent, pid, host = fields[:3]
+    return (isinstance(agent, (str, type(None))) and isinstance(pid, (int, type(None)))
+            and isinstance(host, (str, type(None))))
 
 
 class Pool:
