@@ -100,18 +100,19 @@ def path(home: Path, role: str | None) -> Path:
 def load(file: Path, key: dict[str, Any], log: Path, max_lag: int = MAX_LAG) -> Snapshot | None:
     """The snapshot in `file` if it is fresh for an index ordered by `key` over `log`, else None."""
     snap = _open(file, key, log)
-    if snap is not None and snap.behind > max_lag:
+    if snap is None:
+        return None
+    if snap.behind > max_lag:
         snap.close()
         return None
-    if snap is not None:
-        try:
-            fields = json.loads(snap.file.readline())
-            if not isinstance(fields, dict):
-                raise ValueError("line 2 is no object")
-        except ValueError:  # damaged after it was written; the lag check reads line 1 only, so
-            snap.discard()  # remove it, else no full index would ever write a new one
-            return None
-        snap.header.update(fields)
+    try:
+        fields = json.loads(snap.file.readline())
+        if not isinstance(fields, dict):
+            raise ValueError("line 2 is no object")
+    except ValueError:  # damaged after it was written; the lag check reads line 1 only, so
+        snap.discard()  # remove it, else no full index would ever write a new one
+        return None
+    snap.header.update(fields)
     return snap
 
 
