@@ -95,6 +95,11 @@ class Tail:
 
     def read(self) -> tuple[list[dict[str, Any]], bool]:
         """(the objects appended since the last read, whether the file started over)."""
+        lines, restarted = self.lines()
+        return objects(lines), restarted
+
+    def lines(self) -> tuple[list[bytes], bool]:
+        """(the complete lines appended since the last read, unparsed; whether the file started over)."""
         try:
             chunk = self._since()
             restarted = chunk is None
@@ -108,7 +113,7 @@ class Tail:
         self.seen = (self.seen + chunk)[-64:]
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
-        return _objects(lines), restarted
+        return lines, restarted
 
     def _since(self) -> bytes | None:
         """The bytes appended after `offset`; None when the file started over since: it is shorter,
@@ -131,10 +136,10 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return []
-    return _objects(text.splitlines())
+    return objects(text.splitlines())
 
 
-def _objects(lines: list[str] | list[bytes]) -> list[dict[str, Any]]:
+def objects(lines: list[str] | list[bytes]) -> list[dict[str, Any]]:
     """The dicts among ``lines``, one JSON value a line, a torn or corrupt line skipped. Parsed as
     one array first (a long log replays several times faster than line by line); when that fails
     or yields another count of values than lines, line by line."""
