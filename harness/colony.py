@@ -365,11 +365,7 @@ class Colony:
         pool.refresh()
         def alive(owner: dict[str, Any]) -> bool:
             return not self.leases.is_stale("", owner, now, beats)
-        excused = pool.owners.excused(alive)
-        for name in os.listdir(self.store.task_dir("active")):
-            tid = name[:-5]
-            if tid in excused or not name.endswith(".yaml") or name.startswith("."):
-                continue
+        for tid in sorted(self.store.ids("active").difference(pool.owners.excused(alive))):
             known = pool.owners.get(tid)
             if known is not None and alive(known):
                 continue
@@ -379,7 +375,7 @@ class Colony:
                 # by hand, or left by an older version): reap it. Gone since our listing, a reaper
                 # or its owner moved it: reaping it again would count and note it twice. (A claim
                 # made meanwhile holds the next generation, so our break could not win it anyway.)
-                stale = os.path.exists(f"{self.store.task_dir('active')}/{name}")
+                stale = os.path.exists(f"{self.store.task_dir('active')}/{tid}.yaml")
             else:
                 stale = self.leases.is_stale(self.leases.entry(tid, gen), self.leases.owner(tid, gen), now, beats)
             if stale and self._reap(tid, gen, reaper):

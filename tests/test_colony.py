@@ -304,26 +304,35 @@ def test_agents_picking_at_once_start_on_different_tasks_of_the_top_point(colony
     assert len(firsts) > 11 * 3
 
 
-def test_a_reaping_pass_excuses_an_owner_only_as_of_its_oldest_claim() -> None:
-    """Owners judges each owner once, by its oldest claim: one old claim among young ones keeps
-    that owner from being excused wholesale, so the old claim is still judged on its own."""
+def test_a_reaping_pass_excuses_owners_only_as_of_the_oldest_claim_and_never_a_stale_one() -> None:
+    """Owners judges each owner once, as of the oldest claim of all: when every owner passes, every
+    claim is excused unread; one old claim makes an owner (here every owner) fail, and its claims
+    are then left to be judged one by one. A damaged line's owner is unknown: never excused."""
     from harness.pool import Owners
 
     now = time.time()
     owners = Owners()
-    for tid, at in [("a1", now), ("a2", now - 5), ("a3", now - 1000)]:
+    for tid, at in [("a1", now), ("a2", now - 5)]:
         owners.add(tid, {"agent": "a", "pid": 1, "host": "h", "claimed_at": at, "event": "claim"})
     owners.add("b1", {"agent": "b", "pid": 2, "host": "h", "claimed_at": now})
+    judged: list[object] = []
     def young(owner: dict[str, object]) -> bool:
+        judged.append(owner["agent"])
         return now - float(owner["claimed_at"]) < 100  # type: ignore[arg-type]
-    assert owners.excused(young) == {"b1"}
+    assert set(owners.excused(young)) == {"a1", "a2", "b1"} and sorted(judged) == ["a", "b"]  # once each
+    owners.add("a3", {"agent": "a", "pid": 1, "host": "h", "claimed_at": now - 1000})
+    assert set(owners.excused(young)) == set()  # nothing excused that its own age would not excuse
     assert owners.get("a3") == {"agent": "a", "pid": 1, "host": "h", "claimed_at": now - 1000}
+    def not_a(owner: dict[str, object]) -> bool:
+        return owner["agent"] != "a"
+    assert set(owners.excused(not_a)) == {"b1"}
     owners.discard("a3")
-    assert owners.excused(young) == {"a1", "a2", "b1"}
-    owners.add("a1", {"agent": "c", "pid": 3, "host": "h", "claimed_at": now - 1000})  # claimed anew
-    assert owners.excused(young) == {"a2", "b1"} and owners.get("a1")["agent"] == "c"  # type: ignore[index]
+    owners.add("a1", {"agent": "c", "pid": 3, "host": "h", "claimed_at": now})  # claimed anew
+    assert set(owners.excused(young)) == {"a1", "a2", "b1"} and owners.get("a1")["agent"] == "c"  # type: ignore[index]
     owners.add("d1", {"agent": ["x"], "pid": [1], "host": "h", "claimed_at": now})  # a damaged line
     assert owners.get("d1") == {"agent": None, "pid": None, "host": None, "claimed_at": now}
+    assert set(owners.excused(young)) == {"a1", "a2", "b1"}
+
 
 def test_claim_lines_are_read_without_json_only_when_that_says_what_json_would(colony: Colony) -> None:
     """Every agent reads every claim line by a pattern, not by json: the line try_claim writes
