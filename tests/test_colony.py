@@ -337,29 +337,34 @@ def test_a_reaping_pass_excuses_owners_only_as_of_the_oldest_claim_and_never_a_s
 def test_claim_lines_are_read_without_json_only_when_that_says_what_json_would(colony: Colony) -> None:
     """Every agent reads every claim line by a pattern, not by json: the line try_claim writes
     must match it and give json's values; any other shape (a hand-written line, a string with an
-    escape, a damaged number) must fall through to json, and is still learnt when json can read it."""
-    from harness.pool import OWNER_FIELDS, claim_line
+    escape, a damaged number, an output named with a `]`) must fall through to json, and is still
+    learnt when json can read it."""
+    from harness.pool import OWNER_FIELDS, claim_line, owner_dict
 
-    colony.add(Task(id="t1", title="one", outputs=['src/"odd], "pid": 7.py', "b.py"]))
+    colony.add_many([Task(id="t1", title="one", outputs=["src/a.py", "b.py"]),
+                     Task(id="t3", title="odd", outputs=['src/"odd], "pid": 7.py'])])
     pool = colony.pool(None)
     claim, _ = colony.try_claim("t1", "a1", pid=42)  # type: ignore[misc]
     line = colony.store.events_path.read_bytes().splitlines()[-1]
     ev = json.loads(line)
-    assert claim_line(line) == ("t1", tuple(ev[k] for k in OWNER_FIELDS))
-    assert claim_line(line)[1][1] == 42 and claim.agent == "a1"  # type: ignore[index]
+    got = claim_line(line)
+    assert got is not None and got[0] == "t1" and owner_dict(got[1]) == {k: ev[k] for k in OWNER_FIELDS}
+    assert owner_dict(got[1])["pid"] == 42 and claim.agent == "a1"
     for other in (line.replace(b'"host": "', b'"host": "\\u0041'),  # an escape: json's to judge
                   line.replace(b'"claimed_at": ', b'"claimed_at": 1.2.'),  # not a number
                   json.dumps({"task": "t1", **ev}).encode()):  # another key order
         assert claim_line(other) is None
+    odd, _ = colony.try_claim("t3", "a3", pid=43)  # type: ignore[misc]
+    assert claim_line(colony.store.events_path.read_bytes().splitlines()[-1]) is None
     colony.add(Task(id="t2", title="two"))
     hand = json.dumps({"task": "t2", "event": "claim", "agent": "h1", "pid": 5, "host": "x", "claimed_at": 1.0})
     with colony.store.events_path.open("a") as f:
         f.write(hand + "\n")
     pool.refresh()
-    assert pool.status["t1"] == pool.status["t2"] == "active"
+    assert pool.status["t1"] == pool.status["t2"] == pool.status["t3"] == "active"
     assert pool.owners.get("t1") == {"agent": "a1", "pid": 42, "host": colony.host, "claimed_at": claim.claimed_at}
+    assert pool.owners.get("t3") == {"agent": "a3", "pid": 43, "host": colony.host, "claimed_at": odd.claimed_at}
     assert pool.owners.get("t2") == {"agent": "h1", "pid": 5, "host": "x", "claimed_at": 1.0}
-
 
 
 def test_the_index_of_busy_outputs_agrees_with_comparing_every_pair() -> None:
