@@ -239,8 +239,9 @@ _who, _when = operator.itemgetter(0, 1, 2), operator.itemgetter(3)
 
 class Owners:
     """The owner of each active task, as its claim event named it, for reaping. Kept as a tuple
-    of the event's plain values (owner_of): every agent keeps one for every claim, and whole
-    events (a list inside) made each full garbage collection walk them all."""
+    of OWNER_FIELDS, plain values (owner_of) or a claim line's bytes (claim_line), read by
+    owner_dict: every agent keeps one for every claim, and whole events (a list inside) made each
+    full garbage collection walk them all."""
 
     def __init__(self) -> None:
         self.of: dict[str, tuple[Any, ...]] = {}  # OWNER_FIELDS
