@@ -36,8 +36,8 @@ from harness.colony import Colony
 from harness.environment import Environment
 from harness.leases import Claim
 from harness.command import CommandBackend
-from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NotOwner,
-                            UsageError)
+from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NestUnreachable,
+                            NotOwner, UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.fence import take as take_fence
@@ -307,7 +307,7 @@ class Agent:
             self.release(claim, str(e), task)
         except Stop:
             self.release(claim, "the agent was stopped before it finished; nothing landed", skip=False)
-        except (Blameless, ColonyFault) as e:
+        except (Blameless, ColonyFault, NestUnreachable) as e:  # the nest's outage mid-attempt is no task's fault
             if isinstance(e, ColonyFault):
                 self.fault(e)
             self.release(claim, f"not counted against the task: {e}", skip=False)

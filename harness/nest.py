@@ -64,7 +64,7 @@ from harness.tasks import Task
 NS = "refs/stigmergy/"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _IDENT = "stigmergy <nest@stigmergy.local>"
-_REFUSED = re.compile(r"^!\t[^\t]*\t(.*)$", re.M)  # a porcelain push line: an update the remote refused
+_REFUSED = re.compile(r"^!\t[^\t]*:([^\t]*)\t(.*)$", re.M)  # a porcelain push line: a ref the remote refused, why
 # ... because a ref was not as expected, or another push held it: a lost race, nothing changed.
 _LOST_RACE = re.compile(r"stale info|atomic push failed|atomic transaction failed|cannot lock ref|failed to lock|"
                         r"failed to update ref|reference already exists|incorrect old value|fetch first")
@@ -114,12 +114,14 @@ class Remote:
     """The git half: a remote URL and a local git dir holding the objects read from it or written:
     the nest's bare cache, or (to land) the git dir of a clone of the target that holds the work."""
 
-    def __init__(self, url: str, cache: Path) -> None:
+    def __init__(self, url: str, cache: Path, borrow: Path | None = None) -> None:
         self.url, self.cache = url, cache  # url: absolute when a path (git runs in the cache)
         self.git = Git(cache)
         # Unattended: ssh must fail rather than ask for a password nobody will type (unless the
         # user chose their own ssh command).
         self.env = {} if {"GIT_SSH", "GIT_SSH_COMMAND"} & set(os.environ) else {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+        if borrow is not None:  # the objects of another git dir too (read-only), so one push can send both
+            self.env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(borrow / "objects")
         if not (cache / "objects").is_dir():  # made aside and renamed in: processes may start at once
             cache.parent.mkdir(parents=True, exist_ok=True)
             aside = cache.parent / f".{cache.name}.{secrets.token_hex(4)}"
@@ -224,17 +226,22 @@ class Remote:
         """One atomic push of (ref, expected old value or None for "whatever it is", new value or
         None to delete). True when every update was made; False when the remote refused because a
         ref was not as expected (a lost race: nothing was changed); NestUnreachable otherwise."""
+        return not self.lost(updates)
+
+    def lost(self, updates: Sequence[tuple[str, str | None, str | None]]) -> set[str]:
+        """:meth:`push`, saying which refs were not as expected: none when every update was made."""
         leases = [f"--force-with-lease={ref}:{old}" for ref, old, _ in updates if old is not None]
         # No lease: forced ("+"). With one, git forces only when the ref is as expected.
         specs = [("+" if old is None else "") + (f"{new}:{ref}" if new else f":{ref}") for ref, old, new in updates]
         args = ["push", "--porcelain", "--atomic", "--no-verify", *leases, "--", self.url, *specs]
         done = self._talk(*args)
         if done.returncode == 0:
-            return True
-        reasons = _REFUSED.findall(done.stdout)
-        if reasons and all(_LOST_RACE.search(r) for r in reasons):
-            return False
-        said = "; ".join(r for r in reasons if not _LOST_RACE.search(r)) or _first_words(done.stderr)
+            return set()
+        refused = _REFUSED.findall(done.stdout)
+        if refused and all(_LOST_RACE.search(why) for _, why in refused):
+            # The others of an atomic push are refused too, "atomic push failed": not theirs.
+            return {ref for ref, why in refused if "atomic push failed" not in why} or {ref for ref, _ in refused}
+        said = "; ".join(why for _, why in refused if not _LOST_RACE.search(why)) or _first_words(done.stderr)
         raise NestUnreachable(redact(f"the nest {self.url} refused a push ({said}): check the URL, your access to "
                                      "it, and that nothing (branch protection, a hook) guards refs/stigmergy/"))
 
@@ -476,6 +483,17 @@ class Nest:
     def reap(self, reaper: str) -> list[str]:
         return self._reap_stale(self.remote.refs(), reaper)
 
+    def disown(self, agent: str) -> list[str]:
+        """Put back, uncounted, every task the nest says ``agent`` holds. For an agent that knows it
+        holds none: a claim whose push went through while its answer was lost (an outage mid-push)
+        would otherwise be kept alive by the agent's own beats all night."""
+        active = self._states(self._listed(self.remote.refs(NS + "tasks/active/*"), ("active",)))
+        mine = sorted(tid for tid, s in active.items() if _owner(s) == agent)
+        for tid in mine:
+            self.release(tid, agent, note=f"{agent} did not know it held this claim (the answer to its claim "
+                                          "was lost to an outage); put back uncounted", skip=False)
+        return mine
+
     def current_claim(self, task_id: str) -> Claim | None:
         state = self._state(task_id)
         return Claim(**state.claim) if state and state.status == "active" and state.claim else None
@@ -607,22 +625,30 @@ class Nest:
         (False: nothing changed; fetch ``tip``, merge and verify again, land again). True: landed,
         and a ``done`` event (``commit`` and ``fields``) is on the log."""
         state = self._owned(claim.task_id, claim.agent, claim.token, "land its work")
-        work = Remote(self.url, Git(repo).common_dir())  # the commit's objects are there, not in our cache
-        done = work.record(State("done", state.task, state.generation).data())
+        # The event goes in the same push: a landing whose event was a push of its own, cut off by
+        # an outage, was on main with no `done` on the log, and its retry said it did not land.
+        done = self.remote.record(State("done", state.task, state.generation).data())
         moves = [(task_ref("active", claim.task_id), state.oid, None), (task_ref("done", claim.task_id), MISSING, done)]
-        if not work.push([(f"refs/heads/{branch}", expected or MISSING, commit), *moves]):
+        told = _event("done", claim.task_id, agent=claim.agent, commit=commit, **fields)
+        branch_move = (f"refs/heads/{branch}", expected or MISSING, commit)
+        if not self._push([branch_move, *moves], [told], via=self._via(repo, borrow=True)):
             if not self.holds(claim):
                 raise NotOwner(f"task {claim.task_id!r}: {claim.agent}'s claim was broken while it landed; "
                                "its work does not land")
             return False
-        # On the log after the fact: the chain's objects are in our cache, not in ``repo``.
-        self.event("done", claim.task_id, agent=claim.agent, commit=commit, **fields)
         return True
+
+    def _via(self, repo: Path, borrow: bool = False) -> Remote:
+        """The nest as the git repository ``repo`` (a clone of the target: the work's commits are
+        there, not in our cache) talks to it; ``borrow``: with our cache's objects (records, our
+        log chain) too, to push them. Never to fetch: a fetch would skip what the cache has, and
+        ``repo`` would refer to objects it does not hold."""
+        return Remote(self.url, Git(repo).common_dir(), borrow=self.remote.cache if borrow else None)
 
     def pull(self, repo: Path, into: str) -> str:
         """Fetch the landing branch into the git repository ``repo`` at ``into`` (a ref of the
         caller's own: processes sharing ``repo`` must not lock one ref); its tip."""
-        work = Remote(self.url, Git(repo).common_dir())
+        work = self._via(repo)
         branch = f"refs/heads/{self.config.branch}"
         done = work._talk("-c", "gc.auto=0", "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", self.url,
                           f"+{branch}:{into}")
@@ -633,25 +659,36 @@ class Nest:
     def keep(self, repo: Path, ref: str, commit: str) -> None:
         """Put ``commit`` (in the git repository ``repo``) on the nest at ``ref``, so that work no
         host landed is not lost with the host (a conflicted attempt, under refs/stigmergy/conflicts/)."""
-        Remote(self.url, Git(repo).common_dir()).push([(ref, None, commit)])
+        self._via(repo).push([(ref, None, commit)])
 
     # -- what agents leave for each other ----------------------------------------------------------
-    def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]]) -> bool:
-        """``updates`` and ``records`` appended to this process's own log chain, in one atomic push.
-        Nobody else writes the chain, so only ``updates`` can lose a race."""
+    def _push(self, updates: Sequence[tuple[str, str | None, str | None]], records: list[dict[str, Any]],
+              via: Remote | None = None) -> bool:
+        """``updates`` and ``records`` appended to this process's own log chain, in one atomic push
+        (from ``via``, a remote borrowing our cache's objects, if given). Nobody else writes the
+        chain, so only ``updates`` can lose a race."""
         if self._pid != os.getpid():  # a new chain for each process, a forked child's too
             self._pid, self._tip = os.getpid(), ""
             self._writer = re.sub(r"[^a-z0-9_-]", "-", f"{self.host.lower()}-{self._pid}-{secrets.token_hex(3)}")
-        tip = self._tip
-        for rec in records:
-            tip = self.remote.record({"ts": round(time.time(), 3), **rec}, tip or None)
-        log = [(NS + f"log/{self._writer}", self._tip or MISSING, tip)] if records else []
-        if not self.remote.push([*updates, *log]):
-            if not updates:
-                raise NestUnreachable(f"the nest {redact(self.url)} refused this process's own log ({self._writer})")
-            return False
-        self._tip = tip
-        return True
+        chain = NS + f"log/{self._writer}"
+        for _ in range(2):
+            tip = self._tip
+            for rec in records:
+                tip = self.remote.record({"ts": round(time.time(), 3), **rec}, tip or None)
+            log = [(chain, self._tip or MISSING, tip)] if records else []
+            lost = (via or self.remote).lost([*updates, *log])
+            if not lost:
+                self._tip = tip
+                return True
+            head = self.remote.refs(chain).get(chain, MISSING) if chain in lost else self._tip or MISSING
+            if head == (self._tip or MISSING):
+                break  # ``updates`` lost their race
+            # Our own chain is not where we left it: a push of ours went through though we heard
+            # it fail (its answer was lost). The chain goes on from where the nest has it.
+            self._tip = head
+        if not updates:
+            raise NestUnreachable(f"the nest {redact(self.url)} refused this process's own log ({self._writer})")
+        return False
 
     def _chains(self, pattern: str = "log/*") -> list[list[dict[str, Any]]]:
         """Every writer's records, each chain oldest first (``git log``: one writer a chain)."""

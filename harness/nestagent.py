@@ -75,6 +75,7 @@ class NestAgent(Agent):
         self._spend_look: tuple[float, list[dict[str, Any]]] = (float("-inf"), [])  # and other hosts' calls
         self._published: int | None = None  # how many of our ledger's calls the nest has
         self._beating = threading.Lock()
+        self._unsure = False  # a claim's push failed: it may have gone through unheard (disown)
         super().__init__(colony, opts, model, env=nest, main=LOCAL_MAIN + tasks.check_id(opts.agent, "agent id"))
 
     def sync(self) -> str:
@@ -86,8 +87,13 @@ class NestAgent(Agent):
     def claim_next(self) -> tuple[Claim, Task] | None:
         try:
             self.sync()  # main's verdict and the attempt both start from the nest's tip as it is now
+            if self._unsure:  # the last claim's push may have gone through unheard
+                for tid in self.nest.disown(self.id):
+                    self.say(f"put back {tid}: its claim went through while the nest was out of reach")
+                self._unsure = False
             return super().claim_next()
         except NestUnreachable as e:
+            self._unsure = True
             self.say(f"claiming nothing for now: {e}")
             return None
 

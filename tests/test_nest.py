@@ -236,13 +236,26 @@ def _clone(nest: Nest, where: Path) -> Path:
     return where
 
 
+def _hook(nest: Nest, text: str) -> None:
+    """The nest's post-receive hook: it runs once a push's refs are updated, with them on stdin."""
+    hook = Path(nest.url) / "hooks" / "post-receive"
+    hook.write_text(text)
+    hook.chmod(0o755)
+
+
 def test_landing_moves_the_branch_and_ends_the_claim_in_one_push(tmp_path: Path) -> None:
     nest, base = _nest_with_code(tmp_path)
     nest.add(Task(id="t1", title="one"))
     host = _clone(nest, tmp_path / "host")
     claim, _ = nest.claim("a1") or pytest.fail("nothing claimed")
     work = commit_on(host, base, "one.txt", "one\n")
+    pushes = tmp_path / "pushes"
+    _hook(nest, f"#!/bin/sh\nawk '{{printf \"%s \", $3}} END {{print \"\"}}' >> {pushes}\n")
     assert nest.land(claim, host, work, "main", base, attempt="1")
+    # The done event rides in the landing's own push: an outage cannot leave one without the other.
+    [landing] = pushes.read_text().splitlines()
+    assert set(landing.split()) == {"refs/heads/main", f"{NS}tasks/active/t1", f"{NS}tasks/done/t1",
+                                    f"{NS}log/{nest._writer}"}
     assert nest.remote.tip("main") == work
     assert nest.get("t1")[0] == "done" and nest.current_claim("t1") is None
     done = [e for e in nest.events() if e["event"] == "done"]
@@ -393,6 +406,87 @@ WRITE_OWN_FILE = """
   - bash: 'echo "$STIGMERGY_TASK by $STIGMERGY_AGENT" > "out-$STIGMERGY_TASK.txt"'
   - finish: ok
 """
+
+
+# A push that moves a task to active/ (a claim) goes through, and then its pusher is killed before
+# it hears so, as an outage mid-push would leave it; once, while the flag file is there.
+CUT_THE_ANSWER = """#!/bin/sh
+grep -q " refs/stigmergy/tasks/active/" || exit 0
+rm "{flag}" 2>/dev/null || exit 0
+p=$PPID
+while [ "$p" -gt 1 ]; do
+  case "$(tr '\\0' ' ' < /proc/$p/cmdline)" in git*" push "*) kill -9 "$p"; exit 0;; esac
+  p=$(awk '{{print $4}}' /proc/$p/stat)
+done
+"""
+
+
+def test_a_claim_whose_answer_was_lost_is_put_back_uncounted_and_the_log_goes_on(tmp_path: Path) -> None:
+    nest, _ = _nest_with_code(tmp_path)
+    nest.add(Task(id="t1", title="one"))
+    flag = tmp_path / "cut"
+    flag.touch()
+    _hook(nest, CUT_THE_ANSWER.format(flag=flag))
+    with pytest.raises(NestUnreachable):
+        nest.claim("a1")
+    assert not flag.exists()
+    claim = nest.current_claim("t1")
+    assert claim is not None and claim.agent == "a1"  # it went through: a1 holds it and does not know
+    assert nest.disown("a1") == ["t1"]
+    status, task = nest.get("t1")
+    assert status == "pending" and task.skip_count == 0 and task.not_before is None
+    # This process's log chain went on from the push it heard fail: both events are on it.
+    assert [(e["event"], e["task"]) for e in nest.events()][-2:] == [("claim", "t1"), ("release", "t1")]
+    assert nest.disown("a1") == []
+
+
+def test_an_agent_whose_claim_went_through_unheard_puts_it_back_and_lands_everything(tmp_path: Path) -> None:
+    """Its own beats would keep a claim it does not know it holds alive all night: it must not wait on it."""
+    nest, _ = _nest_with_code(tmp_path)
+    nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(3)])
+    flag = tmp_path / "cut"
+    flag.touch()
+    _hook(nest, CUT_THE_ANSWER.format(flag=flag))
+    script = tmp_path / "script.yaml"
+    script.write_text(WRITE_OWN_FILE)
+    clone = _clone(nest, tmp_path / "box0" / "clone")
+    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
+                           "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
+                          env=_host_env("box0", tmp_path / "box0"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not flag.exists()
+    assert "its claim went through while the nest was out of reach" in done.stderr, done.stderr
+    assert {st for st, _ in nest.listing("all")} == {"done"}
+    assert all(task.skip_count == 0 for _, task in nest.listing("all"))  # not the tasks' fault
+    added = _first_parent_files(clone, nest.url)
+    assert sorted(f for names in added for f in names) == [f"out-t{i}.txt" for i in range(3)]
+
+
+def test_a_nest_gone_right_after_a_claim_counts_against_no_task(tmp_path: Path) -> None:
+    """The nest goes the moment a claim is through (the attempt's first look at the notes finds
+    it gone) and is back 4 s later: the task goes back uncounted, with no back-off, and lands."""
+    nest, _ = _nest_with_code(tmp_path)
+    nest.add(Task(id="t1", title="one"))
+    flag, away = tmp_path / "cut", tmp_path / "away.git"
+    flag.touch()
+    _hook(nest, f"""#!/bin/sh
+grep -q " refs/stigmergy/tasks/active/" || exit 0
+rm "{flag}" 2>/dev/null || exit 0
+mv "{nest.url}" "{away}"
+(sleep 4; mv "{away}" "{nest.url}") >/dev/null 2>&1 &
+""")
+    script = tmp_path / "script.yaml"
+    script.write_text(WRITE_OWN_FILE)
+    clone = _clone(nest, tmp_path / "box0" / "clone")
+    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
+                           "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
+                          env=_host_env("box0", tmp_path / "box0"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not flag.exists() and not away.exists()
+    assert "released t1: not counted against the task: the nest" in done.stderr, done.stderr
+    status, task = nest.get("t1")
+    assert status == "done" and task.skip_count == 0 and task.not_before is None
+    assert [f for names in _first_parent_files(clone, nest.url) for f in names] == ["out-t1.txt"]
 
 
 def _host_env(host: str, where: Path) -> dict[str, str]:
