@@ -19,6 +19,7 @@ or an endpoint outage raises `Blameless(note)` (released uncounted), and a confi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -30,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import briefing, conflicts, deadline, faults, filing, integrate, notes, roles, sandbox, sweep, tasks
+from harness import (briefing, conflicts, deadline, faults, filing, fsutil, integrate, notes, roles, sandbox, sweep,
+                     tasks)
 from harness.checkout import Blocked
 from harness.colony import Colony
 from harness.environment import Environment
@@ -183,8 +185,9 @@ class Agent:
         self.signalled = False
         self.current: str | None = None
         self.last_outcome: Outcome | None = None  # the model's or CLI's last word on the current task
-        self.waiting: str | None = None  # why the current landing waits (shown by status)
+        self.waiting: str | None = None  # why the current landing waits, or why nothing is claimed (shown by status)
         self._reaped_at = 0.0
+        self.full_until = 0.0  # the disk was full during an attempt: no claim before (short_of_room)
         self.deadline = deadline.Watch(colony.home)
         self.swept = 0  # idle sweeps this process ran (sweep.py)
 
@@ -311,11 +314,15 @@ class Agent:
             if isinstance(e, ColonyFault):
                 self.fault(e)
             self.release(claim, f"not counted against the task: {e}", skip=False)
-        except HarnessError as e:
-            self.release(claim, f"{type(e).__name__}: {e}", task)
-        except Exception as e:  # a bug must not kill the night: log it, free the task, go on
-            self.say(traceback.format_exc())
-            self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
+        except Exception as e:
+            if fsutil.out_of_space(e):  # no task's fault: uncounted, and claim_next waits a while
+                self.full_until = time.monotonic() + self.cfg.retry_backoff
+                self.release(claim, f"not counted against the task: the disk is full: {e}", skip=False)
+            elif isinstance(e, HarnessError):
+                self.release(claim, f"{type(e).__name__}: {e}", task)
+            else:  # a bug must not kill the night: log it, free the task, go on
+                self.say(traceback.format_exc())
+                self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
         finally:
             if isinstance(fence, Fence) and not landed:
                 fence.release()  # the fence goes with the claim (released, failed, deferred)
@@ -557,6 +564,16 @@ class Agent:
         self.hold = None
         if self.cooldown.remaining() > 0:
             return None
+        short = self.short_of_room()
+        if short != self.waiting:  # said once; the beats carry it (`status` shows it) while it lasts
+            self.waiting = short
+            if short:
+                self.say(short)
+                with contextlib.suppress(OSError):  # a disk full to the last byte takes no event
+                    self.env.event("disk_low", agent=self.id, reason=short)
+        if short:
+            self.hold = Hold(short)
+            return None
         try:
             decision = self.gatekeep()
         except ColonyFault as e:
@@ -569,6 +586,14 @@ class Agent:
             got = self.colony.try_claim(decision.task, self.id, pid=os.getpid())
             return got if isinstance(got, tuple) else None
         return self.env.claim(self.id, self.pool_role(), pid=os.getpid())
+
+    def short_of_room(self) -> str | None:
+        """Why the disk lets us claim nothing now: less than min_free_mb free, or it was full during
+        our last attempt less than retry_backoff seconds ago (else a disk full to the last byte,
+        which statvfs may not show under min_free_mb, would be met by attempt after attempt)."""
+        if (left := self.full_until - time.monotonic()) > 0:
+            return f"the disk was full during the last attempt: claiming nothing for {left:.0f} s (retry_backoff)"
+        return fsutil.short_of_space([self.colony.home, self.ws.path], self.cfg.min_free_mb)
 
     def pool_role(self) -> str | None:
         """The role picking favours: ours; none for an `any` agent, which takes each task's role."""

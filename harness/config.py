@@ -79,6 +79,10 @@ cli_stall_seconds: 600
 # An agent's log (.stigmergy/agents/<id>/agent.log) larger than this is rotated when the launcher
 # (re)starts the agent: agent.log -> agent.log.1 (3 kept). 0 = never rotate.
 log_max_bytes: 10485760
+# Agents claim nothing while the file system of the colony (.stigmergy/) or of their worktree has
+# less than this many MB free (a night's runs, worktrees and git objects add up), saying so in the
+# log and in `status`, and claim again once there is room. 0 = never hold.
+min_free_mb: 200
 
 # Leases: a claim is stale once its owner's heartbeat is older than lease_ttl seconds
 # (or its pid is dead on this host). Agents beat every heartbeat_interval seconds.
@@ -142,6 +146,7 @@ class Config:
     sweep_max_tasks: int
     cli_stall_seconds: float
     log_max_bytes: int
+    min_free_mb: float
     lease_ttl: float
     heartbeat_interval: float
     budget_usd: float | None

@@ -7,6 +7,7 @@ descriptor, so concurrent writers never interleave inside a line.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -173,3 +174,25 @@ def flock_within(fd: int, patience: float, poll: float = 0.02) -> bool:
             if time.monotonic() >= give_up:
                 return False
             time.sleep(poll)
+
+
+def short_of_space(paths: list[Path], min_free_mb: float) -> str | None:
+    """Why to claim nothing now: the first of ``paths`` on a file system with less than
+    ``min_free_mb`` free (for an unprivileged writer), or None."""
+    for path in paths if min_free_mb > 0 else []:
+        try:
+            st = os.statvfs(path)
+        except OSError:  # not there (yet): nothing to judge
+            continue
+        free = st.f_bavail * st.f_frsize / 1e6
+        if free < min_free_mb:
+            return (f"only {free:.0f} MB free on the disk of {path} (min_free_mb: {min_free_mb:g}): claiming nothing "
+                    "until there is more; free some (`stigmergy gc`, old worktrees, logs) or lower min_free_mb")
+    return None
+
+
+def out_of_space(e: BaseException) -> bool:
+    """``e`` says the disk (or the user's quota) is full: an OSError's errno, or git's words."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e) or "Disk quota exceeded" in str(e)

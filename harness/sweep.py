@@ -131,7 +131,7 @@ def maybe(agent: Agent) -> bool:
         return False
     if not due(colony, role.name, time.time()) or agent.stopping() or agent.over_budget():
         return False
-    if agent.cooldown.remaining() > 0 or not main_green(agent):
+    if agent.cooldown.remaining() > 0 or agent.short_of_room() or not main_green(agent):
         return False
     held = colony.leases.take_token(token(role.name), agent.id, os.getpid())
     if held is None:

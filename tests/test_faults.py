@@ -232,3 +232,50 @@ def test_task_retry_reopens_failed_tasks_with_their_notes(colony: Colony) -> Non
     assert again.returncode == 2 and "'a' is not failed (it is pending)" in again.stderr
     both = cli("task", "retry", "--repo", str(colony.repo))
     assert both.returncode == 2 and "--failed" in both.stderr
+
+
+# -- a full disk ---------------------------------------------------------------------------------------
+
+def test_a_disk_short_of_space_holds_the_colony_says_why_and_counts_against_no_task(
+        colony: Colony, tmp_path: Path) -> None:
+    ids = add_tasks(colony, 2)
+    held = set_config(colony, min_free_mb=10**12)  # a petabyte: no disk here has that much free
+    agent = subprocess.Popen([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(held.repo),
+                              "--model", f"scripted:{script(tmp_path, ids)}", "--workspaces", str(tmp_path / "ws")],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "MB free" in str((held.leases.last_beat("a1") or {}).get("waiting")), what="the beat saying why")
+        status = " ".join(cli("status", "--repo", str(held.repo), check=True).stdout.split())  # unwrapped
+        assert "(min_free_mb: 1e+12): claiming nothing until there is more" in status, status
+    finally:
+        agent.terminate()
+    _, log = agent.communicate(timeout=30)
+    assert agent.returncode == 0, log
+    assert log.count("MB free on the disk of") == 1, log  # said once, not at every look
+    assert [e["event"] for e in held.store.events() if e.get("agent") == "a1"].count("disk_low") == 1
+    assert attempts(held) == []
+    assert_nothing_counted(held, ids)
+
+    # Room again (here: the setting lowered): the colony goes back to work.
+    freed = set_config(held, min_free_mb=0)
+    done = launch(freed, tmp_path, f"scripted:{script(tmp_path, ids)}", "--until-empty")
+    assert done.returncode == 0, done.stderr
+    assert sorted(landed_ids(freed.repo)) == ids
+
+
+def test_a_disk_that_fills_mid_attempt_counts_against_no_task(colony: Colony, tmp_path: Path) -> None:
+    """The attempt's transcript meets a full disk (/dev/full: every write fails with ENOSPC): the
+    task goes back uncounted and lands on the next attempt."""
+    colony = set_config(colony, retry_backoff=1)
+    ids = add_tasks(colony, 1)
+    run = colony.store.run_dir("t0", "001")
+    (run / "transcript.jsonl").symlink_to("/dev/full")
+    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(colony.repo),
+                           "--model", f"scripted:{script(tmp_path, ids)}", "--workspaces", str(tmp_path / "ws"),
+                           "--until-empty"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "not counted against the task: the disk is full" in done.stderr, done.stderr
+    assert "the disk was full during the last attempt: claiming nothing for 1 s" in done.stderr
+    status, task = colony.get("t0")
+    assert status == "done" and task.skip_count == 0 and task.not_before is None
+    assert landed_ids(colony.repo) == ids
