@@ -38,8 +38,8 @@ from harness.colony import Colony
 from harness.environment import Environment
 from harness.leases import Claim
 from harness.command import CommandBackend
-from harness.errors import (AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient, NestUnreachable,
-                            NotOwner, UsageError)
+from harness.errors import (AgentCrashing, AlreadyRunning, ColonyFault, FilingRefused, HarnessError, ModelTransient,
+                            NestUnreachable, NotOwner, UsageError)
 from harness.gate import Decision, Fix, Gate, Go, Hold
 from harness.fence import AlreadyLanded, Fence, Fenced
 from harness.fence import take as take_fence
@@ -61,6 +61,7 @@ from harness.workspace import Workspace
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
 LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks again
 LAND_ROUNDS = 3  # landing rounds (integrate.land's tries each) before a contended landing gives up
+CRASHES_TO_FAULT = 3  # crashed attempts in a row, on as many tasks, that stop the colony (Agent.crashed)
 
 
 NAP_STEP, NAP_QUICK, NAP_SLOW_STEP = 0.2, 2.0, 1.0  # how often a nap looks for work: see Agent.nap
@@ -188,6 +189,7 @@ class Agent:
         self.waiting: str | None = None  # why the current landing waits, or why nothing is claimed (shown by status)
         self._reaped_at = 0.0
         self.full_until = 0.0  # the disk was full during an attempt: no claim before (short_of_room)
+        self.crashes: list[str] = []  # the tasks of our crashed attempts since the last that did not crash
         self.deadline = deadline.Watch(colony.home)
         self.swept = 0  # idle sweeps this process ran (sweep.py)
 
@@ -295,7 +297,7 @@ class Agent:
         self.current = task.id
         self.say(f"claimed {task.id} (generation {claim.generation}): {task.title}")
         fence: Fence | AlreadyLanded | Fenced | None = None
-        landed = False
+        landed = crashed = False
         try:
             fence = self.take_fence(claim)
             if isinstance(fence, AlreadyLanded):  # an earlier owner landed it, then died
@@ -323,11 +325,26 @@ class Agent:
             else:  # a bug must not kill the night: log it, free the task, go on
                 self.say(traceback.format_exc())
                 self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
+                crashed = self.crashed(task, e)
         finally:
+            if not crashed:
+                self.crashes.clear()
             if isinstance(fence, Fence) and not landed:
                 fence.release()  # the fence goes with the claim (released, failed, deferred)
             self.current = self.waiting = None
             self.last_outcome = None
+
+    def crashed(self, task: Task, e: Exception) -> bool:
+        """Count a crash; one on CRASHES_TO_FAULT different tasks in a row is no task's doing (a bug,
+        a folder gone bad) and would fail the whole backlog in a night: the colony stops instead."""
+        self.crashes.append(task.id)
+        if len(set(self.crashes)) >= CRASHES_TO_FAULT:
+            self.fault(AgentCrashing(
+                f"{self.id} crashed on {CRASHES_TO_FAULT} different tasks in a row ({', '.join(self.crashes)}), last "
+                f"with {type(e).__name__}: {e}. A bug or a broken environment (the disk, a folder, permissions) "
+                f"rather than the tasks: the colony stops instead of failing them all. The traceback is in "
+                f"{self.id}'s log; fix the cause and relaunch"))
+        return True
 
     def take_fence(self, claim: Claim) -> Fence | AlreadyLanded | Fenced | None:
         """The right to land, joined to the claim (fence.take); None: the claim itself is the fence."""

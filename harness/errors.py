@@ -20,6 +20,8 @@
     ├── ColonyFault              a configuration fault no task can fix (exit 2): the first agent to
     │   │                        see one writes .stigmergy/FAULT and the whole colony stops
     │   ├── VerifyNotRunnable    the repo-wide verify command exits 126/127 on unmodified main
+    │   ├── AgentCrashing        an agent crashed (a bug, a broken folder) on 3 different tasks in
+    │   │                        a row: the colony stops rather than count it against every task
     │   └── ModelConfigError     the endpoint refuses us whatever we send (also a ModelError)
     │       ├── ModelAuthError   401/403: the API key is wrong or may not use this model
     │       ├── ModelNotFound    404: unknown model name or wrong endpoint URL
@@ -141,6 +143,10 @@ class ColonyFault(HarnessError):
 
 class VerifyNotRunnable(ColonyFault):
     kind = "verify_not_runnable"
+
+
+class AgentCrashing(ColonyFault):
+    kind = "crash"
 
 
 class ModelError(HarnessError):

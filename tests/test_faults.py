@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import advance_main, cli, landed_ids, set_config, wait_for
+from harness import faults
 from harness.colony import Colony
 from harness.models.fake_server import FakeServer
 from harness.tasks import Task
@@ -279,3 +281,26 @@ def test_a_disk_that_fills_mid_attempt_counts_against_no_task(colony: Colony, tm
     status, task = colony.get("t0")
     assert status == "done" and task.skip_count == 0 and task.not_before is None
     assert landed_ids(colony.repo) == ids
+
+
+# -- an agent that crashes on every task ---------------------------------------------------------------
+
+def test_an_agent_crashing_on_task_after_task_stops_the_colony_instead_of_failing_the_backlog(
+        colony: Colony, tmp_path: Path) -> None:
+    """Every attempt crashes the same way, whatever its task (here: the runs folder is a file, so no
+    attempt can make its own): after three tasks in a row the colony stops with a FAULT, three
+    tasks hold one counted attempt each, and none fails."""
+    ids = add_tasks(colony, 6)
+    runs = colony.home / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.write_text("not a folder\n")
+    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(colony.repo),
+                           "--model", f"scripted:{script(tmp_path, ids)}", "--workspaces", str(tmp_path / "ws"),
+                           "--until-empty"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("agent crashed: NotADirectoryError") == 3, done.stderr
+    fault = faults.read(colony.home) or {}
+    assert fault.get("kind") == "crash" and "on 3 different tasks in a row" in fault["message"], fault
+    assert "NotADirectoryError" in fault["message"]
+    assert not colony.listing("failed")
+    assert sorted(t.skip_count for _, t in colony.listing("all")) == [0, 0, 0, 1, 1, 1]
