@@ -421,6 +421,17 @@ done
 """
 
 
+def _one_agent_until_empty(nest: Nest, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Agent box0-a, in a clone of its own, working the nest's tasks (WRITE_OWN_FILE) until none is left."""
+    script = tmp_path / "script.yaml"
+    script.write_text(WRITE_OWN_FILE)
+    clone = _clone(nest, tmp_path / "box0" / "clone")
+    return clone, subprocess.run(
+        [sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone), "--id", "box0-a",
+         "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
+        env=_host_env("box0", tmp_path / "box0"), capture_output=True, text=True, timeout=120)
+
+
 def test_a_claim_whose_answer_was_lost_is_put_back_uncounted_and_the_log_goes_on(tmp_path: Path) -> None:
     nest, _ = _nest_with_code(tmp_path)
     nest.add(Task(id="t1", title="one"))
@@ -447,12 +458,7 @@ def test_an_agent_whose_claim_went_through_unheard_puts_it_back_and_lands_everyt
     flag = tmp_path / "cut"
     flag.touch()
     _hook(nest, CUT_THE_ANSWER.format(flag=flag))
-    script = tmp_path / "script.yaml"
-    script.write_text(WRITE_OWN_FILE)
-    clone = _clone(nest, tmp_path / "box0" / "clone")
-    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
-                           "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
-                          env=_host_env("box0", tmp_path / "box0"), capture_output=True, text=True, timeout=120)
+    clone, done = _one_agent_until_empty(nest, tmp_path)
     assert done.returncode == 0, done.stderr
     assert not flag.exists()
     assert "its claim went through while the nest was out of reach" in done.stderr, done.stderr
@@ -475,12 +481,7 @@ rm "{flag}" 2>/dev/null || exit 0
 mv "{nest.url}" "{away}"
 (sleep 4; mv "{away}" "{nest.url}") >/dev/null 2>&1 &
 """)
-    script = tmp_path / "script.yaml"
-    script.write_text(WRITE_OWN_FILE)
-    clone = _clone(nest, tmp_path / "box0" / "clone")
-    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--nest", nest.url, "--repo", str(clone),
-                           "--id", "box0-a", "--model", f"scripted:{script}", "--until-empty", "--sandbox", "none"],
-                          env=_host_env("box0", tmp_path / "box0"), capture_output=True, text=True, timeout=120)
+    clone, done = _one_agent_until_empty(nest, tmp_path)
     assert done.returncode == 0, done.stderr
     assert not flag.exists() and not away.exists()
     assert "released t1: not counted against the task: the nest" in done.stderr, done.stderr
