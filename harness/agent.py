@@ -2,7 +2,8 @@
 
     while not stopped:
         sense: heartbeat (a thread), reap stale claims, read STOP, FAULT and the budget
-        gate: wait out a colony cool-down; is main green? (gate.py; while it is red, only its fix)
+        gate: wait out a colony cool-down or a disk short of space; is main green? (gate.py;
+              while it is red, only its fix)
         pick and claim the best ready task for my role (back off when none)
         prepare: reset my worktree to the tip of main (or main + the conflicting work)
         work: render the prompt and run the model's tool loop
@@ -13,8 +14,10 @@
 
 Stopping is data: a step that cannot go on raises `GiveUp(note)`, and the claim is released with
 that note for the next claimant. What is not the task's fault never counts against it: a red main
-or an endpoint outage raises `Blameless(note)` (released uncounted), and a configuration fault
-(`ColonyFault`) lays FAULT, which stops the colony. Nothing here talks to another agent.
+or an endpoint outage raises `Blameless(note)` (released uncounted; a nest out of reach and a
+full disk are released so too), and a configuration fault (`ColonyFault`) lays FAULT, which
+stops the colony, as crashes on three different tasks in a row do. Nothing here talks to another
+agent.
 """
 
 from __future__ import annotations
