@@ -64,7 +64,7 @@ from harness.workspace import Workspace
 Check = Callable[[Path], Verdict]  # verify, run in a worktree
 LAND_RETRY_S = 2.0  # how often a landing held back by the user's checkout looks again
 LAND_ROUNDS = 3  # landing rounds (integrate.land's tries each) before a contended landing gives up
-CRASHES_TO_FAULT = 3  # crashed attempts in a row, on as many tasks, that stop the colony (Agent.crashed)
+CRASHES_TO_FAULT = 3  # crashed attempts in a row, on as many tasks, that stop the colony (Agent.stop_if_crashing)
 
 
 NAP_STEP, NAP_QUICK, NAP_SLOW_STEP = 0.2, 2.0, 1.0  # how often a nap looks for work: see Agent.nap
@@ -328,7 +328,8 @@ class Agent:
             else:  # a bug must not kill the night: log it, free the task, go on
                 self.say(traceback.format_exc())
                 self.release(claim, f"agent crashed: {type(e).__name__}: {e}", task)
-                crashed = self.crashed(task, e)
+                crashed = True
+                self.stop_if_crashing(task, e)
         finally:
             if not crashed:
                 self.crashes.clear()
@@ -337,17 +338,16 @@ class Agent:
             self.current = self.waiting = None
             self.last_outcome = None
 
-    def crashed(self, task: Task, e: Exception) -> bool:
-        """Count a crash; one on CRASHES_TO_FAULT different tasks in a row is no task's doing (a bug,
-        a folder gone bad) and would fail the whole backlog in a night: the colony stops instead."""
+    def stop_if_crashing(self, task: Task, e: Exception) -> None:
+        """Count a crash: one on CRASHES_TO_FAULT different tasks in a row is no task's doing (a bug,
+        a folder gone bad) and would fail the whole backlog in a night, so the colony stops instead."""
         self.crashes.append(task.id)
         if len(set(self.crashes)) >= CRASHES_TO_FAULT:
             self.fault(AgentCrashing(
-                f"{self.id} crashed on {CRASHES_TO_FAULT} different tasks in a row ({', '.join(self.crashes)}), last "
+                f"{self.id} crashed on {CRASHES_TO_FAULT} different tasks in a row ({', '.join(dict.fromkeys(self.crashes))}), last "
                 f"with {type(e).__name__}: {e}. A bug or a broken environment (the disk, a folder, permissions) "
                 f"rather than the tasks: the colony stops instead of failing them all. The traceback is in "
                 f"{self.id}'s log; fix the cause and relaunch"))
-        return True
 
     def take_fence(self, claim: Claim) -> Fence | AlreadyLanded | Fenced | None:
         """The right to land, joined to the claim (fence.take); None: the claim itself is the fence."""
