@@ -272,14 +272,15 @@ class State:
     status: str
     task: Task
     generation: int = 0
-    claim: dict[str, Any] | None = None
+    claim: dict[str, Any] | None = None  # when done: the claim that landed it
     oid: str = field(default="", compare=False)  # the record it was read from: the next push's lease
+    landed: str | None = None  # when done: the commit it landed as
 
     def data(self) -> dict[str, Any]:
         # The nonce: two pushers of the same next state (two reapers) must not both "win" because
         # git calls a ref already at the value pushed up to date.
         return {"task": self.task.to_dict(), "generation": self.generation, "claim": self.claim,
-                "nonce": secrets.token_hex(8)}
+                "nonce": secrets.token_hex(8), **({"landed": self.landed} if self.landed else {})}
 
 
 class Nest:
@@ -332,7 +333,8 @@ class Nest:
                 task = tasks.from_dict(data["task"], ref)
                 if task.id != tid:
                     raise InvalidTask(f"{ref}: its record names task {task.id!r}")
-                self._read[todo[ref]] = State(status, task, int(data.get("generation", 0)), data.get("claim"), todo[ref])
+                self._read[todo[ref]] = State(status, task, int(data.get("generation", 0)), data.get("claim"), todo[ref],
+                                              data.get("landed"))
             except (ValueError, KeyError, TypeError, InvalidTask) as exc:
                 self._quarantine(ref, tid, todo[ref], str(exc))
         return {tid: self._read[oid] for tid, (_, oid) in listed.items() if oid in self._read}
@@ -627,7 +629,7 @@ class Nest:
         state = self._owned(claim.task_id, claim.agent, claim.token, "land its work")
         # The event goes in the same push: a landing whose event was a push of its own, cut off by
         # an outage, was on main with no `done` on the log, and its retry said it did not land.
-        done = self.remote.record(State("done", state.task, state.generation).data())
+        done = self.remote.record(State("done", state.task, state.generation, state.claim, landed=commit).data())
         moves = [(task_ref("active", claim.task_id), state.oid, None), (task_ref("done", claim.task_id), MISSING, done)]
         told = _event("done", claim.task_id, agent=claim.agent, commit=commit, **fields)
         branch_move = (f"refs/heads/{branch}", expected or MISSING, commit)
@@ -637,6 +639,14 @@ class Nest:
                                "its work does not land")
             return False
         return True
+
+    def landed_by(self, claim: Claim) -> str | None:
+        """The commit ``claim`` landed its task as, if it did: for a lander whose push went through
+        while its answer was lost, and whose retry then found the task done."""
+        state = self._state(claim.task_id)
+        if state is None or state.status != "done" or (state.claim or {}).get("token") != claim.token:
+            return None
+        return state.landed
 
     def _via(self, repo: Path, borrow: bool = False) -> Remote:
         """The nest as the git repository ``repo`` (a clone of the target: the work's commits are

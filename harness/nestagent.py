@@ -126,8 +126,9 @@ class NestAgent(Agent):
         try:
             return integrate.land_remote(self.ws, commit, task_id=task.id, title=task.title, verify=check,
                                          push=push, fetch=self.sync, trailers=trailers)
-        except NotOwner as e:
-            return Fenced(str(e))
+        except NotOwner as e:  # reaped; or landed by a push of ours whose answer was lost
+            landed = self.nest.landed_by(claim)
+            return AlreadyLanded(landed) if landed else Fenced(str(e))
         except NestUnreachable as e:  # the next round fetches: a push that did go through merges to nothing
             self.say(f"landing {task.id} met a nest out of reach: {e}")
             self.nap(RETRY_S)

@@ -408,10 +408,11 @@ WRITE_OWN_FILE = """
 """
 
 
-# A push that moves a task to active/ (a claim) goes through, and then its pusher is killed before
-# it hears so, as an outage mid-push would leave it; once, while the flag file is there.
+# A push that updates a ref under {refs} (tasks/active/: a claim; refs/heads/: a landing) goes
+# through, and then its pusher is killed before it hears so, as an outage mid-push would leave it;
+# once, while the flag file is there.
 CUT_THE_ANSWER = """#!/bin/sh
-grep -q " refs/stigmergy/tasks/active/" || exit 0
+grep -q " {refs}" || exit 0
 rm "{flag}" 2>/dev/null || exit 0
 p=$PPID
 while [ "$p" -gt 1 ]; do
@@ -437,7 +438,7 @@ def test_a_claim_whose_answer_was_lost_is_put_back_uncounted_and_the_log_goes_on
     nest.add(Task(id="t1", title="one"))
     flag = tmp_path / "cut"
     flag.touch()
-    _hook(nest, CUT_THE_ANSWER.format(flag=flag))
+    _hook(nest, CUT_THE_ANSWER.format(flag=flag, refs=f"{NS}tasks/active/"))
     with pytest.raises(NestUnreachable):
         nest.claim("a1")
     assert not flag.exists()
@@ -457,7 +458,7 @@ def test_an_agent_whose_claim_went_through_unheard_puts_it_back_and_lands_everyt
     nest.add_many([Task(id=f"t{i}", title=f"task {i}") for i in range(3)])
     flag = tmp_path / "cut"
     flag.touch()
-    _hook(nest, CUT_THE_ANSWER.format(flag=flag))
+    _hook(nest, CUT_THE_ANSWER.format(flag=flag, refs=f"{NS}tasks/active/"))
     clone, done = _one_agent_until_empty(nest, tmp_path)
     assert done.returncode == 0, done.stderr
     assert not flag.exists()
@@ -466,6 +467,23 @@ def test_an_agent_whose_claim_went_through_unheard_puts_it_back_and_lands_everyt
     assert all(task.skip_count == 0 for _, task in nest.listing("all"))  # not the tasks' fault
     added = _first_parent_files(clone, nest.url)
     assert sorted(f for names in added for f in names) == [f"out-t{i}.txt" for i in range(3)]
+
+
+def test_a_landing_whose_answer_was_lost_is_known_for_landed(tmp_path: Path) -> None:
+    """The retry of a landing that went through unheard finds the task done by its own claim: it
+    says it landed, as what, and the done event names that commit."""
+    nest, _ = _nest_with_code(tmp_path)
+    nest.add(Task(id="t1", title="one"))
+    flag = tmp_path / "cut"
+    flag.touch()
+    _hook(nest, CUT_THE_ANSWER.format(flag=flag, refs="refs/heads/"))
+    clone, done = _one_agent_until_empty(nest, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not flag.exists() and "landing t1 met a nest out of reach" in done.stderr, done.stderr
+    tip = nest.remote.tip("main") or ""
+    assert f"landed t1 as {tip[:10]} on the nest" in done.stderr and "does not land" not in done.stderr, done.stderr
+    assert [e["commit"] for e in nest.events() if e["event"] == "done"] == [tip]
+    assert [f for names in _first_parent_files(clone, nest.url) for f in names] == ["out-t1.txt"]
 
 
 def test_a_nest_gone_right_after_a_claim_counts_against_no_task(tmp_path: Path) -> None:
