@@ -435,7 +435,7 @@ class Agent:
             result = self.land_once(claim, task, fence, commit, trailers, check)
             if not isinstance(result, Contended) or self.stopping():
                 break
-            self.say(f"main moved under each of {result.attempts} landing tries of {task.id}: landing again")
+            self.say(f"landing {task.id} again: {result.why or f'main moved under each of its {result.attempts} tries'}")
         if isinstance(result, Unchanged):
             self.unchanged(claim, task, f"merged into main ({result.main[:10]}) it changes nothing")
         elif isinstance(result, (Landed, AlreadyLanded)):
@@ -447,7 +447,7 @@ class Agent:
         elif isinstance(result, Blocked):
             raise Stop()  # stopped while the user's checkout held the landing back
         elif isinstance(result, Contended):
-            raise Blameless(f"main moved under every landing try ({LAND_ROUNDS} rounds of {result.attempts})")
+            raise Blameless(result.why or f"main moved under every landing try ({LAND_ROUNDS} rounds of {result.attempts})")
         else:
             if isinstance(result, VerifyFailed):  # main moved under us: to a red tree?
                 self.blame(task, self.ws.git.resolve(f"refs/heads/{self.ws.main}") or commit)

@@ -76,9 +76,10 @@ class VerifyFailed:
 
 @dataclass(frozen=True)
 class Contended:
-    """Main moved under every one of ``attempts`` tries; nothing landed, the work is intact."""
+    """Main moved under every one of ``attempts`` tries (or ``why``); nothing landed, the work is intact."""
 
     attempts: int
+    why: str = ""  # what else held the landing back (a nest out of reach), when it was not main moving
 
 
 @dataclass(frozen=True)

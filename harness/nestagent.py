@@ -130,9 +130,8 @@ class NestAgent(Agent):
             landed = self.nest.landed_by(claim)
             return AlreadyLanded(landed) if landed else Fenced(str(e))
         except NestUnreachable as e:  # the next round fetches: a push that did go through merges to nothing
-            self.say(f"landing {task.id} met a nest out of reach: {e}")
             self.nap(RETRY_S)
-            return Contended(1)
+            return Contended(1, f"the nest was out of reach ({e})")
 
     def release(self, claim: Claim, note: str, task: Task | None = None, skip: bool = True) -> None:
         # Our beats would keep a claim we failed to end alive all night: end it once the nest answers.
