@@ -690,9 +690,9 @@ class Nest:
             if not lost:
                 self._tip = tip
                 return True
-            head = self.remote.refs(chain).get(chain, MISSING) if chain in lost else self._tip or MISSING
-            if head == (self._tip or MISSING):
-                break  # ``updates`` lost their race
+            head = self.remote.refs(chain).get(chain, MISSING) if chain in lost else None
+            if head is None or head == (self._tip or MISSING):
+                break  # ``updates`` lost their race (our chain is where we left it)
             # Our own chain is not where we left it: a push of ours went through though we heard
             # it fail (its answer was lost). The chain goes on from where the nest has it.
             self._tip = head

@@ -226,11 +226,7 @@ def owner_dict(fields: tuple[Any, ...]) -> dict[str, Any]:
     agent, pid, host, at = fields
     if isinstance(agent, bytes):
         agent, host = agent.decode(errors="replace"), host.decode(errors="replace")
-        pid = None if pid == b"null" else int(pid)
-        try:
-            at = float(at)
-        except ValueError:
-            at = None
+        pid, at = None if pid == b"null" else int(pid), float(at)  # the pattern took JSON's numbers only
     return {"agent": agent, "pid": pid, "host": host, "claimed_at": at}
 
 

@@ -65,6 +65,13 @@ def assert_nothing_counted(colony: Colony, ids: list[str]) -> None:
         assert (status, task.skip_count) == ("pending", 0), tid
 
 
+def agent_until_empty(colony: Colony, tmp: Path, ids: list[str]) -> subprocess.CompletedProcess[str]:
+    """One agent (a1, no launcher) working `ids` with the scripted model until none is left."""
+    return subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(colony.repo),
+                           "--model", f"scripted:{script(tmp, ids)}", "--workspaces", str(tmp / "ws"), "--until-empty"],
+                          capture_output=True, text=True, timeout=60)
+
+
 def provider_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
     return env | extra
@@ -272,9 +279,7 @@ def test_a_disk_that_fills_mid_attempt_counts_against_no_task(colony: Colony, tm
     ids = add_tasks(colony, 1)
     run = colony.store.run_dir("t0", "001")
     (run / "transcript.jsonl").symlink_to("/dev/full")
-    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(colony.repo),
-                           "--model", f"scripted:{script(tmp_path, ids)}", "--workspaces", str(tmp_path / "ws"),
-                           "--until-empty"], capture_output=True, text=True, timeout=60)
+    done = agent_until_empty(colony, tmp_path, ids)
     assert done.returncode == 0, done.stderr
     assert "not counted against the task: the disk is full" in done.stderr, done.stderr
     assert "the disk was full during the last attempt: claiming nothing for 1 s" in done.stderr
@@ -294,9 +299,7 @@ def test_an_agent_crashing_on_task_after_task_stops_the_colony_instead_of_failin
     runs = colony.home / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.write_text("not a folder\n")
-    done = subprocess.run([sys.executable, "-m", "harness", "agent", "run", "--id", "a1", "--repo", str(colony.repo),
-                           "--model", f"scripted:{script(tmp_path, ids)}", "--workspaces", str(tmp_path / "ws"),
-                           "--until-empty"], capture_output=True, text=True, timeout=60)
+    done = agent_until_empty(colony, tmp_path, ids)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("agent crashed: NotADirectoryError") == 3, done.stderr
     fault = faults.read(colony.home) or {}
